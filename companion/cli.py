@@ -1,0 +1,147 @@
+"""The `skycourier` command line.
+
+`skycourier sim` flies a whole simulated delivery on built-in defaults; `skycourier vehicle`
+serves the built-in vehicle for a ground station or SITL-style experiments; `skycourier
+config` checks a configuration file or prints the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from companion.config import ConfigError, load_config
+from companion.logging_setup import setup_logging
+from firmware_bridge.errors import BridgeError
+
+log = logging.getLogger("skycourier")
+
+
+def _sim(args: argparse.Namespace) -> int:
+    from companion.simulate import OrderError, load_order, order_from_config, run_simulation
+    from sim.sitl import SitlError
+
+    config = load_config(args.config)
+    if args.speedup is not None:
+        config = config.updated("command line", sim={"speedup": args.speedup})
+    if args.distance is not None or args.bearing is not None:
+        delivery = {"lat": None, "lon": None}
+        if args.distance is not None:
+            delivery["distance_m"] = args.distance
+        if args.bearing is not None:
+            delivery["bearing_deg"] = args.bearing
+        config = config.updated("command line", delivery=delivery)
+    try:
+        order = load_order(args.order, config) if args.order else order_from_config(config)
+    except OrderError as exc:
+        print(f"skycourier sim: {exc}", file=sys.stderr)
+        return 2
+    try:
+        report = run_simulation(
+            config,
+            order,
+            args.out,
+            sitl_binary=args.sitl,
+            sitl_defaults=[Path(p) for p in args.sitl_defaults.split(",")]
+            if args.sitl_defaults
+            else None,
+            show_progress=not args.quiet,
+        )
+    except (BridgeError, SitlError) as exc:
+        print(f"skycourier sim: {exc}", file=sys.stderr)
+        return 1
+    print(_summary(report))
+    print(f"report: {args.out / 'report.json'}  plot: {args.out / 'flight.png'}")
+    return 0 if report["outcome"] == "delivered" else 1
+
+
+def _summary(report: dict) -> str:
+    """One line on how the flight went; fields are None when the vehicle never flew."""
+
+    def num(key: str, fmt: str, unit: str) -> str:
+        value = report.get(key)
+        return "n/a" if value is None else f"{value:{fmt}} {unit}"
+
+    return (
+        f"{report['outcome']}: {num('distance_m', '.0f', 'm')} flown in "
+        f"{num('duration_s', '.1f', 's')} of flight ({num('wall_duration_s', '.1f', 's')} wall), "
+        f"max altitude {num('max_alt_m', '.1f', 'm')}, "
+        f"battery used {num('battery_used_pct', '.0f', '%')}"
+    )
+
+
+def _vehicle(args: argparse.Namespace) -> int:
+    from sim.vehicle.__main__ import main as vehicle_main
+
+    return vehicle_main(args.rest)
+
+
+def _config(args: argparse.Namespace) -> int:
+    from companion.config import default_config_toml
+
+    if args.print_default:
+        print(default_config_toml())
+        return 0
+    if args.file is None:
+        print("skycourier config: give a FILE to check, or --print-default", file=sys.stderr)
+        return 2
+    load_config(args.file)
+    print(f"{args.file}: OK")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (kept separate so tests and docs can introspect it)."""
+    parser = argparse.ArgumentParser(prog="skycourier", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sim = sub.add_parser("sim", help="fly a whole simulated delivery and write a flight report")
+    sim.add_argument("--config", type=Path, default=None, help="TOML configuration file")
+    sim.add_argument("--out", type=Path, default=Path("flight-report"), help="report folder")
+    sim.add_argument("--order", type=Path, default=None, help="JSON order file (drop point)")
+    sim.add_argument("--distance", type=float, default=None, help="drop distance from home, m")
+    sim.add_argument("--bearing", type=float, default=None, help="drop bearing from home, deg")
+    sim.add_argument("--speedup", type=float, default=None, help="simulation speed-up factor")
+    sim.add_argument("--sitl", type=Path, default=None, help="fly on this arducopter SITL binary")
+    sim.add_argument(
+        "--sitl-defaults",
+        default=None,
+        help="comma-separated SITL parameter files (default: ArduPilot's copter.parm found "
+        "above the binary, plus the project's gripper set)",
+    )
+    sim.add_argument("--quiet", action="store_true", help="no progress display")
+    sim.set_defaults(func=_sim)
+
+    vehicle = sub.add_parser(
+        "vehicle", help="serve the built-in vehicle on TCP (like SITL) for a ground station"
+    )
+    vehicle.add_argument("rest", nargs=argparse.REMAINDER, help="options of python -m sim.vehicle")
+    vehicle.set_defaults(func=_vehicle)
+
+    config = sub.add_parser("config", help="check a configuration file or print the defaults")
+    config.add_argument("file", type=Path, nargs="?", default=None)
+    config.add_argument("--print-default", action="store_true")
+    config.set_defaults(func=_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `skycourier` console script."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level or "WARNING", "json" if args.log_json else "text", None)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"skycourier: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("skycourier: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,436 @@
+"""SkyCourier's configuration: one TOML file, validated into an immutable model.
+
+A drone that reads a mistyped option as its default may fly somewhere nobody intended, so:
+every key is known (an unknown one is an error, with the nearest known name suggested), every
+value is typed strictly (a quoted number is a mistake, not a number) and range-checked, and
+the options that depend on each other are checked together (handover below cruise below the
+legal ceiling). A problem raises `ConfigError`, whose message names the file, the dotted field
+and why, e.g. ``skycourier.toml: flight.cruise_alt_m: must be below flight.altitude_ceiling_m
+(120 m), got 150``.
+
+`Config.to_toml()` writes a configuration back out with every option commented from the
+field descriptions; `deploy/skycourier.example.toml` is exactly `default_config_toml()`.
+`Config.updated(...)` applies command-line overrides with the same validation.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import sys
+import textwrap
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from companion.geo import offset
+from firmware_bridge.endpoint import Endpoint, EndpointError, parse_endpoint
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on Python 3.10
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; `problems` lists each as ``field: why``."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(f"{source}: {p}" for p in problems))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+class VehicleConfig(_Section):
+    """The flight controller: how to reach it and how patiently to talk to it."""
+
+    connection: str = Field(
+        "tcp:127.0.0.1:5760",
+        description=(
+            "Link to the autopilot: tcp:HOST:PORT, udp:HOST:PORT (listen), udpout:HOST:PORT, "
+            "or a serial port DEVICE:BAUD (serial: prefix optional). Prefer /dev/serial/by-id/ "
+            "paths: they survive USB re-enumeration."
+        ),
+        examples=["/dev/serial/by-id/usb-ArduPilot_fmuv3_XXXX-if00:115200", "/dev/ttyAMA0:921600"],
+    )
+    target_system: int = Field(1, ge=1, le=255, description="MAVLink system id of the autopilot.")
+    target_component: int = Field(
+        1, ge=0, le=255, description="MAVLink component id of the autopilot (1 = autopilot)."
+    )
+    connect_timeout_s: float = Field(
+        10.0, gt=0, description="Give up opening the link if no heartbeat arrives in this time."
+    )
+    heartbeat_timeout_s: float = Field(
+        3.0, gt=0, description="The link counts as lost after this long without a heartbeat."
+    )
+    command_timeout_s: float = Field(
+        1.5, gt=0, description="Wait this long for a COMMAND_ACK before resending a command."
+    )
+    command_retries: int = Field(
+        3, ge=0, le=20, description="Resend an unanswered command this many times."
+    )
+
+    @field_validator("connection")
+    @classmethod
+    def _valid_endpoint(cls, value: str) -> str:
+        try:
+            parse_endpoint(value)
+        except EndpointError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """The parsed `connection`."""
+        return parse_endpoint(self.connection)
+
+
+class CompanionConfig(_Section):
+    """This computer's own MAVLink identity (MAV_COMP_ID_ONBOARD_COMPUTER is 191)."""
+
+    system_id: int = Field(1, ge=1, le=255, description="MAVLink system id the companion uses.")
+    component_id: int = Field(
+        191, ge=1, le=255, description="MAVLink component id (191 = onboard computer)."
+    )
+    heartbeat_hz: float = Field(
+        1.0, gt=0, le=50, description="Rate of the companion's own HEARTBEAT."
+    )
+
+
+class FlightConfig(_Section):
+    """How a delivery is flown. Rates should match the autopilot's WPNAV_*/LAND_* parameters:
+    they are what the ideal flight time in the report is computed from."""
+
+    # The ceiling is declared first so that the altitudes below can be checked against it.
+    altitude_ceiling_m: float = Field(
+        120.0,
+        gt=0,
+        le=500,
+        description=(
+            "Legal altitude limit above home (120 m in the EU/UK). Cruise and handover "
+            "altitudes must be below it."
+        ),
+    )
+    # validate_default: a lowered ceiling must also be checked against the default altitudes.
+    cruise_alt_m: float = Field(
+        30.0, gt=0, validate_default=True, description="Altitude above home for the legs."
+    )
+    handover_alt_m: float = Field(
+        5.0,
+        gt=0,
+        validate_default=True,
+        description="Altitude above the drop point at which the parcel is released.",
+    )
+    cruise_speed_mps: float = Field(
+        10.0, gt=0, le=20, description="Horizontal speed on the legs (WPNAV_SPEED)."
+    )
+    climb_rate_mps: float = Field(2.5, gt=0, le=10, description="Climb rate (WPNAV_SPEED_UP).")
+    descent_rate_mps: float = Field(
+        1.5,
+        gt=0,
+        le=10,
+        description="Descent rate (WPNAV_SPEED_DN); landing uses it down to land_speed_high_alt_m.",
+    )
+    land_speed_mps: float = Field(
+        0.5, gt=0, le=2, description="Final landing speed below land_speed_high_alt_m (LAND_SPEED)."
+    )
+    land_speed_high_alt_m: float = Field(
+        10.0, ge=0, description="Altitude where landing slows to land_speed_mps (LAND_ALT_LOW)."
+    )
+    arrival_radius_m: float = Field(
+        2.0, gt=0, le=50, description="The drop point counts as reached within this distance."
+    )
+    release_hold_s: float = Field(
+        3.0, ge=0, le=120, description="Hover this long after releasing the parcel."
+    )
+    min_battery_pct: float = Field(
+        25.0,
+        ge=0,
+        le=100,
+        description="Do not start, or abort the delivery, when the battery is below this.",
+    )
+    preflight_timeout_s: float = Field(
+        120.0, gt=0, description="Give up if the vehicle is not ready to arm in this time."
+    )
+    phase_timeout_s: float = Field(
+        600.0, gt=0, description="Abort if any one phase of the flight takes longer than this."
+    )
+    link_loss_grace_s: float = Field(
+        5.0,
+        ge=0,
+        description="Abort after the autopilot link is down this long (its failsafe acts then).",
+    )
+
+    @field_validator("cruise_alt_m")
+    @classmethod
+    def _below_ceiling(cls, value: float, info: ValidationInfo) -> float:
+        ceiling = info.data.get("altitude_ceiling_m")
+        if ceiling is not None and value >= ceiling:
+            raise ValueError(
+                f"must be below flight.altitude_ceiling_m ({ceiling:g} m), got {value:g}"
+            )
+        return value
+
+    @field_validator("handover_alt_m")
+    @classmethod
+    def _below_cruise(cls, value: float, info: ValidationInfo) -> float:
+        cruise = info.data.get("cruise_alt_m")
+        if cruise is not None and value >= cruise:
+            raise ValueError(f"must be below flight.cruise_alt_m ({cruise:g} m), got {value:g}")
+        ceiling = info.data.get("altitude_ceiling_m")
+        if ceiling is not None and value >= ceiling:
+            raise ValueError(
+                f"must be below flight.altitude_ceiling_m ({ceiling:g} m), got {value:g}"
+            )
+        return value
+
+
+class DeliveryConfig(_Section):
+    """The default drop point when no order names one: a distance and bearing from home, or
+    explicit coordinates (lat and lon together), which win when given."""
+
+    # max_range_m comes first so that distance_m (and its default) is checked against it.
+    max_range_m: float = Field(
+        750.0,
+        gt=0,
+        le=50_000,
+        description=(
+            "Refuse drop points farther than this from home: out and back must fit the battery "
+            "with flight.min_battery_pct to spare (about 50 % of a 3.3 Ah quad flies 1 km)."
+        ),
+    )
+    distance_m: float = Field(
+        500.0, gt=0, validate_default=True, description="Distance of the drop point from home."
+    )
+    bearing_deg: float = Field(
+        45.0, ge=0, lt=360, description="Bearing from home to the drop point, from true north."
+    )
+    lat: float | None = Field(
+        None,
+        ge=-90,
+        le=90,
+        description="Drop point latitude (WGS-84 degrees).",
+        examples=[-35.360071],
+    )
+    lon: float | None = Field(
+        None,
+        ge=-180,
+        le=180,
+        validate_default=True,
+        description="Drop point longitude (WGS-84 degrees).",
+        examples=[149.169138],
+    )
+
+    @field_validator("distance_m")
+    @classmethod
+    def _within_range(cls, value: float, info: ValidationInfo) -> float:
+        reach = info.data.get("max_range_m")
+        if reach is not None and value > reach:
+            raise ValueError(f"must be at most delivery.max_range_m ({reach:g} m), got {value:g}")
+        return value
+
+    @field_validator("lon")
+    @classmethod
+    def _lat_lon_together(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if "lat" not in info.data:
+            return value  # lat itself was invalid; that error is reported
+        lat = info.data["lat"]
+        if lat is not None and value is None:
+            raise ValueError("missing: delivery.lat is set, so delivery.lon must be too")
+        if lat is None and value is not None:
+            raise ValueError("delivery.lon is set, so delivery.lat must be too")
+        return value
+
+    def drop_point(self, home_lat: float, home_lon: float) -> tuple[float, float]:
+        """The drop point: the explicit coordinates, or `distance_m` on `bearing_deg`."""
+        if self.lat is not None and self.lon is not None:
+            return self.lat, self.lon
+        return offset(home_lat, home_lon, self.distance_m, self.bearing_deg)
+
+
+class SimConfig(_Section):
+    """The built-in simulated vehicle (and ArduPilot SITL's home) for `skycourier sim`."""
+
+    home_lat: float = Field(-35.363261, ge=-90, le=90, description="Home latitude.")
+    home_lon: float = Field(149.165230, ge=-180, le=180, description="Home longitude.")
+    home_alt_m: float = Field(
+        584.0, ge=-500, le=9000, description="Home altitude above mean sea level."
+    )
+    speedup: float = Field(
+        10.0, gt=0, le=100, description="Simulated seconds per wall-clock second."
+    )
+    wind_speed_mps: float = Field(0.0, ge=0, le=30, description="Steady wind speed.")
+    wind_from_deg: float = Field(
+        0.0, ge=0, lt=360, description="Direction the wind blows from, degrees from true north."
+    )
+
+    @property
+    def home(self) -> tuple[float, float, float]:
+        """(lat, lon, alt_msl_m), as the simulated vehicle takes it."""
+        return self.home_lat, self.home_lon, self.home_alt_m
+
+    @property
+    def wind(self) -> tuple[float, float] | None:
+        """(speed_mps, from_deg), or None in calm air."""
+        return (self.wind_speed_mps, self.wind_from_deg) if self.wind_speed_mps > 0 else None
+
+
+class JournalConfig(_Section):
+    """The durable mission journal (SQLite) that lets a restarted daemon resume or land."""
+
+    path: Path = Field(
+        Path("skycourier-journal.db"),
+        strict=False,
+        description="Journal database file; relative paths are from the working directory.",
+    )
+
+
+class LoggingConfig(_Section):
+    """Log output: stderr always (journald collects it under systemd), a file optionally."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="Least severe level logged: DEBUG, INFO, WARNING, ERROR, CRITICAL."
+    )
+    format: Literal["text", "json"] = Field(
+        "text", description='"text" for people, "json" (one object per line) for log shippers.'
+    )
+    file: Path | None = Field(
+        None,
+        strict=False,
+        description="Also append the log to this file.",
+        examples=["/var/log/skycourier/skycourier.log"],
+    )
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+class Config(_Section):
+    """The whole configuration; every section and option has a default."""
+
+    vehicle: VehicleConfig = VehicleConfig()
+    companion: CompanionConfig = CompanionConfig()
+    flight: FlightConfig = FlightConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    sim: SimConfig = SimConfig()
+    journal: JournalConfig = JournalConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    def to_toml(self) -> str:
+        """This configuration as TOML, each option preceded by its description and followed by
+        its examples, commented out (an unset optional option shows only its example)."""
+        out = [
+            "# SkyCourier configuration.",
+            "# Every option is listed with its value and what it does; unknown keys are errors.",
+            "# On the drone: /etc/skycourier/skycourier.toml, read by `skycourier run --config`.",
+        ]
+        for name in type(self).model_fields:
+            section: BaseModel = getattr(self, name)
+            out += ["", *_comment(_doc(type(section))), f"[{name}]"]
+            for key, info in type(section).model_fields.items():
+                value = getattr(section, key)
+                out += _comment(info.description or "")
+                if value is not None:
+                    out.append(f"{key} = {_toml_value(value)}")
+                out += [f"# {key} = {_toml_value(example)}" for example in info.examples or ()]
+        return "\n".join(out) + "\n"
+
+    def updated(self, source: str = "override", **sections: Mapping[str, Any]) -> Config:
+        """A copy with some options changed (``updated(sim={"speedup": 5})``), validated like a
+        file: command-line overrides get the same checks, and errors name `source`.
+
+        (pydantic's ``model_copy(update=...)`` would skip validation.)
+        """
+        data: dict[str, Any] = self.model_dump()
+        for name, values in sections.items():
+            current = data.get(name)
+            data[name] = {**current, **values} if isinstance(current, dict) else dict(values)
+        return _validate(data, source)
+
+
+def default_config_toml() -> str:
+    """The default configuration as commented TOML (``skycourier config --print-default``)."""
+    return Config().to_toml()
+
+
+def _doc(cls: type) -> str:
+    return " ".join((cls.__doc__ or "").split())
+
+
+def _comment(text: str) -> list[str]:
+    return [f"# {line}" for line in textwrap.wrap(text, 98, break_on_hyphens=False)]
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    # A JSON string without ASCII escaping is a valid TOML basic string.
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def _known_keys(loc: tuple[int | str, ...]) -> list[str]:
+    model: Any = Config
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = field.annotation
+    return list(getattr(model, "model_fields", {}))
+
+
+def _describe(error: Any) -> str:
+    loc = tuple(error["loc"])
+    where = ".".join(str(p) for p in loc) or "(top level)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        why = "unknown section" if len(loc) == 1 else "unknown option"
+        near = difflib.get_close_matches(str(loc[-1]), _known_keys(loc[:-1]), n=1)
+        if near:
+            why += f"; did you mean {near[0]!r}?"
+    elif kind == "value_error":
+        why = str(error["ctx"]["error"])
+    else:
+        message = error["msg"]
+        why = f"{message[0].lower()}{message[1:]}, got {error['input']!r}"
+    return f"{where}: {why}"
+
+
+def parse_config(text: str, source: str = "<string>") -> Config:
+    """Validate TOML text; `source` names it in errors."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, [f"TOML syntax error: {exc}"]) from None
+    return _validate(data, source)
+
+
+def _validate(data: dict[str, Any], source: str) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, [_describe(e) for e in exc.errors()]) from None
+
+
+def load_config(path: Path | str | None) -> Config:
+    """The configuration in `path`, or the defaults when `path` is None."""
+    if path is None:
+        return Config()
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(path), ["no such file"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), [f"not UTF-8 text (byte {exc.start})"]) from None
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read: {exc.strerror or exc}"]) from None
+    return parse_config(text, str(path))

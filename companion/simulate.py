@@ -1,0 +1,175 @@
+"""`skycourier sim`: one whole delivery against the built-in vehicle or ArduPilot SITL.
+
+It wires the same parts the on-board daemon uses (bus, bridge, delivery state machine,
+journal) to a simulated autopilot, shows live progress, and writes the flight report. The
+only difference from a real flight is where the MAVLink link leads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from companion.bus import Bus
+from companion.config import Config
+from companion.geo import distance_m, offset
+from companion.mission.delivery import DeliveryMission, DeliveryPlan
+from companion.mission.events import MissionEvent
+from companion.mission.journal import Journal
+from companion.progress import DeliveryProgress
+from companion.report import FlightRecorder, build_report, write_report
+from firmware_bridge.state import VehicleState
+from firmware_bridge.vehicle import Vehicle
+from sim.sitl import SitlProcess
+from sim.vehicle import VehicleServer
+
+log = logging.getLogger(__name__)
+
+
+class OrderError(ValueError):
+    """An order file that cannot be flown; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class Order:
+    """Where one parcel goes (the simulated stand-in for a signed order)."""
+
+    mission_id: str
+    drop_lat: float
+    drop_lon: float
+
+
+def order_from_config(config: Config) -> Order:
+    """The default order: a drop at the configured distance and bearing from home."""
+    lat, lon = config.delivery.drop_point(config.sim.home_lat, config.sim.home_lon)
+    return Order(f"sim-{uuid.uuid4().hex[:8]}", lat, lon)
+
+
+def load_order(path: Path, config: Config) -> Order:
+    """Read an order file: JSON with `drop` {lat, lon} or {distance_m, bearing_deg}."""
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise OrderError(f"{path}: cannot read: {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise OrderError(f"{path}: not JSON: {exc.msg} at line {exc.lineno}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("drop"), dict):
+        raise OrderError(f"{path}: expected an object with a 'drop' object")
+    drop = data["drop"]
+    try:
+        if "lat" in drop or "lon" in drop:
+            lat, lon = float(drop["lat"]), float(drop["lon"])
+        else:
+            lat, lon = offset(
+                config.sim.home_lat,
+                config.sim.home_lon,
+                float(drop["distance_m"]),
+                float(drop["bearing_deg"]),
+            )
+    except KeyError as exc:
+        raise OrderError(f"{path}: drop.{exc.args[0]} is missing") from exc
+    except (TypeError, ValueError) as exc:
+        raise OrderError(f"{path}: drop: numbers expected ({exc})") from exc
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        raise OrderError(f"{path}: drop ({lat}, {lon}) is not a position on Earth")
+    reach = distance_m(config.sim.home_lat, config.sim.home_lon, lat, lon)
+    if reach > config.delivery.max_range_m:
+        raise OrderError(
+            f"{path}: drop is {reach:.0f} m from home, beyond delivery.max_range_m "
+            f"({config.delivery.max_range_m:g} m)"
+        )
+    return Order(str(data.get("mission_id") or f"order-{uuid.uuid4().hex[:8]}"), lat, lon)
+
+
+def run_simulation(
+    config: Config,
+    order: Order,
+    out_dir: Path,
+    *,
+    sitl_binary: Path | None = None,
+    sitl_defaults: list[Path] | None = None,
+    show_progress: bool = True,
+) -> dict:
+    """Fly `order` in simulation, write report.json and flight.png to `out_dir`, return the
+    report."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sim = config.sim
+    home = sim.home
+    bus = Bus()
+    wall_start = time.monotonic()
+    with ExitStack() as stack:
+        if sitl_binary is not None:
+            sitl = SitlProcess(
+                sitl_binary,
+                home=(*home, 0.0),
+                speedup=sim.speedup,
+                defaults=sitl_defaults,
+                workdir=out_dir / "sitl",
+            )
+            stack.callback(sitl.stop)
+            sitl.start()
+            connection = sitl.connection
+        else:
+            server = VehicleServer(home, speedup=sim.speedup, port=0, wind=sim.wind)
+            server.start()
+            stack.callback(server.stop)
+            connection = f"tcp:127.0.0.1:{server.port}"
+        recorder = FlightRecorder()
+        bus.subscribe(VehicleState, recorder.sample)
+        bus.subscribe(MissionEvent, recorder.on_event)
+        progress = DeliveryProgress(
+            (order.drop_lat, order.drop_lon), (home[0], home[1]), enabled=show_progress
+        )
+        bus.subscribe(VehicleState, progress.on_state)
+        bus.subscribe(MissionEvent, progress.on_event)
+        vc = config.vehicle
+        vehicle = Vehicle.connect(
+            connection,
+            publish=bus.publish,
+            target_system=vc.target_system,
+            target_component=vc.target_component,
+            own_system=config.companion.system_id,
+            own_component=config.companion.component_id,
+            connect_timeout_s=vc.connect_timeout_s,
+            heartbeat_timeout_s=vc.heartbeat_timeout_s,
+            heartbeat_interval_s=1.0 / config.companion.heartbeat_hz,
+            command_timeout_s=vc.command_timeout_s,
+            command_retries=vc.command_retries,
+        )
+        stack.callback(vehicle.close)
+        journal = Journal(out_dir / "journal.db")
+        stack.callback(journal.close)
+        fl = config.flight
+        plan = DeliveryPlan(
+            mission_id=order.mission_id,
+            drop_lat=order.drop_lat,
+            drop_lon=order.drop_lon,
+            cruise_alt_m=fl.cruise_alt_m,
+            handover_alt_m=fl.handover_alt_m,
+            arrival_radius_m=fl.arrival_radius_m,
+            release_hold_s=fl.release_hold_s,
+            min_battery_pct=fl.min_battery_pct,
+            preflight_timeout_s=fl.preflight_timeout_s,
+            phase_timeout_s=fl.phase_timeout_s,
+            link_loss_grace_s=fl.link_loss_grace_s,
+        )
+        mission = DeliveryMission(vehicle, plan, journal, bus.publish)
+        with progress:
+            outcome = mission.run()
+    report = build_report(
+        recorder,
+        outcome=outcome,
+        config=config,
+        mission_id=order.mission_id,
+        home=home,
+        drop=(order.drop_lat, order.drop_lon),
+        wall_duration_s=time.monotonic() - wall_start,
+        autopilot="ArduCopter SITL" if sitl_binary else "built-in vehicle",
+    )
+    write_report(out_dir, report, recorder)
+    return report

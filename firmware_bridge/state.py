@@ -1,0 +1,93 @@
+"""Typed snapshots of the vehicle that the bridge publishes on the companion's bus.
+
+They are small immutable dataclasses so that any subsystem may keep one without copying,
+and so that a subscriber can never change what another one sees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Position:
+    """A global position: WGS-84 degrees, metres above mean sea level and above home."""
+
+    lat: float
+    lon: float
+    alt_msl_m: float
+    alt_rel_m: float
+
+
+@dataclass(frozen=True)
+class Battery:
+    """Battery as the autopilot reports it (SYS_STATUS / BATTERY_STATUS)."""
+
+    voltage_v: float | None = None
+    current_a: float | None = None
+    remaining_pct: int | None = None
+    consumed_mah: float | None = None
+
+
+@dataclass(frozen=True)
+class GpsInfo:
+    """The autopilot's own GPS (GPS_RAW_INT): fix type as MAVLink's GPS_FIX_TYPE counts."""
+
+    fix_type: int = 0
+    satellites: int | None = None
+    eph_m: float | None = None
+    epv_m: float | None = None
+
+
+@dataclass(frozen=True)
+class VehicleState:
+    """Everything the companion knows about the vehicle at one instant.
+
+    `boot_time_s` is the autopilot's own clock (time_boot_ms of the latest message that carries
+    it): under simulation it runs faster than the wall clock, so flight timing is measured with
+    it, never with the companion's clock.
+    """
+
+    wall_time: float
+    boot_time_s: float | None = None
+    armed: bool = False
+    mode: str = "UNKNOWN"
+    system_status: int = 0
+    position: Position | None = None
+    velocity_ned_mps: tuple[float, float, float] | None = None
+    heading_deg: float | None = None
+    home: Position | None = None
+    battery: Battery = field(default_factory=Battery)
+    gps: GpsInfo = field(default_factory=GpsInfo)
+    ekf_flags: int = 0
+    landed_state: int = 0
+    prearm_ok: bool = False
+    mission_seq: int | None = None
+
+    @property
+    def ground_speed_mps(self) -> float | None:
+        """Horizontal speed from the NED velocity."""
+        if self.velocity_ned_mps is None:
+            return None
+        vn, ve, _ = self.velocity_ned_mps
+        return (vn * vn + ve * ve) ** 0.5
+
+
+@dataclass(frozen=True)
+class LinkState:
+    """Whether the autopilot's heartbeat is being heard, and why not when it is not."""
+
+    up: bool
+    endpoint: str
+    reason: str = ""
+    since: float = 0.0
+
+
+@dataclass(frozen=True)
+class StatusText:
+    """A STATUSTEXT from the autopilot, chunked messages already joined."""
+
+    severity: int
+    text: str
+    wall_time: float
+    boot_time_s: float | None = None

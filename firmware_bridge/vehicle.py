@@ -1,0 +1,366 @@
+"""The vehicle API the companion uses: one object over one link, in ArduCopter's terms.
+
+Like MAVSDK's plugins, each capability here builds a command or a protocol transaction and
+hands it to the link's one runner, where acknowledgements, retries and timeouts live; this
+module only maps outcomes onto the caller's terms (a refused arm becomes `ArmingRefused`
+with the autopilot's own pre-arm text). Every command is gated on a fresh heartbeat, and
+every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from firmware_bridge.command_protocol import CommandAck, CommandInt, CommandLong
+from firmware_bridge.dialect import mavlink
+from firmware_bridge.endpoint import Endpoint
+from firmware_bridge.errors import ArmingRefused, CommandError, ParamError, ProtocolTimeout
+from firmware_bridge.link import MavLink
+from firmware_bridge.mission_protocol import (
+    MissionClear,
+    MissionDownload,
+    MissionItem,
+    MissionSetCurrent,
+    MissionUpload,
+)
+from firmware_bridge.modes import mode_number
+from firmware_bridge.param_protocol import ParamRead, ParamReadAll, ParamSet
+from firmware_bridge.state import VehicleState
+from firmware_bridge.state_tracker import StateTracker
+
+log = logging.getLogger(__name__)
+
+#: Telemetry the companion asks for (message id -> Hz, in the autopilot's time).
+DEFAULT_STREAMS: dict[int, float] = {
+    mavlink.MAVLINK_MSG_ID_GLOBAL_POSITION_INT: 10.0,
+    mavlink.MAVLINK_MSG_ID_GPS_RAW_INT: 2.0,
+    mavlink.MAVLINK_MSG_ID_SYS_STATUS: 2.0,
+    mavlink.MAVLINK_MSG_ID_BATTERY_STATUS: 1.0,
+    mavlink.MAVLINK_MSG_ID_EKF_STATUS_REPORT: 1.0,
+    mavlink.MAVLINK_MSG_ID_EXTENDED_SYS_STATE: 2.0,
+    mavlink.MAVLINK_MSG_ID_MISSION_CURRENT: 1.0,
+    mavlink.MAVLINK_MSG_ID_HOME_POSITION: 0.5,
+}
+
+#: A bound on one command's whole exchange, far past its own retries and IN_PROGRESS waits,
+#: so that nothing can hang a caller even if a transaction misbehaves.
+_COMMAND_BACKSTOP_S = 120.0
+_ARM_FORCE_MAGIC = 21196  # ArduPilot: param2 of ARM_DISARM that skips the pre-arm checks
+_POSITION_ONLY = (
+    mavlink.POSITION_TARGET_TYPEMASK_VX_IGNORE
+    | mavlink.POSITION_TARGET_TYPEMASK_VY_IGNORE
+    | mavlink.POSITION_TARGET_TYPEMASK_VZ_IGNORE
+    | mavlink.POSITION_TARGET_TYPEMASK_AX_IGNORE
+    | mavlink.POSITION_TARGET_TYPEMASK_AY_IGNORE
+    | mavlink.POSITION_TARGET_TYPEMASK_AZ_IGNORE
+    | mavlink.POSITION_TARGET_TYPEMASK_YAW_IGNORE
+    | mavlink.POSITION_TARGET_TYPEMASK_YAW_RATE_IGNORE
+)
+
+
+class Vehicle:
+    """An ArduCopter reached over one `MavLink`."""
+
+    def __init__(
+        self,
+        link: MavLink,
+        *,
+        command_timeout_s: float = 1.5,
+        command_retries: int = 3,
+        publish: Callable[[object], None] | None = None,
+    ) -> None:
+        self.link = link
+        self.command_timeout_s = command_timeout_s
+        self.command_retries = command_retries
+        self.tracker = StateTracker(link.target_system, link.target_component, publish)
+        self._remove_tracker = link.add_listener(self.tracker)
+
+    @classmethod
+    def connect(
+        cls,
+        endpoint: str | Endpoint,
+        *,
+        publish: Callable[[object], None] | None = None,
+        target_system: int = 1,
+        target_component: int = 1,
+        own_system: int = 1,
+        own_component: int = mavlink.MAV_COMP_ID_ONBOARD_COMPUTER,
+        connect_timeout_s: float = 10.0,
+        heartbeat_timeout_s: float = 3.0,
+        heartbeat_interval_s: float = 1.0,
+        command_timeout_s: float = 1.5,
+        command_retries: int = 3,
+        streams: dict[int, float] | None = None,
+    ) -> Vehicle:
+        """Open the link, wait for the autopilot, and ask for the telemetry streams."""
+        link = MavLink(
+            endpoint,
+            target_system=target_system,
+            target_component=target_component,
+            own_system=own_system,
+            own_component=own_component,
+            connect_timeout_s=connect_timeout_s,
+            heartbeat_timeout_s=heartbeat_timeout_s,
+            heartbeat_interval_s=heartbeat_interval_s,
+            publish=publish,
+        )
+        vehicle = cls(
+            link,
+            command_timeout_s=command_timeout_s,
+            command_retries=command_retries,
+            publish=publish,
+        )
+        link.open()
+        vehicle.request_streams(DEFAULT_STREAMS if streams is None else streams)
+        return vehicle
+
+    def close(self) -> None:
+        """Close the link."""
+        self._remove_tracker()
+        self.link.close()
+
+    def __enter__(self) -> Vehicle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- state -----------------------------------------------------------------------------
+
+    @property
+    def state(self) -> VehicleState:
+        """The latest state snapshot."""
+        return self.tracker.state
+
+    def wait_until(
+        self, predicate: Callable[[VehicleState], bool], timeout: float, what: str
+    ) -> VehicleState:
+        """Wait until the state satisfies `predicate`; ProtocolTimeout names `what` otherwise."""
+        state = self.tracker.wait_for(predicate, timeout)
+        if state is None:
+            raise ProtocolTimeout(f"timed out after {timeout:g} s waiting for {what}")
+        return state
+
+    def wait_armable(self, timeout: float) -> VehicleState:
+        """Wait for what arming in GUIDED needs: a 3-D fix, a home, and an EKF that has an
+        absolute horizontal position (SITL takes ~40 s of its own time to get there)."""
+        needed = mavlink.EKF_POS_HORIZ_ABS | mavlink.EKF_PRED_POS_HORIZ_ABS
+        return self.wait_until(
+            lambda s: (
+                s.gps.fix_type >= 3
+                and s.home is not None
+                and s.position is not None
+                and s.ekf_flags & needed == needed
+            ),
+            timeout,
+            "a 3-D fix, a home position and an EKF position estimate",
+        )
+
+    # -- commands --------------------------------------------------------------------------
+
+    def command_long(
+        self, command: int, *params: float, timeout: float | None = None
+    ) -> CommandAck:
+        """Send COMMAND_LONG and return its ACCEPTED ack; CommandError on any other result."""
+        self.link.require_up()
+        tx = CommandLong(
+            command,
+            list(params),
+            self.link.target_system,
+            self.link.target_component,
+            own_system=self.link.own_system,
+            own_component=self.link.own_component,
+            timeout=timeout or self.command_timeout_s,
+            retries=self.command_retries,
+        )
+        return self.link.run(tx, timeout=_COMMAND_BACKSTOP_S)
+
+    def command_int(
+        self,
+        command: int,
+        frame: int,
+        params: Sequence[float],
+        x: int = 0,
+        y: int = 0,
+        z: float = 0.0,
+    ) -> CommandAck:
+        """Send COMMAND_INT (positions as degE7) and return its ACCEPTED ack."""
+        self.link.require_up()
+        tx = CommandInt(
+            command,
+            frame,
+            list(params),
+            x,
+            y,
+            z,
+            self.link.target_system,
+            self.link.target_component,
+            own_system=self.link.own_system,
+            own_component=self.link.own_component,
+            timeout=self.command_timeout_s,
+            retries=self.command_retries,
+        )
+        return self.link.run(tx, timeout=_COMMAND_BACKSTOP_S)
+
+    def request_streams(self, streams: dict[int, float]) -> None:
+        """Ask for each message at its rate (MAV_CMD_SET_MESSAGE_INTERVAL); log refusals."""
+        for msg_id, hz in streams.items():
+            try:
+                self.set_message_interval(msg_id, hz)
+            except (CommandError, ProtocolTimeout) as exc:
+                log.warning("stream %s at %g Hz not set: %s", msg_id, hz, exc)
+
+    def set_message_interval(self, msg_id: int, hz: float) -> None:
+        """Set one message's rate; 0 Hz stops it."""
+        interval_us = -1 if hz <= 0 else int(1e6 / hz)
+        self.command_long(mavlink.MAV_CMD_SET_MESSAGE_INTERVAL, msg_id, interval_us)
+
+    def set_mode(self, name: str, timeout: float = 5.0) -> None:
+        """Switch flight mode and wait until the heartbeat shows it."""
+        number = mode_number(name)
+        self.command_long(
+            mavlink.MAV_CMD_DO_SET_MODE, mavlink.MAV_MODE_FLAG_CUSTOM_MODE_ENABLED, number
+        )
+        self.wait_until(lambda s: s.mode == name.upper(), timeout, f"mode {name.upper()}")
+
+    def arm(self, *, force: bool = False, timeout: float = 5.0) -> None:
+        """Arm; ArmingRefused carries the autopilot's pre-arm failure texts."""
+        started = time.time()
+        try:
+            self.command_long(
+                mavlink.MAV_CMD_COMPONENT_ARM_DISARM, 1, _ARM_FORCE_MAGIC if force else 0
+            )
+        except CommandError as exc:
+            raise ArmingRefused(self._arming_texts(started) or [str(exc)]) from exc
+        self.wait_until(lambda s: s.armed, timeout, "the vehicle to report armed")
+
+    def _arming_texts(self, since: float) -> list[str]:
+        """The pre-arm texts the autopilot sent with a refusal (they may trail the ACK)."""
+        deadline = time.time() + 0.5
+        while True:
+            texts = [
+                t.text
+                for t in self.tracker.recent_texts(since)
+                if t.text.startswith(("PreArm", "Arm"))
+                or t.severity <= mavlink.MAV_SEVERITY_CRITICAL
+            ]
+            if texts or time.time() >= deadline:
+                return texts
+            time.sleep(0.05)
+
+    def disarm(self, *, force: bool = False, timeout: float = 5.0) -> None:
+        """Disarm (refused in flight unless forced) and wait until the heartbeat shows it."""
+        self.command_long(mavlink.MAV_CMD_COMPONENT_ARM_DISARM, 0, _ARM_FORCE_MAGIC if force else 0)
+        self.wait_until(lambda s: not s.armed, timeout, "the vehicle to report disarmed")
+
+    def takeoff(self, alt_m: float) -> None:
+        """GUIDED takeoff to `alt_m` above home; returns once accepted, not once reached."""
+        self.command_long(mavlink.MAV_CMD_NAV_TAKEOFF, 0, 0, 0, 0, 0, 0, alt_m)
+
+    def goto(self, lat: float, lon: float, alt_rel_m: float) -> None:
+        """Fly to a point (GUIDED) with SET_POSITION_TARGET_GLOBAL_INT, altitude above home."""
+        self.link.require_up()
+        if self.state.mode != "GUIDED":
+            raise CommandError("goto", "not in GUIDED", f"vehicle is in {self.state.mode}")
+        self.link.send(
+            mavlink.MAVLink_set_position_target_global_int_message(
+                0,
+                self.link.target_system,
+                self.link.target_component,
+                mavlink.MAV_FRAME_GLOBAL_RELATIVE_ALT_INT,
+                _POSITION_ONLY,
+                round(lat * 1e7),
+                round(lon * 1e7),
+                alt_rel_m,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+            )
+        )
+
+    def set_speed(self, ground_speed_mps: float) -> None:
+        """Change the horizontal speed of GUIDED/AUTO flight (MAV_CMD_DO_CHANGE_SPEED)."""
+        self.command_long(mavlink.MAV_CMD_DO_CHANGE_SPEED, 1, ground_speed_mps, -1)
+
+    def land(self) -> None:
+        """Land where the vehicle is."""
+        self.set_mode("LAND")
+
+    def rtl(self) -> None:
+        """Return to launch and land there."""
+        self.set_mode("RTL")
+
+    def loiter(self) -> None:
+        """Hold position (LOITER)."""
+        self.set_mode("LOITER")
+
+    def brake(self) -> None:
+        """Stop as fast as the vehicle can (BRAKE)."""
+        self.set_mode("BRAKE")
+
+    def start_mission(self) -> None:
+        """Fly the stored mission (MAV_CMD_MISSION_START switches to AUTO from GUIDED)."""
+        self.command_long(mavlink.MAV_CMD_MISSION_START, 0, 0)
+
+    # -- missions, fences, rally points ----------------------------------------------------
+
+    def upload_mission(
+        self, items: Sequence[MissionItem], mission_type: int = mavlink.MAV_MISSION_TYPE_MISSION
+    ) -> None:
+        """Upload items (for MISSION, item 0 is home on ArduPilot)."""
+        self.link.require_up()
+        self.link.run(MissionUpload(list(items), mission_type, **self._ids()), timeout=120.0)
+
+    def download_mission(
+        self, mission_type: int = mavlink.MAV_MISSION_TYPE_MISSION
+    ) -> list[MissionItem]:
+        """Read back the stored items."""
+        self.link.require_up()
+        return self.link.run(MissionDownload(mission_type, **self._ids()), timeout=120.0)
+
+    def clear_mission(self, mission_type: int = mavlink.MAV_MISSION_TYPE_MISSION) -> None:
+        """Delete the stored items of one type."""
+        self.link.require_up()
+        self.link.run(MissionClear(mission_type, **self._ids()), timeout=30.0)
+
+    def set_current_mission_item(self, seq: int) -> None:
+        """Make `seq` the item AUTO flies next."""
+        self.link.require_up()
+        self.link.run(MissionSetCurrent(seq, **self._ids()), timeout=30.0)
+
+    # -- parameters ------------------------------------------------------------------------
+
+    def get_param(self, name: str) -> float:
+        """One parameter's value."""
+        self.link.require_up()
+        value, _ptype = self.link.run(ParamRead(name, **self._ids()), timeout=30.0)
+        return value
+
+    def get_all_params(self) -> dict[str, float]:
+        """Every parameter, by name."""
+        self.link.require_up()
+        table = self.link.run(ParamReadAll(**self._ids()), timeout=300.0)
+        return {name: value for name, (value, _ptype) in table.items()}
+
+    def set_param(self, name: str, value: float, param_type: int | None = None) -> float:
+        """Set a parameter and return the value the autopilot echoed (verified equal)."""
+        self.link.require_up()
+        result = self.link.run(ParamSet(name, value, param_type, **self._ids()), timeout=30.0)
+        if result is None:
+            raise ParamError(f"{name}: no value echoed")
+        return result[0] if isinstance(result, tuple) else result
+
+    def _ids(self) -> dict[str, int]:
+        return {
+            "target_system": self.link.target_system,
+            "target_component": self.link.target_component,
+            "own_system": self.link.own_system,
+            "own_component": self.link.own_component,
+        }
