@@ -99,10 +99,15 @@ class StateTracker:
         }
 
     def _global_position(self, msg: MAVLinkMessage) -> dict:
+        # ArduPilot sends GLOBAL_POSITION_INT with lat = lon = 0 until the EKF has an origin:
+        # that is "no position", not a point in the Gulf of Guinea.
+        has_fix = msg.lat != 0 or msg.lon != 0
         return {
             "position": Position(
                 msg.lat / 1e7, msg.lon / 1e7, msg.alt / 1000.0, msg.relative_alt / 1000.0
-            ),
+            )
+            if has_fix
+            else None,
             "velocity_ned_mps": (msg.vx / 100.0, msg.vy / 100.0, msg.vz / 100.0),
             "heading_deg": None if msg.hdg == 65535 else msg.hdg / 100.0,
         }

@@ -120,6 +120,8 @@ class DeliveryMission:
         """Fly the delivery; returns "delivered" or the reason it was aborted."""
         self.journal.start_mission(self.plan.mission_id, asdict(self.plan))
         try:
+            # Phases are timed on the autopilot's clock: wait until it has been heard.
+            self.vehicle.wait_until(lambda s: s.boot_time_s is not None, 10.0, "telemetry")
             self._preflight()
             self._arm()
             self._takeoff()
