@@ -1,6 +1,7 @@
 """The `skycourier` command line.
 
-`skycourier sim` flies a whole simulated delivery on built-in defaults; `skycourier vehicle`
+`skycourier sim` flies a whole simulated delivery on built-in defaults; `skycourier run` is the
+on-board daemon the systemd unit starts; `skycourier vehicle`
 serves the built-in vehicle for a ground station or SITL-style experiments; `skycourier
 config` checks a configuration file or prints the defaults.
 """
@@ -72,6 +73,19 @@ def _summary(report: dict) -> str:
     )
 
 
+def _run(args: argparse.Namespace) -> int:
+    from companion.daemon import run_daemon
+
+    config = load_config(args.config)
+    logging_config = config.logging
+    setup_logging(
+        args.log_level or logging_config.level,
+        "json" if args.log_json else logging_config.format,
+        logging_config.file,
+    )
+    return run_daemon(config)
+
+
 def _vehicle(args: argparse.Namespace) -> int:
     from sim.vehicle.__main__ import main as vehicle_main
 
@@ -115,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--quiet", action="store_true", help="no progress display")
     sim.set_defaults(func=_sim)
+
+    run = sub.add_parser("run", help="run the on-board daemon (what the systemd unit starts)")
+    run.add_argument("--config", type=Path, default=None, help="TOML configuration file")
+    run.set_defaults(func=_run)
 
     vehicle = sub.add_parser(
         "vehicle", help="serve the built-in vehicle on TCP (like SITL) for a ground station"

@@ -16,6 +16,7 @@ from firmware_bridge.state import LinkState
 from firmware_bridge.vehicle import Vehicle
 from sim.vehicle import DEFAULT_HOME, VehicleServer
 from tests.conftest import Autopilot
+from tests.flight_helpers import arm_guided
 
 MISSION = mavlink.MAV_MISSION_TYPE_MISSION
 FENCE = mavlink.MAV_MISSION_TYPE_FENCE
@@ -40,21 +41,6 @@ def _item(
     )  # fmt: skip
 
 
-def _arm_guided(vehicle: Vehicle, timeout: float = 120.0) -> None:
-    """GUIDED and armed, retrying while the autopilot still says it is not ready."""
-    vehicle.wait_armable(timeout)
-    vehicle.set_mode("GUIDED")
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            vehicle.arm()
-            return
-        except ArmingRefused:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1.0)
-
-
 # ArduPilot stores the frame, not its _INT spelling, and sends the plain one back (as QGC
 # expects): MAV_FRAME_GLOBAL_INT -> GLOBAL, GLOBAL_RELATIVE_ALT_INT -> GLOBAL_RELATIVE_ALT, ...
 _PLAIN_FRAME = {
@@ -74,7 +60,7 @@ def _same_items(a: list[MissionItem], b: list[MissionItem]) -> None:
 
 
 def test_arm_takeoff_goto_land(vehicle: Vehicle) -> None:
-    _arm_guided(vehicle)
+    arm_guided(vehicle)
     vehicle.takeoff(10.0)
     vehicle.wait_until(lambda s: s.position is not None and s.position.alt_rel_m >= 9.5, 60, "10 m")
     home = vehicle.state.home
@@ -217,7 +203,7 @@ def test_link_loss_triggers_the_autopilots_failsafe(builtin_autopilot: Autopilot
     )
     try:
         v.set_param("FS_GCS_ENABLE", 1)  # off by default, as on ArduCopter
-        _arm_guided(v)
+        arm_guided(v)
         v.takeoff(10.0)
         v.wait_until(lambda s: s.position is not None and s.position.alt_rel_m > 9, 60, "10 m")
         server.set_link_blocked(True)

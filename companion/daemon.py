@@ -1,0 +1,123 @@
+"""`skycourier run`: the on-board daemon.
+
+It owns the link to the flight controller for the life of the process, keeps the vehicle
+state on the bus, and logs a status line at a steady rate. At start it reads the mission
+journal: a mission left unfinished by a crash or reboot is never forgotten. If the vehicle
+is still flying it is brought home (RTL), since the plan's context (recipient, obstacles) is
+gone with the old process; if it is on the ground the mission is closed as interrupted. In
+both cases the outcome is journaled. Orders reach the daemon through later subsystems
+(order intake, telemetry link); until then it supervises.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+from companion.bus import Bus
+from companion.config import Config
+from companion.mission.journal import Journal
+from firmware_bridge.errors import BridgeError
+from firmware_bridge.state import LinkState, StatusText, VehicleState
+from firmware_bridge.vehicle import Vehicle
+
+log = logging.getLogger(__name__)
+
+_STATUS_EVERY_S = 10.0
+
+
+def recover_unfinished(journal: Journal, vehicle: Vehicle) -> list[tuple[str, str]]:
+    """Close every unfinished mission safely; returns (mission_id, outcome) pairs."""
+    closed = []
+    for mission_id in journal.unfinished():
+        state = vehicle.state
+        if state.armed:
+            outcome = "companion restarted mid-flight: returning home"
+            journal.record(mission_id, "abort", "abort", {"reason": outcome, "action": "RTL"},
+                           state.boot_time_s)  # fmt: skip
+            try:
+                vehicle.rtl()
+            except BridgeError as exc:
+                journal.record(mission_id, "abort", "abort-action-failed", {"error": str(exc)},
+                               state.boot_time_s)  # fmt: skip
+                log.error("mission %s: RTL after restart failed: %s", mission_id, exc)
+        else:
+            outcome = "interrupted on the ground by a companion restart"
+        journal.finish(mission_id, outcome, state.boot_time_s)
+        log.warning("mission %s: %s", mission_id, outcome)
+        closed.append((mission_id, outcome))
+    return closed
+
+
+def _log_link(event: LinkState) -> None:
+    log.log(logging.INFO if event.up else logging.WARNING, "autopilot link %s %s",
+            "up" if event.up else "down", event.reason)  # fmt: skip
+
+
+def _log_text(text: StatusText) -> None:
+    log.info("autopilot: %s", text.text)
+
+
+def run_daemon(config: Config, stop: threading.Event | None = None) -> int:
+    """Run until SIGTERM/SIGINT (or `stop` is set); returns the process exit status."""
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("signal %d: stopping", signum)
+            stop.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+    bus = Bus()
+    bus.subscribe(LinkState, _log_link)
+    bus.subscribe(StatusText, _log_text)
+    vc = config.vehicle
+    journal = Journal(config.journal.path)
+    try:
+        vehicle = Vehicle.connect(
+            vc.connection,
+            publish=bus.publish,
+            target_system=vc.target_system,
+            target_component=vc.target_component,
+            own_system=config.companion.system_id,
+            own_component=config.companion.component_id,
+            connect_timeout_s=vc.connect_timeout_s,
+            heartbeat_timeout_s=vc.heartbeat_timeout_s,
+            heartbeat_interval_s=1.0 / config.companion.heartbeat_hz,
+            command_timeout_s=vc.command_timeout_s,
+            command_retries=vc.command_retries,
+        )
+    except BridgeError as exc:
+        journal.close()
+        log.error("cannot reach the autopilot: %s", exc)
+        return 1
+    try:
+        vehicle.wait_until(lambda s: s.boot_time_s is not None, vc.connect_timeout_s, "telemetry")
+        recover_unfinished(journal, vehicle)
+        while not stop.wait(_STATUS_EVERY_S):
+            _log_status(vehicle.state, vehicle.link.up)
+    except BridgeError as exc:
+        log.error("daemon stopped: %s", exc)
+        return 1
+    finally:
+        vehicle.close()
+        journal.close()
+    return 0
+
+
+def _log_status(state: VehicleState, link_up: bool) -> None:
+    pos = state.position
+    log.info(
+        "status",
+        extra={
+            "link_up": link_up,
+            "mode": state.mode,
+            "armed": state.armed,
+            "alt_rel_m": None if pos is None else round(pos.alt_rel_m, 1),
+            "battery_pct": state.battery.remaining_pct,
+            "gps_fix": state.gps.fix_type,
+        },
+    )

@@ -1,0 +1,72 @@
+"""`skycourier sim` end to end, as a user runs it: a process, files on disk, an exit status."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from companion.cli import main
+
+SKYCOURIER = [sys.executable, "-m", "companion.cli"]
+
+
+def test_default_sim_delivers_and_writes_a_true_report(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    done = subprocess.run(
+        [*SKYCOURIER, "sim", "--out", str(out), "--quiet", "--speedup", "20"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "delivered" in done.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["outcome"] == "delivered"
+    names = [p["name"] for p in report["phases"]]
+    assert names[-7:] == ["takeoff", "cruise", "descend", "release", "climb", "return", "land"]
+    for phase in report["phases"]:
+        assert phase["start_s"] is not None and phase["end_s"] >= phase["start_s"]
+    # Out 500 m and back, plus the small wander of the descent and climb.
+    assert 990 <= report["distance_m"] <= 1030
+    assert 29.5 <= report["max_alt_m"] <= 31.0
+    assert report["ideal_duration_s"] < report["duration_s"] < 1.5 * report["ideal_duration_s"]
+    assert 0 < report["battery_used_pct"] < 100
+    png = (out / "flight.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 20_000
+
+
+def test_order_file_chooses_the_drop(tmp_path: Path) -> None:
+    order = tmp_path / "order.json"
+    order.write_text(
+        json.dumps({"mission_id": "o-7", "drop": {"distance_m": 120, "bearing_deg": 270}})
+    )
+    out = tmp_path / "r"
+    assert (
+        main(["sim", "--order", str(order), "--out", str(out), "--quiet", "--speedup", "25"]) == 0
+    )
+    report = json.loads((out / "report.json").read_text())
+    assert report["mission_id"] == "o-7"
+    assert 230 <= report["distance_m"] <= 260
+
+
+def test_invalid_config_names_the_field(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[flight]\ncruise_alt_m = 150\n")
+    assert main(["sim", "--config", str(config), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "flight.cruise_alt_m" in err and "bad.toml" in err
+
+
+def test_bad_order_file_is_named(tmp_path: Path, capsys) -> None:
+    order = tmp_path / "order.json"
+    order.write_text('{"drop": {"lat": 91, "lon": 0}}')
+    assert main(["sim", "--order", str(order), "--out", str(tmp_path / "r")]) == 2
+    assert "order.json" in capsys.readouterr().err
+
+
+def test_missing_sitl_binary_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    code = main(["sim", "--sitl", str(tmp_path / "arducopter"), "--out", str(tmp_path / "r")])
+    assert code == 1
+    assert "does not exist" in capsys.readouterr().err
