@@ -35,15 +35,11 @@ mavlink.register_rx_msgid(HEARTBEAT_MSGID)
 local last_heard_ms = nil
 local tripped = false
 
--- Source component id of a raw MAVLink 1 (0xFE) or 2 (0xFD) frame.
-local function source_component(frame)
-  local magic = string.byte(frame, 1)
-  if magic == 0xFD then
-    return string.byte(frame, 7)
-  elseif magic == 0xFE then
-    return string.byte(frame, 5)
-  end
-  return nil
+-- Source component id of a received message. mavlink.receive_chan() hands over ArduPilot's
+-- mavlink_message_t as bytes, not the wire frame: checksum (2), magic, len, incompat_flags,
+-- compat_flags, seq, sysid, compid, msgid (3), payload...; so compid is the 9th byte.
+local function source_component(msg)
+  return string.byte(msg, 9)
 end
 
 local function update()
