@@ -137,7 +137,8 @@ def run_simulation(
             own_component=config.companion.component_id,
             connect_timeout_s=vc.connect_timeout_s,
             heartbeat_timeout_s=vc.heartbeat_timeout_s,
-            heartbeat_interval_s=1.0 / config.companion.heartbeat_hz,
+            # The simulated autopilot times its companion watchdog in its own, faster clock.
+            heartbeat_interval_s=min(1.0 / config.companion.heartbeat_hz, 1.0 / sim.speedup),
             command_timeout_s=vc.command_timeout_s,
             command_retries=vc.command_retries,
         )

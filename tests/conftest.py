@@ -22,6 +22,12 @@ SITL_SKIP = (
 )
 
 
+#: The companion's heartbeat period in the tests. Simulated autopilots run up to 20x faster
+#: than the wall clock and time their failsafes (the companion watchdog's 5 s) in their own
+#: clock, so a 1 Hz heartbeat would look like a companion that keeps dying.
+HEARTBEAT_S = 0.05
+
+
 @dataclass
 class Autopilot:
     """Where a test's autopilot listens, and which kind it is."""
@@ -68,7 +74,9 @@ def autopilot(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Autopi
 @pytest.fixture
 def vehicle(autopilot: Autopilot) -> Iterator[Vehicle]:
     """A `Vehicle` connected to the test's autopilot."""
-    v = Vehicle.connect(autopilot.connection, connect_timeout_s=20.0)
+    v = Vehicle.connect(
+        autopilot.connection, connect_timeout_s=20.0, heartbeat_interval_s=HEARTBEAT_S
+    )
     try:
         yield v
     finally:

@@ -10,6 +10,7 @@ from companion.daemon import recover_unfinished, run_daemon
 from companion.mission.journal import Journal
 from firmware_bridge.vehicle import Vehicle
 from sim.vehicle import DEFAULT_HOME, VehicleServer
+from tests.conftest import HEARTBEAT_S
 from tests.flight_helpers import arm_guided
 
 
@@ -20,7 +21,7 @@ def test_unfinished_mission_in_flight_is_brought_home(tmp_path: Path) -> None:
     ):
         journal.start_mission("m-1", {"drop": [0, 0]})
         journal.record("m-1", "cruise", "enter", {}, 80.0)
-        with Vehicle.connect(f"tcp:127.0.0.1:{server.port}") as v:
+        with Vehicle.connect(f"tcp:127.0.0.1:{server.port}", heartbeat_interval_s=HEARTBEAT_S) as v:
             arm_guided(v)
             v.takeoff(10.0)
             v.wait_until(lambda s: s.position is not None and s.position.alt_rel_m > 5, 60, "5 m")
@@ -37,7 +38,7 @@ def test_unfinished_mission_on_the_ground_is_closed(tmp_path: Path) -> None:
         Journal(tmp_path / "j.db") as journal,
     ):
         journal.start_mission("m-2", {})
-        with Vehicle.connect(f"tcp:127.0.0.1:{server.port}") as v:
+        with Vehicle.connect(f"tcp:127.0.0.1:{server.port}", heartbeat_interval_s=HEARTBEAT_S) as v:
             v.wait_until(lambda s: s.boot_time_s is not None, 10, "telemetry")
             assert recover_unfinished(journal, v) == [
                 ("m-2", "interrupted on the ground by a companion restart")

@@ -18,6 +18,7 @@ from companion.mission.journal import Journal
 from firmware_bridge.dialect import mavutil
 from firmware_bridge.vehicle import Vehicle
 from sim.vehicle import DEFAULT_HOME, VehicleServer
+from tests.conftest import HEARTBEAT_S
 
 
 @pytest.fixture
@@ -38,7 +39,9 @@ def _fly(
     bus = Bus()
     events: list[MissionEvent] = []
     lat, lon = offset(DEFAULT_HOME[0], DEFAULT_HOME[1], distance_m, 45.0)
-    vehicle = Vehicle.connect(f"tcp:127.0.0.1:{server.port}", publish=bus.publish)
+    vehicle = Vehicle.connect(
+        f"tcp:127.0.0.1:{server.port}", publish=bus.publish, heartbeat_interval_s=HEARTBEAT_S
+    )
     bus.subscribe(MissionEvent, events.append)
     if on_event is not None:
         bus.subscribe(MissionEvent, lambda e: on_event(e, vehicle))

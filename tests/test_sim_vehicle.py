@@ -15,14 +15,16 @@ import pytest
 
 from firmware_bridge.dialect import MAVLinkMessage, mavlink, mavutil
 from sim.vehicle import DEFAULT_HOME, VehicleServer
+from sim.vehicle.controllers import PositionTarget, Takeoff
+from sim.vehicle.copter import Copter
 from sim.vehicle.fence import Fence
 from sim.vehicle.geo import ne_offset, offset_latlon
 from sim.vehicle.kinematics import MotionLimits, PointMass
 from sim.vehicle.mission_store import Item, convert
-from sim.vehicle.params import INT8, INT32, REAL32, coerce
+from sim.vehicle.params import INT8, INT32, REAL32, ParamTable, coerce
 
 C = mavlink
-GUIDED, AUTO, RTL, LAND, STABILIZE = 4, 3, 6, 9, 0
+GUIDED, AUTO, LOITER, RTL, LAND, STABILIZE, BRAKE = 4, 3, 5, 6, 9, 0, 17
 POS_ONLY = 0b110111111000  # SET_POSITION_TARGET type_mask: position used
 VEL_ONLY = 0b110111000111  # velocity used
 REL_INT = C.MAV_FRAME_GLOBAL_RELATIVE_ALT_INT
@@ -140,7 +142,9 @@ class Gcs:
                 assert (ack.target_system, ack.target_component) == (1, 191)
                 return ack.result
 
-    def command_int(self, command: int, frame: int, params: list[float], x: int, y: int, z: float) -> int:
+    def command_int(
+        self, command: int, frame: int, params: list[float], x: int, y: int, z: float
+    ) -> int:
         """COMMAND_INT; returns the COMMAND_ACK result."""
         self.conn.mav.command_int_send(1, 1, frame, command, 0, 0, *params, x, y, z)
         while True:
@@ -181,9 +185,11 @@ class Gcs:
         """GUIDED, wait for a position estimate, arm; returns the simulated arm time."""
         assert self.command(C.MAV_CMD_DO_SET_MODE, 1, GUIDED) == C.MAV_RESULT_ACCEPTED
         self.wait(
-            lambda: bool(self.last["EKF_STATUS_REPORT"].flags & C.EKF_POS_HORIZ_ABS)
-            if "EKF_STATUS_REPORT" in self.last
-            else False,
+            lambda: (
+                bool(self.last["EKF_STATUS_REPORT"].flags & C.EKF_POS_HORIZ_ABS)
+                if "EKF_STATUS_REPORT" in self.last
+                else False
+            ),
             "a position estimate",
         )
         assert self.command(C.MAV_CMD_COMPONENT_ARM_DISARM, 1) == C.MAV_RESULT_ACCEPTED
@@ -300,7 +306,9 @@ def test_fence_geometry() -> None:
     fence = Fence(lambda lat, lon: ne_offset(HOME_E7[0], HOME_E7[1], lat, lon))
     square = [offset(n, e) for n, e in ((-50, -50), (-50, 50), (50, 50), (50, -50))]
     inclusion = C.MAV_CMD_NAV_FENCE_POLYGON_VERTEX_INCLUSION
-    items = [Item(i, 0, inclusion, 4, 0, 0, 0, lat, lon, 0.0, 0) for i, (lat, lon) in enumerate(square)]
+    items = [
+        Item(i, 0, inclusion, 4, 0, 0, 0, lat, lon, 0.0, 0) for i, (lat, lon) in enumerate(square)
+    ]
     nfz = offset(20, 0)
     items.append(Item(4, 0, C.MAV_CMD_NAV_FENCE_CIRCLE_EXCLUSION, 5, 0, 0, 0, *nfz, 0.0, 0))
     fence.load(items)
@@ -325,6 +333,26 @@ def test_items_are_stored_the_way_ardupilot_reads_them_back() -> None:
     assert convert(local, C.MAV_MISSION_TYPE_MISSION)[0] == C.MAV_MISSION_UNSUPPORTED_FRAME
 
 
+def test_wind_limits_upwind_speed_and_costs_current() -> None:
+    def cruise_upwind(wind_mps: float) -> tuple[float, float]:
+        params = ParamTable({"SIM_WIND_SPD": wind_mps, "SIM_WIND_DIR": 0.0})  # from the north
+        copter = Copter(DEFAULT_HOME, params, ready_delay_s=0.0)
+        assert copter.set_mode(GUIDED) and copter.arm(force=False)
+        copter.controller = Takeoff(copter, 20.0)
+        while copter.body.alt < 19.5:
+            copter.step(0.02)
+        copter.controller = PositionTarget(3000.0, 0.0, 20.0)
+        for _ in range(1500):
+            copter.step(0.02)
+        return copter.body.ground_speed, copter.battery.current_a
+
+    calm_speed, calm_current = cruise_upwind(0.0)
+    windy_speed, windy_current = cruise_upwind(15.0)
+    assert calm_speed == pytest.approx(10.0, abs=0.05)
+    assert 7.0 < windy_speed < 9.5  # the lean angle (ANGLE_MAX) runs out against 15 m/s
+    assert windy_current > calm_current * 1.2
+
+
 # ---- over TCP ---------------------------------------------------------------------------
 def test_simulated_time_starts_at_the_first_connection() -> None:
     server = VehicleServer(DEFAULT_HOME, speedup=20.0, port=0).start()
@@ -345,11 +373,10 @@ def test_simulated_time_starts_at_the_first_connection() -> None:
 def test_default_delivery_flies_like_sitl() -> None:
     server, gcs = serve(25.0)
     try:
-        # EXTENDED_SYS_STATE at 20 Hz so the start of the landing is seen promptly
-        assert (
-            gcs.command(C.MAV_CMD_SET_MESSAGE_INTERVAL, C.MAVLINK_MSG_ID_EXTENDED_SYS_STATE, 50_000)
-            == C.MAV_RESULT_ACCEPTED
-        )
+        # landed state and arming at 20 Hz, so that phase ends are seen promptly
+        for msg_id in (C.MAVLINK_MSG_ID_EXTENDED_SYS_STATE, C.MAVLINK_MSG_ID_HEARTBEAT):
+            result = gcs.command(C.MAV_CMD_SET_MESSAGE_INTERVAL, msg_id, 50_000)
+            assert result == C.MAV_RESULT_ACCEPTED
         gcs.arm_guided_when_ready()
         start = gcs.sim_time
         t_takeoff = gcs.takeoff(30.0)
@@ -358,7 +385,9 @@ def test_default_delivery_flies_like_sitl() -> None:
         t_cruise = gcs.wait(lambda: gcs.distance_to(lat, lon) < 2.0, "the drop point", 60)
         gcs.goto(lat, lon, 5.0)
         t_descend = gcs.wait(lambda: gcs.alt <= 5.5, "5 m")
-        assert gcs.command(C.MAV_CMD_DO_GRIPPER, 1, C.GRIPPER_ACTION_RELEASE) == C.MAV_RESULT_ACCEPTED
+        assert (
+            gcs.command(C.MAV_CMD_DO_GRIPPER, 1, C.GRIPPER_ACTION_RELEASE) == C.MAV_RESULT_ACCEPTED
+        )
         t_hold = gcs.wait(lambda: gcs.sim_time >= t_descend + 3.0, "3 s hold")
         gcs.goto(lat, lon, 30.0)
         t_climb = gcs.wait(lambda: gcs.alt >= 29.5, "30 m again")
@@ -405,11 +434,16 @@ def test_arming_is_refused_until_ready_with_ardupilots_reasons() -> None:
         assert gcs.text_seen("Arm: Need Position Estimate")
         # forcing skips the checks but not the mandatory GPS check of a GPS mode
         assert gcs.command(C.MAV_CMD_COMPONENT_ARM_DISARM, 1, 21196) == C.MAV_RESULT_FAILED
-        assert not (gcs.last["SYS_STATUS"].onboard_control_sensors_health & C.MAV_SYS_STATUS_PREARM_CHECK)
-        # STABILIZE does not need a position
+        assert not (
+            gcs.last["SYS_STATUS"].onboard_control_sensors_health & C.MAV_SYS_STATUS_PREARM_CHECK
+        )
+        # STABILIZE does not need a position; left on the ground it disarms after DISARM_DELAY
         assert gcs.command(C.MAV_CMD_DO_SET_MODE, 1, STABILIZE) == C.MAV_RESULT_ACCEPTED
         assert gcs.command(C.MAV_CMD_COMPONENT_ARM_DISARM, 1) == C.MAV_RESULT_ACCEPTED
-        assert gcs.command(C.MAV_CMD_COMPONENT_ARM_DISARM, 0) == C.MAV_RESULT_ACCEPTED
+        armed_at = gcs.wait(gcs.armed, "armed")
+        disarmed_at = gcs.wait(lambda: not gcs.armed(), "auto-disarm")
+        assert disarmed_at - armed_at == pytest.approx(10.0, abs=1.5)
+        assert gcs.text_seen("Disarming motors")
         gcs.arm_guided_when_ready()
         assert gcs.sim_time >= 100.0
         gcs.wait(lambda: gcs.armed(), "armed heartbeat")
@@ -456,7 +490,12 @@ def test_mission_fence_and_rally_transfers(flight: tuple[VehicleServer, Gcs]) ->
     assert (home.x, home.y, home.frame) == (*HOME_E7, C.MAV_FRAME_GLOBAL)
     assert home.z == pytest.approx(DEFAULT_HOME[2])
     for sent, got in zip(mission[1:], back[1:], strict=True):
-        assert (got.command, got.x, got.y, got.param1) == (sent.command, sent.x, sent.y, sent.param1)
+        assert (got.command, got.x, got.y, got.param1) == (
+            sent.command,
+            sent.x,
+            sent.y,
+            sent.param1,
+        )
         assert got.z == pytest.approx(sent.z)
         assert got.frame == C.MAV_FRAME_GLOBAL_RELATIVE_ALT  # ArduPilot stores *_INT frames plain
 
@@ -482,11 +521,16 @@ def test_mission_fence_and_rally_transfers(flight: tuple[VehicleServer, Gcs]) ->
     fence_type = C.MAV_MISSION_TYPE_FENCE
     square = [offset(n, e) for n, e in ((-80, -80), (-80, 80), (80, 80), (80, -80))]
     vertex = C.MAV_CMD_NAV_FENCE_POLYGON_VERTEX_INCLUSION
-    fence = [item(i, vertex, lat, lon, frame=0, mission_type=fence_type, p1=4) for i, (lat, lon) in enumerate(square)]
+    fence = [
+        item(i, vertex, lat, lon, frame=0, mission_type=fence_type, p1=4)
+        for i, (lat, lon) in enumerate(square)
+    ]
     assert gcs.upload(fence, fence_type) == C.MAV_MISSION_ACCEPTED
     got = gcs.download(fence_type)
     assert [(f.command, f.x, f.y, f.param1) for f in got] == [(vertex, *sq, 4) for sq in square]
-    bad_polygon = [item(i, vertex, *square[i], frame=0, mission_type=fence_type, p1=2) for i in range(2)]
+    bad_polygon = [
+        item(i, vertex, *square[i], frame=0, mission_type=fence_type, p1=2) for i in range(2)
+    ]
     assert gcs.upload(bad_polygon, fence_type) == C.MAV_MISSION_ERROR
     waypoint_as_fence = [item(0, C.MAV_CMD_NAV_WAYPOINT, *HOME_E7, 10, mission_type=fence_type)]
     assert gcs.upload(waypoint_as_fence, fence_type) == C.MAV_MISSION_UNSUPPORTED
@@ -495,7 +539,11 @@ def test_mission_fence_and_rally_transfers(flight: tuple[VehicleServer, Gcs]) ->
     rally = [item(0, C.MAV_CMD_NAV_RALLY_POINT, *offset(100, 0), 15, mission_type=rally_type)]
     assert gcs.upload(rally, rally_type) == C.MAV_MISSION_ACCEPTED
     (point,) = gcs.download(rally_type)
-    assert (point.x, point.y, point.z, point.frame) == (*offset(100, 0), 15, C.MAV_FRAME_GLOBAL_RELATIVE_ALT)
+    assert (point.x, point.y, point.z, point.frame) == (
+        *offset(100, 0),
+        15,
+        C.MAV_FRAME_GLOBAL_RELATIVE_ALT,
+    )
 
     for mission_type in (C.MAV_MISSION_TYPE_MISSION, fence_type, rally_type):
         gcs.drain()
@@ -556,7 +604,9 @@ def test_command_results_are_ardupilots(flight: tuple[VehicleServer, Gcs]) -> No
     gcs.wait(lambda: gcs.distance_to(lat, lon) < 1.0, "the reposition point", each=track_speed)
     assert 4.0 < top[0] < 5.2  # DO_CHANGE_SPEED 5 m/s held
     assert gcs.command(C.MAV_CMD_NAV_LAND) == C.MAV_RESULT_ACCEPTED
-    gcs.wait(lambda: gcs.last["EXTENDED_SYS_STATE"].landed_state == C.MAV_LANDED_STATE_LANDING, "landing")
+    gcs.wait(
+        lambda: gcs.last["EXTENDED_SYS_STATE"].landed_state == C.MAV_LANDED_STATE_LANDING, "landing"
+    )
     gcs.wait(lambda: not gcs.armed(), "disarm after landing", 30)
 
 
@@ -566,7 +616,10 @@ def test_fence_breach_triggers_rtl() -> None:
         fence_type = C.MAV_MISSION_TYPE_FENCE
         square = [offset(n, e) for n, e in ((-80, -80), (-80, 80), (80, 80), (80, -80))]
         vertex = C.MAV_CMD_NAV_FENCE_POLYGON_VERTEX_INCLUSION
-        fence = [item(i, vertex, *sq, frame=0, mission_type=fence_type, p1=4) for i, sq in enumerate(square)]
+        fence = [
+            item(i, vertex, *sq, frame=0, mission_type=fence_type, p1=4)
+            for i, sq in enumerate(square)
+        ]
         assert gcs.upload(fence, fence_type) == C.MAV_MISSION_ACCEPTED
         gcs.set_param("FENCE_TYPE", 4)
         gcs.set_param("FENCE_ENABLE", 1)
@@ -593,7 +646,9 @@ def test_fence_breach_triggers_rtl() -> None:
 
 
 def test_gcs_loss_triggers_rtl_when_fs_gcs_enabled() -> None:
-    server, gcs = serve(10.0, params={"FS_GCS_ENABLE": 1})
+    # The client plays a ground station whose system id the autopilot is told to watch, and
+    # the companion watchdog is off so that the GCS failsafe alone acts.
+    server, gcs = serve(10.0, params={"FS_GCS_ENABLE": 1, "SYSID_MYGCS": 1, "SCW_ENABLE": 0})
     try:
         gcs.arm_guided_when_ready()
         gcs.takeoff(10.0)
@@ -683,7 +738,8 @@ def test_auto_mission_runs_like_ap_mission() -> None:
         gcs.wait(lambda: not gcs.armed(), "the mission to end disarmed", 60, each=collect)
         collect()
         assert reached == [1, 2, 3, 5]
-        assert events.index("release") == events.index("reached 2") + 1  # DO runs once LOITER_TIME starts
+        # the DO command after LOITER_TIME runs once LOITER_TIME is done (AP_Mission)
+        assert events.index("release") == events.index("reached 3") + 1
         assert gcs.text_seen("Mission: 1 Takeoff") and gcs.text_seen("Mission: 4 Gripper")
         state = server.state
         assert not state.load_held and math.hypot(state.north_m, state.east_m) < 1.0
@@ -691,6 +747,56 @@ def test_auto_mission_runs_like_ap_mission() -> None:
     finally:
         gcs.close()
         server.stop()
+
+
+def test_payload_place_lowers_the_parcel_and_climbs_back() -> None:
+    server, gcs = serve(40.0)
+    try:
+        drop = offset(30, 0)
+        mission = [
+            item(0, C.MAV_CMD_NAV_WAYPOINT, *HOME_E7, 0, frame=C.MAV_FRAME_GLOBAL),
+            item(1, C.MAV_CMD_NAV_TAKEOFF, 0, 0, 10),
+            item(2, C.MAV_CMD_NAV_PAYLOAD_PLACE, *drop, 10),
+            item(3, C.MAV_CMD_NAV_RETURN_TO_LAUNCH),
+        ]
+        assert gcs.upload(mission, C.MAV_MISSION_TYPE_MISSION) == C.MAV_MISSION_ACCEPTED
+        gcs.arm_guided_when_ready()
+        assert gcs.command(C.MAV_CMD_MISSION_START) == C.MAV_RESULT_ACCEPTED
+        lowest = [100.0]
+
+        def track() -> None:
+            if gcs.mode() == AUTO and gcs.distance_to(*drop) < 1.0:
+                lowest[0] = min(lowest[0], gcs.alt)
+
+        gcs.wait(lambda: gcs.text_seen("Gripper load released"), "the release", 30, each=track)
+        assert gcs.text_seen("PayloadPlace: Releasing the gripper")
+        assert not server.state.load_held and server.state.armed
+        gcs.wait(lambda: not gcs.armed(), "the return home", 60, each=track)
+        assert 0.1 < lowest[0] < 0.5  # the parcel (0.3 m below) touched down, the drone did not
+        assert math.hypot(server.state.north_m, server.state.east_m) < 1.0
+    finally:
+        gcs.close()
+        server.stop()
+
+
+def test_brake_stops_short_and_loiter_holds(flight: tuple[VehicleServer, Gcs]) -> None:
+    server, gcs = flight
+    gcs.arm_guided_when_ready()
+    gcs.takeoff(10.0)
+    gcs.goto(*offset(300, 0), 10.0)
+    gcs.wait(lambda: gcs.last["VFR_HUD"].groundspeed > 9.5, "cruise speed")
+    gcs.conn.mav.set_mode_send(1, C.MAV_MODE_FLAG_CUSTOM_MODE_ENABLED, BRAKE)
+    braked_at = server.state.north_m
+    gcs.wait(lambda: gcs.mode() == BRAKE and gcs.last["VFR_HUD"].groundspeed < 0.05, "a stop")
+    # BRAKE decelerates at up to 7.5 m/s²: far shorter than the ~40 m of a GUIDED stop
+    assert server.state.north_m - braked_at < 20.0
+    assert gcs.command(C.MAV_CMD_DO_SET_MODE, 1, LOITER) == C.MAV_RESULT_ACCEPTED
+    held = server.state
+    later = gcs.sim_time + 5.0
+    gcs.wait(lambda: gcs.sim_time > later, "5 s of loiter")
+    now = server.state
+    assert math.hypot(now.north_m - held.north_m, now.east_m - held.east_m) < 0.5
+    assert now.alt_rel_m == pytest.approx(10.0, abs=0.3)
 
 
 def test_cli_parses_home_wind_and_params() -> None:
@@ -703,3 +809,25 @@ def test_cli_parses_home_wind_and_params() -> None:
     assert args.param == [("RTL_ALT", 2000.0)]
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--home", "1,2"])
+
+
+def test_companion_watchdog_returns_home_when_the_companion_falls_silent() -> None:
+    server, gcs = serve(10.0)
+    try:
+        gcs.arm_guided_when_ready()
+        gcs.takeoff(10.0)
+        assert server.state.mode == "GUIDED"
+        server.set_link_blocked(True)
+        lost_at = server.sim_time
+        deadline = time.monotonic() + 10.0
+        while server.state.mode != "RTL" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        state = server.state
+        assert state.mode == "RTL"
+        assert 4.5 <= state.time_s - lost_at <= 6.5  # SCW_TIMEOUT 5 s
+        server.set_link_blocked(False)  # the watchdog's own text was lost with the link
+        gcs.wait(lambda: gcs.text_seen("SCW: companion heartbeat back"), "heartbeat back")
+        gcs.wait(lambda: gcs.mode() == RTL, "RTL in the heartbeat")
+    finally:
+        gcs.close()
+        server.stop()

@@ -1,0 +1,301 @@
+"""The TCP face of the built-in vehicle, like ArduPilot SITL's serial0 on port 5760.
+
+One thread does everything: it waits in select() on the listening socket and the clients
+until the next control step is due, reads and decodes what arrived, hands it to the vehicle,
+steps the vehicle at PHYSICS_HZ of simulated time, and writes out telemetry and replies.
+Simulated time starts when the first client connects (as SITL's does) and runs `speedup`
+times faster than the wall clock. When the machine cannot keep up, the simulation runs as
+fast as it can: simulated time never jumps, it only falls behind the requested speed-up.
+
+Several clients may connect at once; each is a separate MAVLink link with its own sequence
+numbers and stream rates. `set_link_blocked(True)` cuts every link like a pulled cable: the
+sockets stay open but nothing goes either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import threading
+import time
+from types import TracebackType
+
+from firmware_bridge.dialect import MAVLinkMessage, mavlink
+
+from . import telemetry
+from .copter import Copter, VehicleSnapshot
+from .params import ParamTable
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOME = (-35.363261, 149.165230, 584.0)  # ArduPilot SITL's default (CMAC)
+PHYSICS_HZ = 50.0
+COMPONENT_ID = 1
+MAX_LAG_S = 0.25  # wall seconds of backlog caught up before giving up on the speed-up
+MAX_OUTPUT_BYTES = 8 << 20  # a client that stops reading this much is dropped
+IDLE_WAIT_S = 0.2
+
+
+class _Client:
+    """One connected socket: its parser, encoder and unsent bytes."""
+
+    def __init__(self, cid: int, sock: socket.socket, sysid: int) -> None:
+        self.id = cid
+        self.sock = sock
+        self.parser = mavlink.MAVLink(None, srcSystem=sysid, srcComponent=COMPONENT_ID)
+        self.parser.robust_parsing = True
+        self.encoder = mavlink.MAVLink(None, srcSystem=sysid, srcComponent=COMPONENT_ID)
+        self.output = bytearray()
+
+    def queue(self, msg: MAVLinkMessage) -> None:
+        enc = self.encoder
+        self.output += msg.pack(enc)
+        enc.seq = (enc.seq + 1) % 256
+
+
+class VehicleServer:
+    """The built-in ArduCopter-like vehicle listening for MAVLink over TCP.
+
+    `params` overrides parameter defaults (unknown names raise ValueError); `wind` is
+    (speed m/s, direction it blows from in degrees) and sets SIM_WIND_SPD/SIM_WIND_DIR;
+    `ready_delay_s` is the simulated time from first connection until the vehicle can arm in
+    GUIDED (default 5 s; SITL takes ~42 s)."""
+
+    def __init__(
+        self,
+        home: tuple[float, float, float] = DEFAULT_HOME,
+        *,
+        speedup: float = 1.0,
+        host: str = "127.0.0.1",
+        port: int = 5760,
+        params: dict[str, float] | None = None,
+        wind: tuple[float, float] | None = None,
+        system_id: int = 1,
+        ready_delay_s: float | None = None,
+    ) -> None:
+        if not speedup > 0:
+            raise ValueError(f"speedup must be positive, got {speedup}")
+        overrides: dict[str, float] = {"SYSID_THISMAV": system_id}
+        if wind is not None:
+            overrides["SIM_WIND_SPD"], overrides["SIM_WIND_DIR"] = wind
+        overrides.update(params or {})
+        self._copter = Copter(home, ParamTable(overrides), ready_delay_s)
+        self._speedup = float(speedup)
+        self._address = (host, port)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._listener: socket.socket | None = None
+        self._clients: dict[socket.socket, _Client] = {}
+        self._next_id = 0
+        self._blocked = False
+        self._port = port
+
+    # ---- lifecycle ------------------------------------------------------------------------
+    def start(self) -> VehicleServer:
+        """Bind, listen and start the simulation thread."""
+        if self._thread is not None:
+            raise RuntimeError("vehicle server already started")
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            listener.bind(self._address)
+        except OSError as exc:
+            listener.close()
+            raise OSError(f"cannot listen on {self._address[0]}:{self._address[1]}: {exc}") from exc
+        listener.listen(8)
+        listener.setblocking(False)
+        self._listener = listener
+        self._port = listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._run, name="sim-vehicle", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the thread and close every socket."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+        for client in list(self._clients.values()):
+            client.sock.close()
+        self._clients.clear()
+        if self._listener is not None:
+            self._listener.close()
+
+    def __enter__(self) -> VehicleServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # ---- what tests and the CLI see -------------------------------------------------------
+    @property
+    def port(self) -> int:
+        """The TCP port actually listened on (useful with port=0)."""
+        return self._port
+
+    @property
+    def sim_time(self) -> float:
+        """Simulated seconds since the first client connected (time_boot_ms / 1000)."""
+        with self._lock:
+            return self._copter.time
+
+    @property
+    def state(self) -> VehicleSnapshot:
+        """A consistent copy of the vehicle state."""
+        with self._lock:
+            return self._copter.snapshot()
+
+    def set_link_blocked(self, blocked: bool) -> None:
+        """Cut (True) or restore (False) all traffic both ways, sockets left open."""
+        with self._lock:
+            self._blocked = blocked
+
+    # ---- the thread -----------------------------------------------------------------------
+    def _run(self) -> None:
+        dt = 1.0 / PHYSICS_HZ
+        wall_step = dt / self._speedup
+        due: float | None = None  # wall time of the next control step once time runs
+        while not self._stop.is_set():
+            now = time.monotonic()
+            timeout = IDLE_WAIT_S if due is None else max(0.0, due - now)
+            self._io(min(timeout, IDLE_WAIT_S))
+            if due is None:
+                if self._clients:
+                    due = time.monotonic()
+                continue
+            now = time.monotonic()
+            if now - due > MAX_LAG_S:
+                due = now - MAX_LAG_S
+            steps = 0
+            while due <= now and steps < 50:
+                self._step(dt)
+                due += wall_step
+                steps += 1
+            if steps:
+                self._flush()
+
+    def _io(self, timeout: float) -> None:
+        assert self._listener is not None
+        readers = [self._listener, *self._clients]
+        writers = [s for s, c in self._clients.items() if c.output]
+        try:
+            readable, writable, _ = select.select(readers, writers, [], timeout)
+        except (OSError, ValueError):
+            self._drop_closed()
+            return
+        for sock in readable:
+            if sock is self._listener:
+                self._accept()
+            else:
+                self._read(sock)
+        for sock in writable:
+            if sock in self._clients:
+                self._write(self._clients[sock])
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        try:
+            sock, _ = self._listener.accept()
+        except OSError:
+            return
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client = _Client(self._next_id, sock, self._copter.sysid)
+        self._next_id += 1
+        self._clients[sock] = client
+        with self._lock:
+            self._copter.client_connected(client.id)
+
+    def _read(self, sock: socket.socket) -> None:
+        client = self._clients.get(sock)
+        if client is None:
+            return
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close(client)
+            return
+        with self._lock:
+            if self._blocked:
+                return
+            try:
+                messages = client.parser.parse_buffer(data) or []
+            except Exception:  # pymavlink raises plain Exceptions on garbage
+                log.debug("undecodable data from client %d", client.id)
+                return
+            for msg in messages:
+                self._copter.handle(msg, client.id)
+            self._dispatch()
+        self._flush()
+
+    def _step(self, dt: float) -> None:
+        with self._lock:
+            copter = self._copter
+            copter.step(dt)
+            self._dispatch()
+            if self._blocked:
+                return
+            built: dict[int, MAVLinkMessage | None] = {}
+            for client in self._clients.values():
+                schedule = copter.streams.get(client.id)
+                if schedule is None:
+                    continue
+                for msg_id in schedule.due(copter.time):
+                    if msg_id not in built:
+                        built[msg_id] = telemetry.BUILDERS[msg_id](copter)
+                    msg = built[msg_id]
+                    if msg is not None:
+                        client.queue(msg)
+
+    def _dispatch(self) -> None:
+        """Queue what the vehicle wants sent (dropped while the link is blocked)."""
+        outgoing = self._copter.out.drain()
+        if self._blocked:
+            return
+        by_id = {c.id: c for c in self._clients.values()}
+        for msg, to in outgoing:
+            if to is None:
+                for client in by_id.values():
+                    client.queue(msg)
+            elif to in by_id:
+                by_id[to].queue(msg)
+
+    def _flush(self) -> None:
+        for client in list(self._clients.values()):
+            if client.output:
+                self._write(client)
+
+    def _write(self, client: _Client) -> None:
+        try:
+            sent = client.sock.send(client.output)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._close(client)
+            return
+        del client.output[:sent]
+        if len(client.output) > MAX_OUTPUT_BYTES:
+            log.warning("client %d is not reading; dropping it", client.id)
+            self._close(client)
+
+    def _close(self, client: _Client) -> None:
+        self._clients.pop(client.sock, None)
+        client.sock.close()
+        with self._lock:
+            self._copter.client_disconnected(client.id)
+
+    def _drop_closed(self) -> None:
+        for client in list(self._clients.values()):
+            if client.sock.fileno() < 0:
+                self._close(client)
