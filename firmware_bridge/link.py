@@ -294,40 +294,55 @@ class MavLink:
     def run(self, transaction: Transaction[T], timeout: float | None = None) -> T:
         """Drive a sans-I/O transaction to its end and return its result.
 
-        The transaction's own timeouts and retries decide the outcome; `timeout` is a
-        backstop so that nothing can hang the caller. Messages from the autopilot reach the
-        transaction in arrival order through a queue filled by the reader thread.
+        Replies are fed to the transaction on the reader thread as they are decoded, and its
+        answers sent from there at once: a mission upload is a ping-pong of hundreds of
+        messages, and a hand-over to the caller's thread per message would double its
+        latency. The caller's thread only handles deadlines (retransmission, timeouts). The
+        transaction's own timeouts and retries decide the outcome; `timeout` is a backstop
+        so that nothing can hang the caller.
         """
-        inbox: queue.Queue[MAVLinkMessage] = queue.Queue()
-        remove = self.add_listener(inbox.put)
+        lock = threading.Lock()
+        changed = threading.Event()
+        failure: list[LinkError] = []
+
+        def feed(outgoing: list[MAVLinkMessage]) -> None:
+            try:
+                for out in outgoing:
+                    self.send(out)
+            except LinkError as exc:
+                failure.append(exc)
+            changed.set()
+
+        def on_message(msg: MAVLinkMessage) -> None:
+            with lock:
+                if not transaction.finished and not failure:
+                    feed(transaction.receive(msg, time.monotonic()))
+
         backstop = time.monotonic() + timeout if timeout is not None else None
+        with lock:
+            feed(transaction.start(time.monotonic()))
+        remove = self.add_listener(on_message)
         try:
-            for out in transaction.start(time.monotonic()):
-                self.send(out)
-            while not transaction.finished:
-                now = time.monotonic()
+            while True:
+                with lock:
+                    if failure:
+                        raise failure[0]
+                    if transaction.finished:
+                        return transaction.result()
+                    now = time.monotonic()
+                    due = transaction.deadline
+                    if due is not None and now >= due:
+                        feed(transaction.tick(now))
+                        continue
+                    changed.clear()
                 if backstop is not None and now >= backstop:
                     raise ProtocolTimeout(
                         f"{type(transaction).__name__} did not finish within {timeout:g} s"
                     )
-                wait_until = transaction.deadline
+                wait_until = due
                 if backstop is not None:
                     wait_until = backstop if wait_until is None else min(wait_until, backstop)
-                wait = 0.5 if wait_until is None else max(wait_until - now, 0.0)
-                try:
-                    msg = inbox.get(timeout=wait)
-                except queue.Empty:
-                    outgoing = transaction.tick(time.monotonic())
-                else:
-                    outgoing = transaction.receive(msg, time.monotonic())
-                    # Steady telemetry can keep the inbox from ever running dry: act on a
-                    # passed deadline (retransmission, timeout) even between messages.
-                    due = transaction.deadline
-                    if not transaction.finished and due is not None and time.monotonic() >= due:
-                        outgoing = [*outgoing, *transaction.tick(time.monotonic())]
-                for out in outgoing:
-                    self.send(out)
-            return transaction.result()
+                changed.wait(0.5 if wait_until is None else max(wait_until - now, 0.0))
         finally:
             remove()
 
