@@ -1,6 +1,8 @@
 """Mission upload through the bridge vs a plain pymavlink loop, on the same link.
 
-Both upload the same 200 waypoints to the same built-in vehicle over TCP, interleaved. The
+Both upload the same 200 waypoints to the same built-in vehicle over TCP, interleaved; the
+vehicle runs in its own process, as an autopilot would, so that it does not share the
+interpreter (and its lock) with the clients being measured. The
 baseline is what most scripts do: send MISSION_COUNT, answer each MISSION_REQUEST_INT with
 the item, wait for MISSION_ACK. The bridge does more (per-item timeouts, retransmission,
 validation of every message) and should not be slower for it. The flight part records a
@@ -12,8 +14,13 @@ default delivery's `duration_s / ideal_duration_s` from `skycourier sim`.
 from __future__ import annotations
 
 import argparse
+import re
+import signal
+import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -25,7 +32,7 @@ from companion.simulate import order_from_config, run_simulation
 from firmware_bridge.dialect import mavlink, mavutil
 from firmware_bridge.mission_protocol import MissionItem
 from firmware_bridge.vehicle import Vehicle
-from sim.vehicle import DEFAULT_HOME, VehicleServer
+from sim.vehicle import DEFAULT_HOME
 
 N_ITEMS = 200
 
@@ -74,16 +81,36 @@ def plain_pymavlink_upload(conn: mavutil.mavfile, items: list[MissionItem]) -> N
         conn.mav.send(items[msg.seq].to_msg(1, 1))
 
 
+@contextmanager
+def vehicle_process() -> Iterator[int]:
+    """The built-in vehicle in a child process; yields its TCP port."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sim.vehicle", "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    try:
+        assert proc.stdout is not None
+        found = re.search(r"tcp:[^:]+:(\d+)", proc.stdout.readline())
+        if found is None:
+            raise RuntimeError("the vehicle process did not say where it listens")
+        yield int(found.group(1))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, no flight")
     args = parser.parse_args()
     reps = 3 if args.quick else 15
     items = mission()
-    with VehicleServer(DEFAULT_HOME, speedup=1.0, port=0) as server:
-        vehicle = Vehicle.connect(f"tcp:127.0.0.1:{server.port}", streams={})
+    with vehicle_process() as port:
+        vehicle = Vehicle.connect(f"tcp:127.0.0.1:{port}", streams={})
         plain = mavutil.mavlink_connection(
-            f"tcp:127.0.0.1:{server.port}", source_system=1, source_component=190
+            f"tcp:127.0.0.1:{port}", source_system=1, source_component=190
         )
         plain.wait_heartbeat(timeout=10)
         try:

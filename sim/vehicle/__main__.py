@@ -82,7 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"sim.vehicle: {exc}", file=sys.stderr)
         return 1
-    print(f"sim.vehicle: listening on tcp:{args.host}:{server.port} (speed-up {args.speedup:g})")
+    print(
+        f"sim.vehicle: listening on tcp:{args.host}:{server.port} (speed-up {args.speedup:g})",
+        flush=True,
+    )
     try:
         while True:
             time.sleep(1.0)
