@@ -232,3 +232,37 @@ def test_unreachable_endpoint_fails_fast_and_clearly() -> None:
 def test_silent_endpoint_times_out_with_a_clear_message() -> None:
     with pytest.raises(LinkError, match=r"no heartbeat .* within 1 s"):
         Vehicle.connect("udp:127.0.0.1:14999", connect_timeout_s=1.0)
+
+
+def test_speed_change_reposition_brake_and_loiter(vehicle: Vehicle) -> None:
+    arm_guided(vehicle)
+    vehicle.takeoff(10.0)
+    vehicle.wait_until(lambda s: s.position is not None and s.position.alt_rel_m >= 9.5, 60, "10 m")
+    home = vehicle.state.home
+    assert home is not None
+    vehicle.set_speed(4.0)
+    lat, lon = offset(home.lat, home.lon, 150.0, 90.0)
+    vehicle.goto(lat, lon, 10.0)
+    cruising = vehicle.wait_until(
+        lambda s: (s.ground_speed_mps or 0.0) > 3.0, 30, "the vehicle to gather speed"
+    )
+    assert (cruising.ground_speed_mps or 0.0) <= 4.5
+    vehicle.brake()
+    vehicle.wait_until(lambda s: (s.ground_speed_mps or 9.0) < 0.3, 30, "a stop")
+    vehicle.loiter()
+    vehicle.set_mode("GUIDED")
+    # COMMAND_INT: MAV_CMD_DO_REPOSITION to a point 30 m north, at ground speed -1 (default).
+    target = offset(home.lat, home.lon, 30.0, 0.0)
+    vehicle.command_int(
+        mavlink.MAV_CMD_DO_REPOSITION, REL, [-1, 0, 0, 0],
+        round(target[0] * 1e7), round(target[1] * 1e7), 10.0,
+    )  # fmt: skip
+    vehicle.wait_until(
+        lambda s: (
+            s.position is not None and distance_m(s.position.lat, s.position.lon, *target) < 2.0
+        ),
+        60,
+        "the reposition target",
+    )
+    vehicle.land()
+    vehicle.wait_until(lambda s: not s.armed, 90, "disarm after landing")
