@@ -19,6 +19,7 @@ from types import FrameType
 from companion.bus import Bus
 from companion.config import Config
 from companion.mission.journal import Journal
+from companion.vehicle_link import connect_vehicle
 from firmware_bridge.errors import BridgeError
 from firmware_bridge.state import LinkState, StatusText, VehicleState
 from firmware_bridge.vehicle import Vehicle
@@ -74,28 +75,17 @@ def run_daemon(config: Config, stop: threading.Event | None = None) -> int:
     bus = Bus()
     bus.subscribe(LinkState, _log_link)
     bus.subscribe(StatusText, _log_text)
-    vc = config.vehicle
     journal = Journal(config.journal.path)
     try:
-        vehicle = Vehicle.connect(
-            vc.connection,
-            publish=bus.publish,
-            target_system=vc.target_system,
-            target_component=vc.target_component,
-            own_system=config.companion.system_id,
-            own_component=config.companion.component_id,
-            connect_timeout_s=vc.connect_timeout_s,
-            heartbeat_timeout_s=vc.heartbeat_timeout_s,
-            heartbeat_interval_s=1.0 / config.companion.heartbeat_hz,
-            command_timeout_s=vc.command_timeout_s,
-            command_retries=vc.command_retries,
-        )
+        vehicle = connect_vehicle(config, bus.publish)
     except BridgeError as exc:
         journal.close()
         log.error("cannot reach the autopilot: %s", exc)
         return 1
     try:
-        vehicle.wait_until(lambda s: s.boot_time_s is not None, vc.connect_timeout_s, "telemetry")
+        vehicle.wait_until(
+            lambda s: s.boot_time_s is not None, config.vehicle.connect_timeout_s, "telemetry"
+        )
         recover_unfinished(journal, vehicle)
         while not stop.wait(_STATUS_EVERY_S):
             _log_status(vehicle.state, vehicle.link.up)

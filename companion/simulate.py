@@ -23,8 +23,8 @@ from companion.mission.events import MissionEvent
 from companion.mission.journal import Journal
 from companion.progress import DeliveryProgress
 from companion.report import FlightRecorder, build_report, write_report
+from companion.vehicle_link import connect_vehicle
 from firmware_bridge.state import VehicleState
-from firmware_bridge.vehicle import Vehicle
 from sim.sitl import SitlProcess
 from sim.vehicle import VehicleServer
 
@@ -127,20 +127,12 @@ def run_simulation(
         )
         bus.subscribe(VehicleState, progress.on_state)
         bus.subscribe(MissionEvent, progress.on_event)
-        vc = config.vehicle
-        vehicle = Vehicle.connect(
-            connection,
-            publish=bus.publish,
-            target_system=vc.target_system,
-            target_component=vc.target_component,
-            own_system=config.companion.system_id,
-            own_component=config.companion.component_id,
-            connect_timeout_s=vc.connect_timeout_s,
-            heartbeat_timeout_s=vc.heartbeat_timeout_s,
+        vehicle = connect_vehicle(
+            config,
+            bus.publish,
+            connection=connection,
             # The simulated autopilot times its companion watchdog in its own, faster clock.
             heartbeat_interval_s=min(1.0 / config.companion.heartbeat_hz, 1.0 / sim.speedup),
-            command_timeout_s=vc.command_timeout_s,
-            command_retries=vc.command_retries,
         )
         stack.callback(vehicle.close)
         journal = Journal(out_dir / "journal.db")

@@ -72,6 +72,7 @@ class MavLink:
         heartbeat_timeout_s: float = 3.0,
         connect_timeout_s: float = 10.0,
         publish: Callable[[object], None] | None = None,
+        opener: Callable[[Endpoint, float], Transport] = open_transport,
     ) -> None:
         self.endpoint = endpoint if isinstance(endpoint, Endpoint) else parse_endpoint(endpoint)
         self.target_system = target_system
@@ -83,6 +84,7 @@ class MavLink:
         self.connect_timeout_s = connect_timeout_s
         self.stats = LinkStats()
         self._publish = publish or (lambda _msg: None)
+        self._opener = opener
         self._mav = mavlink.MAVLink(_Writer(self), srcSystem=own_system, srcComponent=own_component)
         self._mav.robust_parsing = True
         self._transport: Transport | None = None
@@ -104,7 +106,7 @@ class MavLink:
         Raises LinkError naming the endpoint and the cause (refused, no such device, silence).
         """
         deadline = time.monotonic() + self.connect_timeout_s
-        self._transport = open_transport(self.endpoint, self.connect_timeout_s)
+        self._transport = self._opener(self.endpoint, self.connect_timeout_s)
         self._closing.clear()
         for target, name in (
             (self._read_loop, "mavlink-reader"),
@@ -255,7 +257,7 @@ class MavLink:
         if self._closing.wait(delay):
             return False
         try:
-            transport = open_transport(self.endpoint, min(self.connect_timeout_s, 2.0))
+            transport = self._opener(self.endpoint, min(self.connect_timeout_s, 2.0))
         except LinkError as exc:
             log.debug("reconnect failed: %s", exc)
             return False
@@ -320,8 +322,10 @@ class MavLink:
 
         backstop = time.monotonic() + timeout if timeout is not None else None
         with lock:
+            # Listen before the first send, or a quick reply could arrive unheard; replies
+            # that come while `start` runs wait on the lock and are fed in order after it.
+            remove = self.add_listener(on_message)
             feed(transaction.start(time.monotonic()))
-        remove = self.add_listener(on_message)
         try:
             while True:
                 with lock:

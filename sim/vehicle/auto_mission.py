@@ -58,24 +58,10 @@ TYPE_NAMES = {
 _PASS_THROUGH_NEXT = (C.MAV_CMD_NAV_WAYPOINT, C.MAV_CMD_NAV_SPLINE_WAYPOINT)
 
 
-class _Nav:
-    """A running NAV command."""
+class _Nav(Controller):
+    """A running NAV command: a controller that says when it is done."""
 
     done = False
-
-    @property
-    def landing(self) -> bool:
-        return False
-
-    @property
-    def taking_off(self) -> bool:
-        return False
-
-    def step(self, c: Copter, dt: float, lim: MotionLimits) -> None:
-        """One airborne control step."""
-
-    def ground_step(self, c: Copter, dt: float) -> None:
-        """One control step on the ground."""
 
 
 class _NavTakeoff(_Nav):

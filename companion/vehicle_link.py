@@ -1,0 +1,34 @@
+"""The companion's link to its autopilot, opened from the configuration."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from companion.config import Config
+from firmware_bridge.vehicle import Vehicle
+
+
+def connect_vehicle(
+    config: Config,
+    publish: Callable[[object], None],
+    *,
+    connection: str | None = None,
+    heartbeat_interval_s: float | None = None,
+) -> Vehicle:
+    """Open the autopilot link with every setting of `[vehicle]` and `[companion]`, so the
+    daemon and the simulator cannot drift apart; `connection` overrides the configured one
+    (the simulator's own autopilot), `heartbeat_interval_s` the configured rate."""
+    vc, cc = config.vehicle, config.companion
+    return Vehicle.connect(
+        connection or vc.connection,
+        publish=publish,
+        target_system=vc.target_system,
+        target_component=vc.target_component,
+        own_system=cc.system_id,
+        own_component=cc.component_id,
+        connect_timeout_s=vc.connect_timeout_s,
+        heartbeat_timeout_s=vc.heartbeat_timeout_s,
+        heartbeat_interval_s=heartbeat_interval_s or 1.0 / cc.heartbeat_hz,
+        command_timeout_s=vc.command_timeout_s,
+        command_retries=vc.command_retries,
+    )
