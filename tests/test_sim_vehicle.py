@@ -812,7 +812,7 @@ def test_cli_parses_home_wind_and_params() -> None:
 
 
 def test_companion_watchdog_returns_home_when_the_companion_falls_silent() -> None:
-    server, gcs = serve(10.0)
+    server, gcs = serve(10.0, params={"SCW_TIMEOUT": 5.0})
     try:
         gcs.arm_guided_when_ready()
         gcs.takeoff(10.0)

@@ -54,13 +54,22 @@ class _Client:
         enc.seq = (enc.seq + 1) % 256
 
 
+#: Wall-clock seconds of companion silence the watchdog tolerates at any speed-up.
+WATCHDOG_WALL_S = 2.0
+
+
 class VehicleServer:
     """The built-in ArduCopter-like vehicle listening for MAVLink over TCP.
 
     `params` overrides parameter defaults (unknown names raise ValueError); `wind` is
     (speed m/s, direction it blows from in degrees) and sets SIM_WIND_SPD/SIM_WIND_DIR;
     `ready_delay_s` is the simulated time from first connection until the vehicle can arm in
-    GUIDED (default 5 s; SITL takes ~42 s)."""
+    GUIDED (default 5 s; SITL takes ~42 s).
+
+    Faster than real time, a few hundred milliseconds of wall-clock stall in the companion
+    (a loaded machine, a garbage collection) would look to the companion watchdog like a
+    dead companion, so unless `params` sets SCW_TIMEOUT it is stretched to at least
+    `WATCHDOG_WALL_S` of wall time (5 s simulated at speed-up 1, 20 s at 10)."""
 
     def __init__(
         self,
@@ -76,7 +85,10 @@ class VehicleServer:
     ) -> None:
         if not speedup > 0:
             raise ValueError(f"speedup must be positive, got {speedup}")
-        overrides: dict[str, float] = {"SYSID_THISMAV": system_id}
+        overrides: dict[str, float] = {
+            "SYSID_THISMAV": system_id,
+            "SCW_TIMEOUT": max(5.0, WATCHDOG_WALL_S * speedup),
+        }
         if wind is not None:
             overrides["SIM_WIND_SPD"], overrides["SIM_WIND_DIR"] = wind
         overrides.update(params or {})
