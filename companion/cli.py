@@ -135,9 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
 
     vehicle = sub.add_parser(
-        "vehicle", help="serve the built-in vehicle on TCP (like SITL) for a ground station"
+        "vehicle",
+        help="serve the built-in vehicle on TCP (like SITL) for a ground station; "
+        "options as `python -m sim.vehicle --help`",
     )
-    vehicle.add_argument("rest", nargs=argparse.REMAINDER, help="options of python -m sim.vehicle")
     vehicle.set_defaults(func=_vehicle)
 
     config = sub.add_parser("config", help="check a configuration file or print the defaults")
@@ -149,7 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `skycourier` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "vehicle":
+        args.rest = extra  # the vehicle's own options, parsed by sim.vehicle
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     setup_logging(args.log_level or "WARNING", "json" if args.log_json else "text", None)
     try:
         return args.func(args)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 from companion.cli import main
+from firmware_bridge.vehicle import Vehicle
 
 SKYCOURIER = [sys.executable, "-m", "companion.cli"]
 
@@ -70,3 +72,21 @@ def test_missing_sitl_binary_is_a_clear_error(tmp_path: Path, capsys) -> None:
     code = main(["sim", "--sitl", str(tmp_path / "arducopter"), "--out", str(tmp_path / "r")])
     assert code == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_vehicle_command_serves_mavlink_on_tcp() -> None:
+    proc = subprocess.Popen(
+        [*SKYCOURIER, "vehicle", "--port", "0", "--speedup", "5"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        found = re.search(r"tcp:127\.0\.0\.1:(\d+)", proc.stdout.readline())
+        assert found is not None
+        with Vehicle.connect(f"tcp:127.0.0.1:{found.group(1)}") as vehicle:
+            state = vehicle.wait_until(lambda s: s.boot_time_s is not None, 10, "telemetry")
+            assert state.mode == "STABILIZE"
+    finally:
+        proc.terminate()
+        proc.wait(10)
