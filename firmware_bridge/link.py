@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -347,30 +346,5 @@ class MavLink:
                 if backstop is not None:
                     wait_until = backstop if wait_until is None else min(wait_until, backstop)
                 changed.wait(0.5 if wait_until is None else max(wait_until - now, 0.0))
-        finally:
-            remove()
-
-    def wait_message(
-        self,
-        kind: str,
-        predicate: Callable[[MAVLinkMessage], bool] = lambda _m: True,
-        timeout: float = 5.0,
-    ) -> MAVLinkMessage:
-        """The next message of type `kind` from the autopilot satisfying `predicate`."""
-        inbox: queue.Queue[MAVLinkMessage] = queue.Queue()
-
-        def keep(msg: MAVLinkMessage) -> None:
-            if (
-                msg.get_type() == kind
-                and msg.get_srcSystem() == self.target_system
-                and predicate(msg)
-            ):
-                inbox.put(msg)
-
-        remove = self.add_listener(keep)
-        try:
-            return inbox.get(timeout=timeout)
-        except queue.Empty:
-            raise ProtocolTimeout(f"no {kind} from the autopilot within {timeout:g} s") from None
         finally:
             remove()

@@ -9,9 +9,15 @@ import pytest
 
 from companion.geo import distance_m, offset
 from firmware_bridge.dialect import mavlink
-from firmware_bridge.errors import ArmingRefused, LinkError, MissionError, ParamError
+from firmware_bridge.errors import (
+    ArmingRefused,
+    CommandError,
+    LinkError,
+    MissionError,
+    ParamError,
+)
 from firmware_bridge.mission_protocol import MissionItem
-from firmware_bridge.payload import Gripper
+from firmware_bridge.payload import Gripper, ServoFallback, payload_place_item
 from firmware_bridge.state import LinkState
 from firmware_bridge.vehicle import Vehicle
 from sim.vehicle import DEFAULT_HOME, VehicleServer
@@ -266,3 +272,42 @@ def test_speed_change_reposition_brake_and_loiter(vehicle: Vehicle) -> None:
     )
     vehicle.land()
     vehicle.wait_until(lambda s: not s.armed, 90, "disarm after landing")
+
+
+def test_reading_every_parameter(vehicle: Vehicle) -> None:
+    table = vehicle.get_all_params()
+    assert len(table) > 50
+    assert table["WPNAV_SPEED"] == vehicle.get_param("WPNAV_SPEED")
+
+
+def test_gripper_falls_back_to_the_servo(builtin_autopilot: Autopilot) -> None:
+    server = builtin_autopilot.server
+    assert server is not None
+    with Vehicle.connect(builtin_autopilot.connection, heartbeat_interval_s=HEARTBEAT_S) as v:
+        v.set_param("GRIP_ENABLE", 0)
+        with pytest.raises(CommandError, match="MAV_RESULT_FAILED"):
+            Gripper(v).release()
+        assert Gripper(v).check_setup() == ["GRIP_ENABLE is not 1: MAV_CMD_DO_GRIPPER will fail"]
+        Gripper(v, fallback=ServoFallback(channel=8)).release()
+        assert server.state.gripper_released
+
+
+def test_payload_place_mission_in_auto(builtin_autopilot: Autopilot) -> None:
+    server = builtin_autopilot.server
+    assert server is not None
+    lat0, lon0, _ = DEFAULT_HOME
+    drop = offset(lat0, lon0, 40.0, 0.0)
+    items = [
+        _item(0, mavlink.MAV_CMD_NAV_WAYPOINT, lat0, lon0, 0.0, MISSION,
+              frame=mavlink.MAV_FRAME_GLOBAL),
+        _item(1, mavlink.MAV_CMD_NAV_TAKEOFF, 0.0, 0.0, 15.0, MISSION),
+        payload_place_item(2, *drop, max_descent_m=20.0, alt_rel_m=15.0),
+        _item(3, mavlink.MAV_CMD_NAV_RETURN_TO_LAUNCH, 0.0, 0.0, 0.0, MISSION),
+    ]  # fmt: skip
+    with Vehicle.connect(builtin_autopilot.connection, heartbeat_interval_s=HEARTBEAT_S) as v:
+        v.upload_mission(items)
+        arm_guided(v)
+        v.start_mission()
+        v.wait_until(lambda s: s.mode == "AUTO", 10, "AUTO")
+        v.wait_until(lambda s: not s.armed, 180, "the mission to end with a landing")
+    assert server.state.gripper_released

@@ -13,6 +13,19 @@ from firmware_bridge.vehicle import Vehicle
 
 SKYCOURIER = [sys.executable, "-m", "companion.cli"]
 
+#: ArduCopter SITL's reference delivery (shared/reference/ardupilot-sitl.md): the same flight,
+#: simulated seconds per phase; release includes the 3 s hold, return the 5 s RTL loiter.
+SITL_PHASES_S = {
+    "takeoff": 17.4,
+    "cruise": 53.9,
+    "descend": 17.5,
+    "release": 3.0,
+    "climb": 12.3,
+    "return": 64.7,
+    "land": 36.8,
+}
+SITL_TAKEOFF_TO_DISARM_S = 205.4
+
 
 def test_default_sim_delivers_and_writes_a_true_report(tmp_path: Path) -> None:
     out = tmp_path / "report"
@@ -35,6 +48,11 @@ def test_default_sim_delivers_and_writes_a_true_report(tmp_path: Path) -> None:
     assert 29.5 <= report["max_alt_m"] <= 31.0
     assert report["ideal_duration_s"] < report["duration_s"] < 1.5 * report["ideal_duration_s"]
     assert 0 < report["battery_used_pct"] < 100
+    # Flies like ArduCopter: takeoff to disarm within 20 % of SITL's, each phase within 1.5x.
+    assert abs(report["duration_s"] / SITL_TAKEOFF_TO_DISARM_S - 1) <= 0.20
+    durations = {p["name"]: p["duration_s"] for p in report["phases"]}
+    for name, sitl_s in SITL_PHASES_S.items():
+        assert 1 / 1.5 <= durations[name] / sitl_s <= 1.5, (name, durations[name], sitl_s)
     png = (out / "flight.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 20_000
 
