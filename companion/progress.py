@@ -56,7 +56,10 @@ class DeliveryProgress:
         if event.event == "enter":
             with self._lock:
                 self.phase = event.phase
-            if not self.live:
+            if self.live:
+                done = _ORDER.index(event.phase) if event.phase in _ORDER else len(_ORDER)
+                self._progress.update(self._task, completed=done, phase=event.phase.value)
+            else:
                 print(f"[{event.boot_time_s or 0:7.1f} s] {event.phase.value}", flush=True)
         elif event.event in ("abort", "refused", "released", "hold", "resume") and not self.live:
             detail = ", ".join(f"{k}={v}" for k, v in event.detail.items())
@@ -69,7 +72,8 @@ class DeliveryProgress:
         pos = state.position
         with self._lock:
             phase = self.phase
-        target = self.home if phase in (Phase.RETURN, Phase.LAND) else self.drop
+        outbound = _ORDER.index(phase) < _ORDER.index(Phase.RETURN) if phase in _ORDER else False
+        target = self.drop if outbound else self.home
         to_go = distance_m(pos.lat, pos.lon, *target)
         battery = state.battery.remaining_pct
         detail = (
