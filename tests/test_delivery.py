@@ -111,3 +111,22 @@ def _pilot_switches_to_loiter(port: int) -> None:
         gcs.set_mode("LOITER")
     finally:
         gcs.close()
+
+
+def test_link_loss_leaves_the_return_to_the_autopilot(journal: Journal) -> None:
+    def cut_then_restore(event: MissionEvent, vehicle: Vehicle) -> None:
+        if event.phase is Phase.CRUISE and event.event == "enter":
+            server.set_link_blocked(True)
+        if event.event == "abort":
+            server.set_link_blocked(False)
+
+    with VehicleServer(DEFAULT_HOME, speedup=25.0, port=0) as server:
+        outcome, events = _fly(
+            server, journal, distance_m=600.0, on_event=cut_then_restore, link_loss_grace_s=1.0
+        )
+        assert not server.state.armed
+        assert server.state.alt_rel_m < 1.0
+    assert outcome.startswith("link to the autopilot lost")
+    abort = next(e for e in events if e.event == "abort")
+    assert abort.detail["action"] == "FAILSAFE"
+    assert [e.event for e in events][-2:] == ["abort", "landed"]
