@@ -5,7 +5,8 @@ everything the bridge uses, listening on TCP like ArduPilot SITL.
         connect to f"tcp:127.0.0.1:{server.port}"
 
 Module map: `server` (sockets, thread, time), `copter` (vehicle state machine), `commands`
-(incoming messages), `controllers` and `auto_mission` (what each mode flies), `kinematics`
+(incoming messages), `failsafes` (GCS, battery, fence, companion watchdog), `controllers`
+and `auto_mission` (what each mode flies), `kinematics`
 (ArduCopter's command shaping), `telemetry`, `params`, `mission_store`, `fence`, `gripper`,
 `battery`, `modes`, `geo`, `outbox`.
 """
