@@ -31,12 +31,16 @@ class Battery:
 
 @dataclass(frozen=True)
 class GpsInfo:
-    """The autopilot's own GPS (GPS_RAW_INT): fix type as MAVLink's GPS_FIX_TYPE counts."""
+    """The autopilot's own GPS (GPS_RAW_INT): fix type as MAVLink's GPS_FIX_TYPE counts,
+    dilutions of precision, and the receiver's own accuracy estimates (h_acc/v_acc, MAVLink 2
+    extension fields) where it sends them."""
 
     fix_type: int = 0
     satellites: int | None = None
-    eph_m: float | None = None
-    epv_m: float | None = None
+    hdop: float | None = None
+    vdop: float | None = None
+    h_acc_m: float | None = None
+    v_acc_m: float | None = None
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,8 @@ class VehicleState:
 
     `boot_time_s` is the autopilot's own clock (time_boot_ms of the latest message that carries
     it): under simulation it runs faster than the wall clock, so flight timing is measured with
-    it, never with the companion's clock.
+    it, never with the companion's clock. `utc_time_s` is the autopilot's UTC (SYSTEM_TIME,
+    from its GPS) as Unix seconds, read at monotonic time `utc_received_at`.
     """
 
     wall_time: float
@@ -63,6 +68,8 @@ class VehicleState:
     landed_state: int = 0
     prearm_ok: bool = False
     mission_seq: int | None = None
+    utc_time_s: float | None = None
+    utc_received_at: float | None = None
 
     @property
     def ground_speed_mps(self) -> float | None:

@@ -25,6 +25,11 @@ _STATUSTEXT_CHUNK_LEN = 50
 _STATUSTEXT_MAX_CHUNKS = 8
 
 
+def _accuracy_m(mm: int) -> float | None:
+    """GPS_RAW_INT h_acc/v_acc in mm; 0 means the receiver gives none."""
+    return mm / 1000.0 if mm else None
+
+
 class StateTracker:
     """Folds the autopilot's telemetry into `VehicleState` snapshots."""
 
@@ -117,8 +122,10 @@ class StateTracker:
             "gps": GpsInfo(
                 fix_type=msg.fix_type,
                 satellites=None if msg.satellites_visible == 255 else msg.satellites_visible,
-                eph_m=None if msg.eph == 65535 else msg.eph / 100.0,
-                epv_m=None if msg.epv == 65535 else msg.epv / 100.0,
+                hdop=None if msg.eph == 65535 else msg.eph / 100.0,
+                vdop=None if msg.epv == 65535 else msg.epv / 100.0,
+                h_acc_m=_accuracy_m(getattr(msg, "h_acc", 0)),
+                v_acc_m=_accuracy_m(getattr(msg, "v_acc", 0)),
             )
         }
 
@@ -158,6 +165,11 @@ class StateTracker:
             "home": Position(msg.latitude / 1e7, msg.longitude / 1e7, msg.altitude / 1000.0, 0.0)
         }
 
+    def _system_time(self, msg: MAVLinkMessage) -> dict | None:
+        if not msg.time_unix_usec:
+            return None  # 0: the autopilot has no UTC yet
+        return {"utc_time_s": msg.time_unix_usec / 1e6, "utc_received_at": time.monotonic()}
+
     def _mission_current(self, msg: MAVLinkMessage) -> dict:
         return {"mission_seq": msg.seq}
 
@@ -171,6 +183,7 @@ class StateTracker:
         "EXTENDED_SYS_STATE": _extended_sys_state,
         "HOME_POSITION": _home,
         "MISSION_CURRENT": _mission_current,
+        "SYSTEM_TIME": _system_time,
     }
 
     def _on_statustext(self, msg: MAVLinkMessage) -> None:

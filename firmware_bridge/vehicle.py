@@ -42,6 +42,7 @@ DEFAULT_STREAMS: dict[int, float] = {
     mavlink.MAVLINK_MSG_ID_EXTENDED_SYS_STATE: 2.0,
     mavlink.MAVLINK_MSG_ID_MISSION_CURRENT: 1.0,
     mavlink.MAVLINK_MSG_ID_HOME_POSITION: 0.5,
+    mavlink.MAVLINK_MSG_ID_SYSTEM_TIME: 1.0,
 }
 
 #: A bound on one command's whole exchange, far past its own retries and IN_PROGRESS waits,

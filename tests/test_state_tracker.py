@@ -38,11 +38,12 @@ def test_position_battery_gps_ekf_home() -> None:
     tracker(ap("SYS_STATUS", voltage_battery=12600, current_battery=3000, battery_remaining=87,
                onboard_control_sensors_health=mavlink.MAV_SYS_STATUS_PREARM_CHECK))  # fmt: skip
     tracker(ap("BATTERY_STATUS", current_consumed=420, battery_remaining=86))
-    tracker(ap("GPS_RAW_INT", fix_type=3, satellites_visible=10, eph=121, epv=65535))
+    tracker(ap("GPS_RAW_INT", fix_type=3, satellites_visible=10, eph=121, epv=65535, h_acc=2500))
+    tracker(ap("SYSTEM_TIME", time_unix_usec=1_795_000_000_000_000, time_boot_ms=12_600))
     tracker(ap("EKF_STATUS_REPORT", flags=0x1FF))
     tracker(ap("HOME_POSITION", latitude=-353632610, longitude=1491652300, altitude=584_000))
     s = tracker.state
-    assert s.boot_time_s == 12.5
+    assert s.boot_time_s == 12.6
     assert s.position is not None
     assert (s.position.lat, s.position.alt_rel_m) == (-35.363261, 30.0)
     assert s.ground_speed_mps == 5.0
@@ -50,7 +51,9 @@ def test_position_battery_gps_ekf_home() -> None:
     assert (s.battery.voltage_v, s.battery.current_a) == (12.6, 30.0)
     assert (s.battery.remaining_pct, s.battery.consumed_mah) == (86, 420.0)
     assert s.prearm_ok
-    assert (s.gps.fix_type, s.gps.satellites, s.gps.eph_m, s.gps.epv_m) == (3, 10, 1.21, None)
+    assert (s.gps.fix_type, s.gps.satellites, s.gps.hdop, s.gps.vdop) == (3, 10, 1.21, None)
+    assert (s.gps.h_acc_m, s.gps.v_acc_m) == (2.5, None)
+    assert s.utc_time_s == 1_795_000_000.0 and s.utc_received_at is not None
     assert s.ekf_flags == 0x1FF
     assert s.home is not None and s.home.alt_msl_m == 584.0
 
