@@ -86,6 +86,14 @@ def _run(args: argparse.Namespace) -> int:
     return run_daemon(config)
 
 
+def _gps(args: argparse.Namespace) -> int:
+    from companion.gps.tools import monitor, replay
+
+    if args.gps_command == "replay":
+        return replay(args.file)
+    return monitor(args.port, args.baud, args.configure)
+
+
 def _vehicle(args: argparse.Namespace) -> int:
     from sim.vehicle.__main__ import main as vehicle_main
 
@@ -140,6 +148,18 @@ def build_parser() -> argparse.ArgumentParser:
         "options as `python -m sim.vehicle --help`",
     )
     vehicle.set_defaults(func=_vehicle)
+
+    gps = sub.add_parser("gps", help="the companion's GPS receiver: live monitor, log replay")
+    gps_sub = gps.add_subparsers(dest="gps_command", required=True)
+    replay = gps_sub.add_parser("replay", help="decode a recorded log: one JSON line per epoch")
+    replay.add_argument("file", type=Path)
+    live = gps_sub.add_parser("monitor", help="live fix, satellites and error counters")
+    live.add_argument("--port", required=True, help="serial device, e.g. /dev/ttyAMA0")
+    live.add_argument("--baud", type=int, default=9600, help="rate to open the port at")
+    live.add_argument(
+        "--configure", action="store_true", help="configure the receiver over UBX first"
+    )
+    gps.set_defaults(func=_gps)
 
     config = sub.add_parser("config", help="check a configuration file or print the defaults")
     config.add_argument("file", type=Path, nargs="?", default=None)

@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 
 from pyubx2 import POLL, SET, UBXMessage
 
+from companion.gps.stream import nmea_checksum, ubx_checksum
+
 # -- constants from the protocol specification -------------------------------------------
 
 UBX_CLASS_CFG = 0x06
@@ -531,22 +533,10 @@ class BaudScore:
 def _nmea_count(data: bytes) -> tuple[int, int]:
     count = covered = 0
     for match in _NMEA_RE.finditer(data):
-        checksum = 0
-        for byte in match.group(1):
-            checksum ^= byte
-        if checksum == int(match.group(2), 16):
+        if nmea_checksum(match.group(1)) == int(match.group(2), 16):
             count += 1
             covered += len(match.group(0))
     return count, covered
-
-
-def ubx_checksum(body: bytes) -> bytes:
-    """The 8-bit Fletcher checksum over class, id, length and payload."""
-    a = b = 0
-    for byte in body:
-        a = (a + byte) & 0xFF
-        b = (b + a) & 0xFF
-    return bytes((a, b))
 
 
 def _ubx_count(data: bytes) -> tuple[int, int]:

@@ -25,6 +25,7 @@ Position = tuple[float, float, float, float, float]
 PositionProvider = Callable[[float], "Position | None"]
 
 KNOTS_PER_MPS = 3600.0 / 1852.0
+_EPSILON_S = 1e-6
 EARTH_RADIUS_M = 6_371_000.0
 
 #: Rates the NEO-6M UART accepts in CFG-PRT (GPS.G6-SW-10018, CFG-PRT / UART baudRate).
@@ -157,7 +158,8 @@ DEFAULT_SKY = (
 
 def nmea_sentence(body: str) -> bytes:
     """ "$" body "*" checksum CRLF; the checksum XORs every character between "$" and "*"
-    (NMEA 0183, "Checksum field")."""
+    (NMEA 0183, "Checksum field"). The emulator computes its checksums (NMEA and UBX) itself
+    rather than with the driver's helpers, so that a mistake in one is caught by the other."""
     checksum = 0
     for char in body.encode("ascii"):
         checksum ^= char
@@ -265,13 +267,15 @@ class Neo6m:
             self._t0 = now
             self._next_epoch = now
         assert self._next_epoch is not None
-        if now < self._next_epoch:
+        # Epoch times are kept to the microsecond so that float sums (0.2 + 0.2 + ...) never
+        # push a due epoch a hair past the clock reading that should emit it.
+        if now + _EPSILON_S < self._next_epoch:
             return b""
         period = self.meas_rate_ms / 1000.0
         epoch_time = self._next_epoch
-        missed = math.floor((now - self._next_epoch) / period)
-        epoch_time += missed * period
-        self._next_epoch = epoch_time + period
+        missed = math.floor((now - self._next_epoch) / period + _EPSILON_S)
+        epoch_time = round(epoch_time + missed * period, 6)
+        self._next_epoch = round(epoch_time + period, 6)
         return self._epoch(epoch_time, position_provider)
 
     def _epoch(self, now: float, position_provider: PositionProvider) -> bytes:
