@@ -25,6 +25,9 @@ checks that the buckets add up to `bytes_in`.
 
 from __future__ import annotations
 
+import functools
+import operator
+import re
 from dataclasses import dataclass, fields
 
 import pynmea2
@@ -159,10 +162,13 @@ Event = Sentence | UbxFrame | DecodeError
 
 def nmea_checksum(body: bytes) -> int:
     """XOR of the characters between `$` and `*` (NMEA 0183 §6.2 "checksum field")."""
-    value = 0
-    for b in body:
-        value ^= b
-    return value
+    return functools.reduce(operator.xor, body, 0)
+
+
+def _run_end(buf: bytearray, start: int, limit: int) -> int:
+    """Where the run of sentence-body bytes from `start` ends (at most `limit`)."""
+    match = _SENTENCE_RUN.match(buf, start, limit)
+    return match.end() if match is not None else start
 
 
 def ubx_checksum(body: bytes) -> bytes:
@@ -174,10 +180,10 @@ def ubx_checksum(body: bytes) -> bytes:
     return bytes((ck_a, ck_b))
 
 
-def _stops_line(b: int) -> bool:
-    # Inside a sentence only printable ASCII 0x20..0x7E is allowed (NMEA 0183 §6.1), and `$`
-    # only as the first character.
-    return b < 0x20 or b > 0x7E or b == _DOLLAR
+# Inside a sentence only printable ASCII 0x20..0x7E is allowed (NMEA 0183 §6.1), and `$`
+# only as the first character: a run of these is a sentence body, anything else ends it.
+# A compiled pattern finds the end of the run in C instead of a Python loop per byte.
+_SENTENCE_RUN = re.compile(rb"[\x20-\x23\x25-\x7e]*")
 
 
 class NmeaUbxStream:
@@ -203,9 +209,7 @@ class NmeaUbxStream:
         n = len(buf)
         while pos < n:
             if self._discarding:
-                end = pos
-                while end < n and not _stops_line(buf[end]):
-                    end += 1
+                end = _run_end(buf, pos, n)
                 self.stats.rejected_bytes += end - pos
                 pos = end
                 if end < n:
@@ -239,10 +243,7 @@ class NmeaUbxStream:
 
     def _nmea(self, buf: bytearray, pos: int, n: int, events: list[Event]) -> int:
         """Decide on the line at `pos`; return bytes consumed, 0 to wait for more."""
-        end = pos + 1
-        limit = min(n, pos + MAX_SENTENCE + 1)
-        while end < limit and not _stops_line(buf[end]):
-            end += 1
+        end = _run_end(buf, pos + 1, min(n, pos + MAX_SENTENCE + 1))
         if end - pos > MAX_SENTENCE:
             raw = bytes(buf[pos:end])
             self._reject(
@@ -291,7 +292,10 @@ class NmeaUbxStream:
             self.stats.unsupported_bytes += len(raw)
             return
         try:
-            msg = pynmea2.parse(raw.decode("ascii"), check=True)
+            # What pynmea2.parse does after its own regex match and checksum, both of which
+            # this decoder has already done: split the fields and build the sentence class.
+            cls = pynmea2.TalkerSentence.sentence_types[kind]
+            msg = cls(talker, kind, raw[7:star].decode("ascii").split(","))
         except Exception as exc:  # pynmea2 raises several types; none may escape
             self._reject(events, "parse", f"{talker}{kind}: {exc}", raw)
             return
