@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -185,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("skycourier: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`skycourier gps replay log | head`): not an error of ours.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silences the flush at exit
+        return 0
 
 
 if __name__ == "__main__":
