@@ -240,9 +240,19 @@ class MavLink:
                 continue
             if data:
                 self.stats.bytes_in += len(data)
-                self._dispatch(self._mav.parse_buffer(data) or [])
+                self._dispatch(self._decode(data))
             if self._up and self.heartbeat_age() > self.heartbeat_timeout_s:
                 self._set_up(False, f"no heartbeat for {self.heartbeat_timeout_s:g} s")
+
+    def _decode(self, data: bytes) -> list[MAVLinkMessage]:
+        """Frames in `data`; pymavlink's parser can still raise on some corrupt input even
+        with robust parsing, and the reader thread must outlive any byte on the wire."""
+        try:
+            return self._mav.parse_buffer(data) or []
+        except Exception as exc:
+            self.stats.bad_frames += 1
+            log.debug("undecodable bytes from %s: %s", self.endpoint, exc)
+            return []
 
     def _drop_transport(self, reason: str) -> None:
         log.warning("link lost: %s", reason)
