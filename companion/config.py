@@ -281,6 +281,31 @@ class SimConfig(_Section):
         return (self.wind_speed_mps, self.wind_from_deg) if self.wind_speed_mps > 0 else None
 
 
+class GpsConfig(_Section):
+    """The companion's own u-blox receiver (NEO-6M class) on a serial port, cross-checked
+    against the flight controller's GPS."""
+
+    port: str | None = Field(
+        None,
+        description="Serial device of the receiver; unset: no companion GPS. Prefer "
+        "/dev/serial/by-id/ paths.",
+        examples=["/dev/serial/by-id/usb-u-blox_AG_-_www.u-blox.com_u-blox_6_-_GPS_Receiver-if00"],
+    )
+    baud: Literal[9600, 19200, 38400, 57600, 115200] = Field(
+        9600, description="Rate to open the port at (the NEO-6M's factory rate is 9600)."
+    )
+    configure: bool = Field(
+        True, description="Configure the receiver over UBX at start: rate, airborne model, baud."
+    )
+    target_baud: Literal[9600, 19200, 38400, 57600, 115200] = Field(
+        115200, description="Baud rate to switch the receiver to when configuring it."
+    )
+    rate_hz: float = Field(5.0, gt=0, le=5, description="Navigation rate (NEO-6M: at most 5 Hz).")
+    silence_s: float = Field(
+        2.0, gt=0, le=60, description="Report the receiver silent after this long without data."
+    )
+
+
 class JournalConfig(_Section):
     """The durable mission journal (SQLite) that lets a restarted daemon resume or land."""
 
@@ -321,6 +346,7 @@ class Config(_Section):
     flight: FlightConfig = FlightConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     sim: SimConfig = SimConfig()
+    gps: GpsConfig = GpsConfig()
     journal: JournalConfig = JournalConfig()
     logging: LoggingConfig = LoggingConfig()
 

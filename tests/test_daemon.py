@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 from companion.config import load_config
 from companion.daemon import recover_unfinished, run_daemon
 from companion.mission.journal import Journal
 from firmware_bridge.vehicle import Vehicle
+from sim.gps.neo6m import Neo6m
+from sim.gps.pty_runner import Neo6mPty
 from sim.vehicle import DEFAULT_HOME, VehicleServer
 from tests.conftest import HEARTBEAT_S
 from tests.flight_helpers import arm_guided
@@ -69,3 +72,32 @@ def test_daemon_reports_an_unreachable_autopilot(tmp_path: Path) -> None:
         journal={"path": str(tmp_path / "journal.db")},
     )
     assert run_daemon(config, threading.Event()) == 1
+
+
+def test_daemon_starts_and_configures_the_companion_gps(tmp_path: Path) -> None:
+    receiver = Neo6m()
+    lat, lon, alt = DEFAULT_HOME
+    with (
+        VehicleServer(DEFAULT_HOME, speedup=1.0, port=0) as server,
+        Neo6mPty(receiver, lambda _t: (lat, lon, alt, 0.0, 0.0)) as gps,
+    ):
+        config = load_config(None).updated(
+            "test",
+            vehicle={"connection": f"tcp:127.0.0.1:{server.port}"},
+            journal={"path": str(tmp_path / "journal.db")},
+            gps={"port": gps.path},
+        )
+        stop = threading.Event()
+        result: list[int] = []
+        thread = threading.Thread(target=lambda: result.append(run_daemon(config, stop)))
+        thread.start()
+        deadline = time.monotonic() + 20
+        while (receiver.baud, receiver.meas_rate_ms) != (
+            115200,
+            200,
+        ) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stop.set()
+        thread.join(30)
+    assert result == [0]
+    assert (receiver.baud, receiver.meas_rate_ms) == (115200, 200)

@@ -21,8 +21,10 @@ condition clears, so a persistent fault is one alarm, not one per epoch.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from companion.bus import Bus
 from companion.geo import distance_m
 from companion.gps.fix import GpsFix
 from firmware_bridge.state import VehicleState
@@ -190,3 +192,16 @@ class IntegrityMonitor:
             return []
         self._raised.discard(kind)
         return [IntegrityCleared(kind, now)]
+
+
+def watch(bus: Bus, clock: Callable[[], float], monitor: IntegrityMonitor | None = None) -> None:
+    """Feed the monitor from the bus (the companion's `GpsFix`, the autopilot's
+    `VehicleState`) and publish its alarms there, timed by `clock`."""
+    monitor = monitor or IntegrityMonitor()
+
+    def publish_all(events: list[object]) -> None:
+        for event in events:
+            bus.publish(event)
+
+    bus.subscribe(GpsFix, lambda fix: publish_all(monitor.on_companion_fix(fix, clock())))
+    bus.subscribe(VehicleState, lambda state: publish_all(monitor.on_autopilot(state, clock())))
