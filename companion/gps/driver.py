@@ -30,6 +30,7 @@ from companion.gps.ubx_config import (
     UbxConfigError,
     UbxConfigResult,
     UbxConfigurator,
+    candidate_bauds,
     detect_baud,
 )
 
@@ -143,7 +144,7 @@ class GpsDriver:
         """Stay at the configured rate if it carries NMEA/UBX, else probe the others."""
         assert self._serial is not None
         samples: dict[int, bytes] = {}
-        for rate in (self.baud, *[r for r in BAUD_RATES if r != self.baud]):
+        for rate in candidate_bauds(self.baud):
             self._serial.baudrate = rate
             self._serial.reset_input_buffer()
             samples[rate] = self._sample(_PROBE_S)
