@@ -120,8 +120,7 @@ def run_simulation(
             stack.callback(server.stop)
             connection = f"tcp:127.0.0.1:{server.port}"
         recorder = FlightRecorder()
-        bus.subscribe(VehicleState, recorder.sample)
-        bus.subscribe(MissionEvent, recorder.on_event)
+        recorder.attach(bus)
         progress = DeliveryProgress(
             (order.drop_lat, order.drop_lon), (home[0], home[1]), enabled=show_progress
         )
