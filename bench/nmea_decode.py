@@ -1,6 +1,7 @@
 """NMEA decoding: the driver's decoder vs a plain pynmea2 line loop, on the same bytes.
 
-The stream is the NEO-6M emulator's output at 5 Hz (GGA, RMC, GSA, GSV x3, VTG per epoch),
+The stream is the NEO-6M emulator's output at 5 Hz (RMC, VTG, GGA, GSA, GSV x3, GLL per
+epoch; satellite SNRs wander once a second as on a real receiver),
 made once and fed to both in the same run, interleaved. The baseline is what most scripts
 do: split lines, `pynmea2.parse(line, check=True)`, catch errors. Ours does more: byte-level
 framing with UBX interleaving, bounded lines, counters that add up, and epoch assembly into

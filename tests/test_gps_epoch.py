@@ -251,3 +251,28 @@ def test_changing_output_sets_never_give_a_valid_fix_without_position(epochs) ->
         if fix.valid:
             assert fix.lat is not None and fix.lon is not None
             assert fix.mode in (MODE_2D, MODE_3D) and fix.quality != 0
+
+
+def test_repeated_gsv_and_gsa_follow_changes_from_one_epoch_to_the_next() -> None:
+    """The last GSA and GSV parts are remembered per talker; a changed one is re-read."""
+    first = cycle("092725.00")
+    second = [
+        line.replace(b"23,38,230,44", b"23,38,230,39").replace(b"1.94,1.18", b"2.50,1.18")
+        for line in cycle("092725.20")
+    ]
+    second = [nmea(line[1 : line.rindex(b"*")].decode()) for line in second]
+    third = cycle("092725.40")
+    fixes = run(first + second + third)
+    snr = [{s.prn: s.snr_db for s in fix.satellites}[23] for fix in fixes]
+    assert snr == [44, 39, 44]
+    assert [fix.pdop for fix in fixes] == [1.94, 2.50, 1.94]
+    assert all(len(fix.satellites) == 5 for fix in fixes)
+
+
+def test_a_repeated_bad_gsa_mode_is_counted_every_time() -> None:
+    lines = [nmea("GPGSA,A,7,23,29,,,,,,,,,,,1.94,1.18,1.54")] * 3
+    stream, assembler = NmeaUbxStream(), EpochAssembler()
+    for line in lines:
+        for event in stream.feed(line):
+            assembler.push(event, 0.0)
+    assert assembler.field_errors == 3

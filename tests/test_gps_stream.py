@@ -6,6 +6,7 @@ The sentence examples are those of the u-blox NEO-6 protocol specification (GPS.
 
 from __future__ import annotations
 
+import pynmea2
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -285,3 +286,61 @@ def test_any_split_of_a_good_stream_gives_the_same_events(sizes: list[int]) -> N
     stream, events = _decode(chunks)
     assert [e.raw for e in events] == [e.raw for e in NmeaUbxStream().feed(GOOD_STREAM)]
     assert stream.pending == 0
+
+
+@pytest.mark.parametrize("raw", SPEC_EXAMPLES, ids=lambda r: r[3:6].decode())
+def test_sentence_fields_and_its_pynmea2_message_agree_with_pynmea2_parse(raw: bytes) -> None:
+    (event,) = NmeaUbxStream().feed(raw + b"\r\n")
+    reference = pynmea2.parse(raw.decode(), check=True)
+    assert event.fields == reference.data
+    assert type(event.msg) is type(reference) and event.msg.data == reference.data
+    assert event.msg is event.msg  # built once
+
+
+@pytest.mark.parametrize("raw", SPEC_EXAMPLES, ids=lambda r: r[3:6].decode())
+def test_fast_run_and_byte_path_give_the_same_sentence(raw: bytes) -> None:
+    """Upper-case digits take the vectorised run, lower-case ones the byte-by-byte path."""
+    fast = NmeaUbxStream().feed(raw + b"\r\n")[0]
+    slow = NmeaUbxStream().feed(raw[:-2] + raw[-2:].lower() + b"\r\n")[0]
+    assert (fast.talker, fast.sentence_type, fast.fields) == (
+        slow.talker,
+        slow.sentence_type,
+        slow.fields,
+    )
+
+
+def test_checksum_error_inside_a_run_stops_the_run_and_is_named() -> None:
+    bad = GSA.replace(b"1.94", b"1.95")
+    stream = NmeaUbxStream()
+    events = stream.feed(b"\r\n".join([GGA, RMC, bad, VTG, GLL]) + b"\r\n")
+    assert [getattr(e, "kind", None) or e.sentence_type for e in events] == [
+        "GGA",
+        "RMC",
+        "checksum",
+        "VTG",
+        "GLL",
+    ]
+    check_accounting(stream, events)
+
+
+def test_reserved_star_inside_a_field_is_a_parse_error() -> None:
+    body = b"GPTXT,01,01,02,a*b"
+    line = b"$" + body + b"*%02X" % nmea_checksum(body)
+    stream = NmeaUbxStream()
+    events = stream.feed(line + b"\r\n")
+    assert [e.kind for e in events] == ["parse"] and "'*'" in events[0].detail
+    check_accounting(stream, events)
+
+
+@given(st.lists(st.sampled_from(SPEC_EXAMPLES), max_size=30), st.lists(st.booleans(), max_size=30))
+def test_runs_of_any_mix_of_fast_and_slow_lines_keep_order(picks, lower) -> None:
+    lines = [
+        raw[:-2] + raw[-2:].lower() if i < len(lower) and lower[i] else raw
+        for i, raw in enumerate(picks)
+    ]
+    stream = NmeaUbxStream()
+    events = stream.feed(b"".join(line + b"\r\n" for line in lines))
+    assert [e.fields for e in events] == [
+        line[7 : line.rindex(b"*")].decode().split(",") for line in lines
+    ]
+    check_accounting(stream, events)

@@ -53,6 +53,10 @@ from companion.gps.stream import Sentence
 
 KNOT_MPS = 1852.0 / 3600.0
 _TIMED = frozenset({"GGA", "RMC", "GLL", "ZDA"})
+# Fields each handler reads by index (one past the highest); shorter sentences are padded.
+# Distinct GSV satellite records remembered (a sky has at most a few dozen satellites).
+_SATELLITE_CACHE_SIZE = 512
+_WIDTH = {"GGA": 11, "RMC": 12, "GLL": 7, "ZDA": 4, "GSA": 17, "GSV": 3, "VTG": 9}
 
 
 def _float(value: str) -> float | None:
@@ -64,10 +68,8 @@ def _float(value: str) -> float | None:
 
 
 def _int(value: str) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
+    """An unsigned integer field (NMEA 0183 has no signed ones among those we read)."""
+    return int(value) if value.isdigit() else None
 
 
 def _tod(value: str) -> time | None:
@@ -102,11 +104,7 @@ def _coord(value: str, hemi: str, pos: str, neg: str, limit: float) -> float | N
     return -degrees if hemi == neg else degrees
 
 
-def _field(data: list[str], index: int) -> str:
-    return data[index] if index < len(data) else ""
-
-
-@dataclass
+@dataclass(slots=True)
 class _Epoch:
     tod: time | None = None
     date: date | None = None
@@ -125,12 +123,13 @@ class _Epoch:
     hdop: float | None = None
     vdop: float | None = None
     used_prns: set[int] = field(default_factory=set)
-    satellites: list[Satellite] = field(default_factory=list)
+    satellites: list[tuple[Satellite, Satellite]] = field(default_factory=list)  # unused, used
     rmc_status: str | None = None
     gll_status: str | None = None
     no_fix: bool = False  # some sentence said "no fix" (RMC V, GGA 0, GSA 1, GLL V, mode N)
     trailing_no_fix: bool = False  # an untimed "no fix" (GSA 1) after the last timed sentence
-    has_pos_source: bool = False
+    # Position sources as (talker, lat, N/S, lon, E/W) text, best first; see `_position`.
+    positions: list[tuple[str, str, str, str, str]] = field(default_factory=list)
     count: int = 0
     received_at: float = 0.0
 
@@ -146,24 +145,60 @@ class EpochAssembler:
         self._closed_tod: time | None = None  # time of the epoch closed by rule 2
         self._date: date | None = None
         self._prev_tod: time | None = None
-        self._gsv_sets: dict[str, tuple[int, int, list[Satellite]]] = {}
+        # talker -> (parts in the set, last part seen, satellites so far)
+        self._gsv_sets: dict[str, tuple[int, int, list[tuple[Satellite, Satellite]]]] = {}
+        # GSV record (PRN, elevation, azimuth, SNR as text) -> the Satellite, unused and used.
+        # A tracked satellite's record repeats for many epochs (elevation and azimuth move a
+        # degree in minutes, SNR a dB in seconds), so at 5 Hz most are parsed once.
+        self._satellite_cache: dict[tuple[str, ...], tuple[Satellite, Satellite]] = {}
+        # The last GSA per talker and GSV part per (talker, part number), as (fields,
+        # parsed): at 5 Hz most repeat the previous epoch's text exactly.
+        self._last_gsa: dict[
+            str,
+            tuple[
+                list[str],
+                tuple[int | None, bool, frozenset[int], float | None, float | None, float | None],
+            ],
+        ] = {}
+        self._last_gsv: dict[
+            tuple[str, int], tuple[list[str], list[tuple[Satellite, Satellite]]]
+        ] = {}
+        self._date_text = ""  # last RMC date field parsed, and its value
+        self._date_value: date | None = None
         self.late_sentences = 0
         self.gsv_incomplete = 0
         self.field_errors = 0
+        self._tod_text = ""  # last time field parsed, and its value: parsed once per epoch
+        self._tod_value: time | None = None
+        self._handlers = {
+            "GGA": self._gga,
+            "RMC": self._rmc,
+            "GLL": self._gll,
+            "ZDA": self._zda,
+            "GSA": self._gsa,
+            "GSV": self._gsv,
+            "VTG": self._vtg,
+        }
 
     def push(self, event: Sentence, now: float) -> list[GpsFix]:
         """Add one decoded sentence received at monotonic time `now`; return closed epochs."""
-        msg = event.msg
-        kind = getattr(msg, "sentence_type", "")
-        talker = getattr(msg, "talker", "")
-        data = [str(x) for x in getattr(msg, "data", [])]
-        if kind == "TXT" or kind not in _TIMED | {"GSA", "GSV", "VTG"}:
+        kind = event.sentence_type
+        handler = self._handlers.get(kind)
+        if handler is None:
             return []  # TXT carries receiver notices, not navigation data
+        talker, data = event.talker, event.fields
+        width = _WIDTH[kind]
+        if len(data) < width:
+            data = data + [""] * (width - len(data))  # missing trailing fields read as empty
         key = talker + kind
         out: list[GpsFix] = []
         if kind in _TIMED:
-            raw_tod = _field(data, 4 if kind == "GLL" else 0)
-            tod = _tod(raw_tod)
+            raw_tod = data[4 if kind == "GLL" else 0]
+            if raw_tod == self._tod_text:
+                tod = self._tod_value  # the other timed sentences of the same epoch
+            else:
+                tod = _tod(raw_tod)
+                self._tod_text, self._tod_value = raw_tod, tod
             if tod is None and raw_tod:
                 # A time that does not parse cannot be placed in any epoch: drop it whole.
                 self.field_errors += 1
@@ -193,7 +228,7 @@ class EpochAssembler:
         e = self._epoch
         e.count += 1
         e.received_at = now
-        getattr(self, "_" + kind.lower())(e, talker, data)
+        handler(e, talker, data)
         self._last_key = key
         if key == self._cycle_end and e.tod is not None:
             self._closed_tod = e.tod
@@ -206,51 +241,68 @@ class EpochAssembler:
 
     # -- sentences (field numbers per NMEA 0183 v4.10 and the u-blox NEO-6 spec, §20) ----
 
-    def _position(self, e: _Epoch, talker: str, lat: str, ns: str, lon: str, ew: str) -> None:
+    def _position(
+        self, e: _Epoch, talker: str, lat: str, ns: str, lon: str, ew: str, best: bool = False
+    ) -> None:
+        """Note a position source; `best` (GGA, the most precise) goes ahead of the others.
+
+        Parsed once, at the close of the epoch (`_located`), not for each of the two or
+        three sentences that repeat it.
+        """
         if not lat and not lon:
             return
-        la = _coord(lat, ns, "N", "S", 90.0)
-        lo = _coord(lon, ew, "E", "W", 180.0)
-        if la is None or lo is None:
-            self.field_errors += 1
+        if best:
+            e.positions.insert(0, (talker, lat, ns, lon, ew))
+        else:
+            e.positions.append((talker, lat, ns, lon, ew))
+
+    def _located(self, e: _Epoch) -> None:
+        """Set the epoch's position from the first source that parses; count the others."""
+        for talker, lat, ns, lon, ew in e.positions:
+            la = _coord(lat, ns, "N", "S", 90.0)
+            lo = _coord(lon, ew, "E", "W", 180.0)
+            if la is None or lo is None:
+                self.field_errors += 1
+                continue
+            e.lat, e.lon, e.talker = la, lo, talker
             return
-        if not e.has_pos_source:
-            e.lat, e.lon, e.talker, e.has_pos_source = la, lo, talker, True
 
     def _gga(self, e: _Epoch, talker: str, d: list[str]) -> None:
         # 0 time, 1-4 lat/N/lon/E, 5 quality, 6 sats used, 7 HDOP, 8 alt MSL, 9 M,
         # 10 geoid separation, 11 M, 12 DGPS age, 13 station id
-        quality = _int(_field(d, 5))
+        quality = _int(d[5])
         e.quality = quality
         if quality is None or quality == QUALITY_INVALID:
             e.no_fix = True  # quality 0 "fix not available or invalid"
         else:
             # GGA is the most precise position source; it overrides RMC/GLL.
-            e.has_pos_source = False
-            self._position(e, talker, _field(d, 1), _field(d, 2), _field(d, 3), _field(d, 4))
-            e.alt = _float(_field(d, 8))
-            e.geoid = _float(_field(d, 10))
-        e.sats_used = _int(_field(d, 6))
+            self._position(e, talker, d[1], d[2], d[3], d[4], best=True)
+            e.alt = _float(d[8])
+            e.geoid = _float(d[10])
+        e.sats_used = _int(d[6])
         if e.hdop is None:
-            e.hdop = _float(_field(d, 7))
+            e.hdop = _float(d[7])
 
     def _rmc(self, e: _Epoch, talker: str, d: list[str]) -> None:
         # 0 time, 1 status A/V, 2-5 lat/N/lon/E, 6 speed kn, 7 course true, 8 ddmmyy,
         # 9-10 magnetic variation, 11 mode indicator (NMEA 2.3+), 12 nav status (4.1)
-        e.rmc_status = _field(d, 1)
-        if e.rmc_status != "A" or _field(d, 11) == "N":
+        e.rmc_status = d[1]
+        if e.rmc_status != "A" or d[11] == "N":
             e.no_fix = True  # status V "navigation receiver warning", mode N "not valid"
         else:
-            self._position(e, talker, _field(d, 2), _field(d, 3), _field(d, 4), _field(d, 5))
-            speed = _float(_field(d, 6))
+            self._position(e, talker, d[2], d[3], d[4], d[5])
+            speed = _float(d[6])
             if speed is not None:
                 e.speed, e.rmc_speed = speed * KNOT_MPS, True
-            e.course = _float(_field(d, 7)) if _field(d, 7) else e.course
-        ddmmyy = _field(d, 8)
-        if len(ddmmyy) == 6 and ddmmyy.isdigit():
+            e.course = _float(d[7]) if d[7] else e.course
+        ddmmyy = d[8]
+        if ddmmyy == self._date_text:
+            e.date = self._date_value
+        elif len(ddmmyy) == 6 and ddmmyy.isdigit():
             try:
                 # Two-digit year: NMEA has no century; u-blox receivers are post-2000.
                 e.date = date(2000 + int(ddmmyy[4:6]), int(ddmmyy[2:4]), int(ddmmyy[0:2]))
+                self._date_text, self._date_value = ddmmyy, e.date
             except ValueError:
                 self.field_errors += 1
         elif ddmmyy:
@@ -258,15 +310,15 @@ class EpochAssembler:
 
     def _gll(self, e: _Epoch, talker: str, d: list[str]) -> None:
         # 0-3 lat/N/lon/E, 4 time, 5 status A/V, 6 mode indicator
-        e.gll_status = _field(d, 5)
-        if e.gll_status != "A" or _field(d, 6) == "N":
+        e.gll_status = d[5]
+        if e.gll_status != "A" or d[6] == "N":
             e.no_fix = True
         else:
-            self._position(e, talker, _field(d, 0), _field(d, 1), _field(d, 2), _field(d, 3))
+            self._position(e, talker, d[0], d[1], d[2], d[3])
 
     def _zda(self, e: _Epoch, talker: str, d: list[str]) -> None:
         # 0 time, 1 day, 2 month, 3 year (four digits), 4-5 local zone
-        day, month, year = _int(_field(d, 1)), _int(_field(d, 2)), _int(_field(d, 3))
+        day, month, year = _int(d[1]), _int(d[2]), _int(d[3])
         if day is None or month is None or year is None:
             return  # empty before the receiver knows the date
         try:
@@ -276,46 +328,43 @@ class EpochAssembler:
 
     def _gsa(self, e: _Epoch, talker: str, d: list[str]) -> None:
         # 0 M/A, 1 mode 1/2/3, 2-13 PRNs used, 14 PDOP, 15 HDOP, 16 VDOP, 17 system (4.1)
-        mode = _int(_field(d, 1))
-        if mode in (MODE_NO_FIX, MODE_2D, MODE_3D):
+        last = self._last_gsa.get(talker)
+        if last is not None and last[0] == d:
+            parsed = last[1]  # the same as the last epoch's: geometry changes in seconds
+        else:
+            mode = _int(d[1])
+            parsed = (
+                mode if mode in (MODE_NO_FIX, MODE_2D, MODE_3D) else None,
+                bool(d[1]) and mode not in (MODE_NO_FIX, MODE_2D, MODE_3D),
+                frozenset(map(int, filter(str.isdigit, d[2:14]))),
+                _float(d[14]),
+                _float(d[15]),
+                _float(d[16]),
+            )
+            self._last_gsa[talker] = (d, parsed)
+        mode, bad_mode, prns, e.pdop, e.hdop, e.vdop = parsed
+        if mode is not None:
             # One GSA per constellation on multi-GNSS receivers: keep the best.
             e.gsa_mode = mode if e.gsa_mode is None else max(e.gsa_mode, mode)
             if mode == MODE_NO_FIX:
                 e.no_fix = e.trailing_no_fix = True
-        elif _field(d, 1):
+        elif bad_mode:
             self.field_errors += 1
-        for raw in d[2:14]:
-            prn = _int(raw)
-            if prn is not None:
-                e.used_prns.add(prn)
-        e.pdop = _float(_field(d, 14))
-        e.hdop = _float(_field(d, 15))
-        e.vdop = _float(_field(d, 16))
+        e.used_prns |= prns
 
     def _gsv(self, e: _Epoch, talker: str, d: list[str]) -> None:
         # 0 messages in this set, 1 message number, 2 satellites in view, then up to four
         # (PRN, elevation, azimuth, SNR) groups, then a signal id (NMEA 4.1) if any.
-        total, number = _int(_field(d, 0)), _int(_field(d, 1))
+        total, number = _int(d[0]), _int(d[1])
         if total is None or number is None or not 1 <= number <= total <= 9:
             self.field_errors += 1
             return
-        groups = d[3:]
-        if len(groups) % 4 == 1:
-            groups = groups[:-1]  # NMEA 4.1 signal id
-        sats = []
-        for i in range(0, len(groups) - 3, 4):
-            prn = _int(groups[i])
-            if prn is None:
-                continue
-            sats.append(
-                Satellite(
-                    prn=prn,
-                    elevation_deg=_int(groups[i + 1]),
-                    azimuth_deg=_int(groups[i + 2]),
-                    snr_db=_int(groups[i + 3]),
-                    used=False,
-                )
-            )
+        last = self._last_gsv.get((talker, number))
+        if last is not None and last[0] == d:
+            sats = last[1]  # the same part as the last epoch's (never mutated below)
+        else:
+            sats = self._gsv_satellites(d)
+            self._last_gsv[(talker, number)] = (d, sats)
         if number == 1:
             if talker in self._gsv_sets:
                 self.gsv_incomplete += 1  # a set that never got its last part
@@ -330,19 +379,45 @@ class EpochAssembler:
         if number == total:
             e.satellites.extend(self._gsv_sets.pop(talker)[2])
 
+    def _gsv_satellites(self, d: list[str]) -> list[tuple[Satellite, Satellite]]:
+        """The (unused, used) Satellite pairs of one GSV part's records."""
+        groups = d[3:]
+        if len(groups) % 4 == 1:
+            groups = groups[:-1]  # NMEA 4.1 signal id
+        cache = self._satellite_cache
+        sats = []
+        # Four at a time from one iterator; zip stops before an incomplete trailing group.
+        fields = iter(groups)
+        for record in zip(fields, fields, fields, fields, strict=False):
+            pair = cache.get(record)
+            if pair is None:
+                prn = _int(record[0])
+                if prn is None:
+                    continue
+                elevation, azimuth, snr = _int(record[1]), _int(record[2]), _int(record[3])
+                pair = (
+                    Satellite(prn, elevation, azimuth, snr, False),
+                    Satellite(prn, elevation, azimuth, snr, True),
+                )
+                if len(cache) >= _SATELLITE_CACHE_SIZE:
+                    cache.clear()
+                cache[record] = pair
+            sats.append(pair)
+        return sats
+
     def _vtg(self, e: _Epoch, talker: str, d: list[str]) -> None:
         # 0 course true, 1 T, 2 course magnetic, 3 M, 4 speed kn, 5 N, 6 speed km/h, 7 K,
         # 8 mode indicator. RMC's speed and course are preferred when both are sent.
-        if _field(d, 8) == "N":
+        if d[8] == "N":
             return
         if not e.rmc_speed:
-            kn, kmh = _float(_field(d, 4)), _float(_field(d, 6))
+            kn, kmh = _float(d[4]), _float(d[6])
             if kn is not None:
                 e.speed = kn * KNOT_MPS
             elif kmh is not None:
                 e.speed = kmh / 3.6
         if e.course is None:
-            e.course = _float(_field(d, 0))
+            e.course = _float(d[0])
 
     # -- closing -------------------------------------------------------------------------
 
@@ -375,16 +450,15 @@ class EpochAssembler:
             mode = MODE_2D
         else:
             mode = MODE_UNKNOWN
+        if mode > MODE_NO_FIX:
+            self._located(e)
         has_position = e.lat is not None and e.lon is not None
         if mode <= MODE_NO_FIX:
             # A no-fix epoch carries no position, whatever stale digits a receiver left in.
             e.lat = e.lon = e.alt = e.geoid = e.speed = e.course = None
             has_position = False
         used = e.used_prns
-        satellites = tuple(
-            Satellite(s.prn, s.elevation_deg, s.azimuth_deg, s.snr_db, s.prn in used)
-            for s in e.satellites
-        )
+        satellites = tuple(pair[pair[0].prn in used] for pair in e.satellites)
         sats_used = e.sats_used if e.sats_used is not None else (len(used) if used else None)
         return [
             GpsFix(

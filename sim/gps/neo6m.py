@@ -156,6 +156,14 @@ DEFAULT_SKY = (
 )
 
 
+def _snr_at(sat: Satellite, utc: datetime) -> int:
+    """The satellite's C/N0 at `utc`: its nominal value wandering by up to 2 dB, changing
+    once a second, as a tracked satellite's does on a real receiver (so consecutive GSV
+    sentences are not all identical, which would flatter any decoder that caches them)."""
+    second = utc.hour * 3600 + utc.minute * 60 + utc.second
+    return max(1, min(99, sat.snr + round(2.0 * math.sin(0.37 * second + sat.prn))))
+
+
 def nmea_sentence(body: str) -> bytes:
     """ "$" body "*" checksum CRLF; the checksum XORs every character between "$" and "*"
     (NMEA 0183, "Checksum field"). The emulator computes its checksums (NMEA and UBX) itself
@@ -372,7 +380,7 @@ class Neo6m:
         for index in range(total):
             fields = [f"GPGSV,{total},{index + 1},{len(sky):02d}"]
             for sat in sky[index * 4 : index * 4 + 4]:
-                snr = f"{sat.snr:02d}" if sat.snr else ""
+                snr = f"{_snr_at(sat, utc):02d}" if sat.snr else ""
                 fields.append(f"{sat.prn:02d},{sat.elevation:02d},{sat.azimuth:03d},{snr}")
             out.append(",".join(fields))
         return out
