@@ -55,6 +55,7 @@ def _sim(args: argparse.Namespace) -> int:
         print(f"skycourier sim: {exc}", file=sys.stderr)
         return 1
     print(_summary(report))
+    print(_gps_summary(report["companion_gps"]))
     print(f"report: {args.out / 'report.json'}  plot: {args.out / 'flight.png'}")
     return 0 if report["outcome"] == "delivered" else 1
 
@@ -71,6 +72,22 @@ def _summary(report: dict) -> str:
         f"{num('duration_s', '.1f', 's')} of flight ({num('wall_duration_s', '.1f', 's')} wall), "
         f"max altitude {num('max_alt_m', '.1f', 'm')}, "
         f"battery used {num('battery_used_pct', '.0f', '%')}"
+    )
+
+
+def _gps_summary(gps: dict) -> str:
+    """One line on the companion's own receiver during the flight."""
+    receiver = gps["receiver"]
+    setup = (
+        "not configured"
+        if receiver is None
+        else f"{receiver['generation']} at {receiver['baud']} baud"
+    )
+    median = gps["divergence_from_autopilot_m"]["median"]
+    apart = "n/a" if median is None else f"{median:.1f} m"
+    return (
+        f"companion GPS: {gps['valid_fixes']}/{gps['fixes']} valid fixes, {setup}, median "
+        f"{apart} from the autopilot's, {len(gps['integrity_alarms'])} integrity alarms"
     )
 
 

@@ -14,15 +14,11 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
 from types import FrameType
 
 from companion.bus import Bus
-from companion.config import Config, GpsConfig
-from companion.gps import integrity
-from companion.gps.driver import GpsDriver, GpsStatus
-from companion.gps.integrity import IntegrityAlarm
-from companion.gps.ubx_config import UbxConfigurator
+from companion.config import Config
+from companion.gps.service import start_gps
 from companion.mission.journal import Journal
 from companion.vehicle_link import connect_vehicle
 from firmware_bridge.errors import BridgeError
@@ -87,7 +83,7 @@ def run_daemon(config: Config, stop: threading.Event | None = None) -> int:
         journal.close()
         log.error("cannot reach the autopilot: %s", exc)
         return 1
-    gps = _start_gps(config.gps, bus)
+    gps = start_gps(config.gps, bus)
     try:
         vehicle.wait_until(
             lambda s: s.boot_time_s is not None, config.vehicle.connect_timeout_s, "telemetry"
@@ -104,25 +100,6 @@ def run_daemon(config: Config, stop: threading.Event | None = None) -> int:
         vehicle.close()
         journal.close()
     return 0
-
-
-def _start_gps(gps: GpsConfig, bus: Bus) -> GpsDriver | None:
-    """The companion's own receiver, if one is configured, cross-checked with the autopilot."""
-    if gps.port is None:
-        return None
-    configurator = None
-    if gps.configure:
-        rate_ms = round(1000 / gps.rate_hz)
-
-        def configurator(current: int) -> UbxConfigurator:
-            return UbxConfigurator(baud=gps.target_baud, current_baud=current, meas_rate_ms=rate_ms)
-
-    bus.subscribe(GpsStatus, lambda status: log.info("gps %s: %s", status.state, status.detail))
-    bus.subscribe(IntegrityAlarm, lambda alarm: log.error("GPS integrity: %s", alarm.detail))
-    integrity.watch(bus, time.monotonic)
-    return GpsDriver(
-        gps.port, bus.publish, baud=gps.baud, configurator=configurator, silence_s=gps.silence_s
-    ).start()
 
 
 def _log_status(state: VehicleState, link_up: bool) -> None:

@@ -9,15 +9,22 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from companion.bus import Bus
 from companion.config import Config
 from companion.geo import distance_m, offset
+from companion.gps.driver import GpsDriver
+from companion.gps.flight_summary import GpsFlightSummary
+from companion.gps.integrity import IntegrityMonitor
+from companion.gps.service import start_gps
 from companion.mission.delivery import DeliveryMission, DeliveryPlan
 from companion.mission.events import MissionEvent
 from companion.mission.journal import Journal
@@ -25,6 +32,8 @@ from companion.progress import DeliveryProgress
 from companion.report import FlightRecorder, build_report, write_report
 from companion.vehicle_link import connect_vehicle
 from firmware_bridge.state import VehicleState
+from sim.gps.neo6m import Neo6m, Position
+from sim.gps.pty_runner import Neo6mPty
 from sim.sitl import SitlProcess
 from sim.vehicle import VehicleServer
 
@@ -102,6 +111,8 @@ def run_simulation(
     home = sim.home
     bus = Bus()
     wall_start = time.monotonic()
+    gps_summary = GpsFlightSummary()
+    gps_summary.attach(bus)
     with ExitStack() as stack:
         if sitl_binary is not None:
             sitl = SitlProcess(
@@ -114,11 +125,14 @@ def run_simulation(
             stack.callback(sitl.stop)
             sitl.start()
             connection = sitl.connection
+            server = None
+            clock: Callable[[], float] = _SpeedupClock(sim.speedup)
         else:
             server = VehicleServer(home, speedup=sim.speedup, port=0, wind=sim.wind)
             server.start()
             stack.callback(server.stop)
             connection = f"tcp:127.0.0.1:{server.port}"
+            clock = _sim_time(server)
         recorder = FlightRecorder()
         recorder.attach(bus)
         progress = DeliveryProgress(
@@ -132,8 +146,10 @@ def run_simulation(
             connection=connection,
             # The simulated autopilot times its companion watchdog in its own, faster clock.
             heartbeat_interval_s=min(1.0 / config.companion.heartbeat_hz, 1.0 / sim.speedup),
+            clock=clock,
         )
         stack.callback(vehicle.close)
+        gps = _companion_gps(stack, config, bus, server, clock)
         journal = Journal(out_dir / "journal.db")
         stack.callback(journal.close)
         fl = config.flight
@@ -163,5 +179,82 @@ def run_simulation(
         wall_duration_s=time.monotonic() - wall_start,
         autopilot="ArduCopter SITL" if sitl_binary else "built-in vehicle",
     )
+    report["companion_gps"] = gps_summary.as_dict(gps)
     write_report(out_dir, report, recorder)
     return report
+
+
+class _SpeedupClock:
+    """Simulated seconds for SITL, whose clock the companion cannot read directly: the wall
+    clock times the speed-up (SITL falls behind it when the machine cannot keep up)."""
+
+    def __init__(self, speedup: float) -> None:
+        self.speedup = speedup
+        self._start = time.monotonic()
+
+    def __call__(self) -> float:
+        return (time.monotonic() - self._start) * self.speedup
+
+
+def _sim_time(server: VehicleServer) -> Callable[[], float]:
+    """The built-in vehicle's own simulated clock (its time_boot_ms), exact at any speed."""
+    return lambda: server.sim_time
+
+
+def _companion_gps(
+    stack: ExitStack,
+    config: Config,
+    bus: Bus,
+    server: VehicleServer | None,
+    clock: Callable[[], float],
+) -> GpsDriver:
+    """The NEO-6M emulator on a real pty, flying with the vehicle, and the companion's GPS
+    driver reading it, configured over UBX as on the drone and cross-checked against the
+    autopilot's GPS."""
+    home_alt = config.sim.home[2]
+    if server is not None:
+
+        def position(_t: float) -> Position:
+            snap = server.state
+            vn, ve, _ = snap.velocity_ned
+            course = math.degrees(math.atan2(ve, vn)) % 360.0
+            return (snap.lat, snap.lon, home_alt + snap.alt_rel_m, math.hypot(vn, ve), course)
+
+        utc_boot = datetime.fromtimestamp(server.utc_at_boot, timezone.utc)
+        receiver = Neo6m(utc_start=utc_boot, utc_origin=0.0)
+        # The pty and the threads add wall-clock latency, which the speed-up stretches in
+        # simulated seconds: allow 0.1 s of it (wall) on top of the usual 1 s.
+        monitor = IntegrityMonitor(time_tolerance_s=1.0 + 0.1 * config.sim.speedup)
+    else:
+        latest: dict[str, VehicleState] = {}
+        bus.subscribe(VehicleState, lambda state: latest.update(state=state))
+
+        def position(_t: float) -> Position | None:
+            state = latest.get("state")
+            if state is None or state.position is None:
+                return None
+            vn, ve, _ = state.velocity_ned_mps or (0.0, 0.0, 0.0)
+            course = math.degrees(math.atan2(ve, vn)) % 360.0
+            return (state.position.lat, state.position.lon, state.position.alt_msl_m,
+                    math.hypot(vn, ve), course)  # fmt: skip
+
+        receiver = Neo6m(utc_start=datetime.now(timezone.utc))
+        # SITL's UTC runs in its own simulated time, which the speed-up clock only
+        # approximates, so the time comparison would raise false alarms: off for SITL.
+        monitor = IntegrityMonitor(time_tolerance_s=math.inf)
+    runner = Neo6mPty(receiver, position, clock=clock)
+    runner.start()
+    stack.callback(runner.stop)
+    assert runner.path is not None
+    driver = start_gps(
+        config.gps,
+        bus,
+        port=runner.path,
+        clock=clock,
+        monitor=monitor,
+        # Simulated seconds: half a wall second per UBX request at any speed-up.
+        ack_timeout_s=max(1.0, 0.5 * config.sim.speedup),
+    )
+    assert driver is not None
+    stack.callback(driver.stop)
+    return driver

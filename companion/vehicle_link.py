@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from companion.config import Config
@@ -14,10 +15,12 @@ def connect_vehicle(
     *,
     connection: str | None = None,
     heartbeat_interval_s: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Vehicle:
     """Open the autopilot link with every setting of `[vehicle]` and `[companion]`, so the
     daemon and the simulator cannot drift apart; `connection` overrides the configured one
-    (the simulator's own autopilot), `heartbeat_interval_s` the configured rate."""
+    (the simulator's own autopilot), `heartbeat_interval_s` the configured rate, and `clock`
+    the monotonic clock (a simulator's, in simulated time)."""
     vc, cc = config.vehicle, config.companion
     return Vehicle.connect(
         connection or vc.connection,
@@ -31,4 +34,5 @@ def connect_vehicle(
         heartbeat_interval_s=heartbeat_interval_s or 1.0 / cc.heartbeat_hz,
         command_timeout_s=vc.command_timeout_s,
         command_retries=vc.command_retries,
+        clock=clock,
     )

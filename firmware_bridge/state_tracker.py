@@ -38,8 +38,12 @@ class StateTracker:
         target_system: int,
         target_component: int,
         publish: Callable[[object], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`clock` times `VehicleState.utc_received_at`: the daemon's monotonic clock, or a
+        simulator's clock when the companion runs in simulated time."""
         self.target_system = target_system
+        self.clock = clock
         self.target_component = target_component
         self._publish = publish or (lambda _msg: None)
         self._state = VehicleState(wall_time=time.time())
@@ -168,7 +172,7 @@ class StateTracker:
     def _system_time(self, msg: MAVLinkMessage) -> dict | None:
         if not msg.time_unix_usec:
             return None  # 0: the autopilot has no UTC yet
-        return {"utc_time_s": msg.time_unix_usec / 1e6, "utc_received_at": time.monotonic()}
+        return {"utc_time_s": msg.time_unix_usec / 1e6, "utc_received_at": self.clock()}
 
     def _mission_current(self, msg: MAVLinkMessage) -> dict:
         return {"mission_seq": msg.seq}

@@ -71,11 +71,12 @@ class Vehicle:
         command_timeout_s: float = 1.5,
         command_retries: int = 3,
         publish: Callable[[object], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.link = link
         self.command_timeout_s = command_timeout_s
         self.command_retries = command_retries
-        self.tracker = StateTracker(link.target_system, link.target_component, publish)
+        self.tracker = StateTracker(link.target_system, link.target_component, publish, clock)
         self._remove_tracker = link.add_listener(self.tracker)
 
     @classmethod
@@ -94,6 +95,7 @@ class Vehicle:
         command_timeout_s: float = 1.5,
         command_retries: int = 3,
         streams: dict[int, float] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> Vehicle:
         """Open the link, wait for the autopilot, and ask for the telemetry streams."""
         link = MavLink(
@@ -112,6 +114,7 @@ class Vehicle:
             command_timeout_s=command_timeout_s,
             command_retries=command_retries,
             publish=publish,
+            clock=clock,
         )
         link.open()
         vehicle.request_streams(DEFAULT_STREAMS if streams is None else streams)

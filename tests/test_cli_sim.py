@@ -55,6 +55,16 @@ def test_default_sim_delivers_and_writes_a_true_report(tmp_path: Path) -> None:
         assert 1 / 1.5 <= durations[name] / sitl_s <= 1.5, (name, durations[name], sitl_s)
     png = (out / "flight.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 20_000
+    # The companion's own GPS: the emulated NEO-6M on a pty, configured over UBX by the
+    # driver, at 5 Hz of simulated time, agreeing with the autopilot's GPS all flight.
+    gps = report["companion_gps"]
+    assert gps["receiver"]["baud"] == 115200
+    assert "CFG-RATE (measRate 200 ms)" in gps["receiver"]["applied"]
+    assert gps["valid_fixes"] >= 4 * report["duration_s"], gps["valid_fixes"]
+    assert gps["integrity_alarms"] == []
+    assert gps["divergence_from_autopilot_m"]["median"] < 5.0
+    assert gps["decoder"]["checksum"] == 0
+    assert "companion GPS:" in done.stdout
 
 
 def test_order_file_chooses_the_drop(tmp_path: Path) -> None:

@@ -172,7 +172,11 @@ class GpsDriver:
 
     def _step(self) -> None:
         assert self._serial is not None
-        data = self._serial.read(4096)
+        # Wait for the first byte only, then take what has arrived: a fixed-size read would
+        # hold a complete epoch back until its timeout, ageing every fix by as much.
+        data = self._serial.read(self._serial.in_waiting or 1)
+        if data:
+            data += self._serial.read(self._serial.in_waiting)
         now = self.clock()
         if data:
             self._last_byte = now

@@ -206,6 +206,9 @@ class Neo6m:
     acknowledgement has been returned (a runner writes what `receive` returned at the rate
     in force before the call, then switches). Configuration that CFG-CFG saved survives
     `power_cycle()`; the rest returns to the factory state (9600 baud, 1 Hz).
+
+    UTC is `utc_start` at the first tick; or, with `utc_origin`, at that clock reading, so a
+    receiver on a simulator's clock tells the same time as the simulated autopilot.
     """
 
     def __init__(
@@ -219,10 +222,12 @@ class Neo6m:
         utc_start: datetime = datetime(2026, 6, 1, 12, 0, 0, tzinfo=timezone.utc),
         geoid_sep_m: float = 47.0,
         sky: tuple[Satellite, ...] = DEFAULT_SKY,
+        utc_origin: float | None = None,
     ) -> None:
         self.faults = faults or Faults()
         self.mon_ver = mon_ver
         self.utc_start = utc_start
+        self.utc_origin = utc_origin
         self.geoid_sep_m = geoid_sep_m
         self.sky = sky
         self.counters = Counters()
@@ -294,7 +299,8 @@ class Neo6m:
             return b""
         if not self.config.out_mask & 0x2:  # outProtoMask bit 1: NMEA
             return b""
-        utc = self.utc_start + timedelta(seconds=round(t, 3))
+        since = t if self.utc_origin is None else now - self.utc_origin
+        utc = self.utc_start + timedelta(seconds=round(since, 3))
         cold = t < self.faults.cold_start_s
         position = None if cold or _in(self.faults.no_fix, t) else position_provider(t)
         if position is not None:
@@ -508,6 +514,11 @@ class Neo6m:
         # u-blox 6: at most 5 Hz; navRate fixed at 1; timeRef 0 or 1.
         if meas < 200 or nav != 1 or ref not in (0, 1):
             return self._ack(0x06, 0x08, False)
+        if self._next_epoch is not None:
+            # The new period runs from the last solution, not from the next one the old
+            # period had scheduled: at 1 Hz -> 5 Hz, 5 Hz output follows within 200 ms.
+            last = self._next_epoch - self.config.meas_rate_ms / 1000.0
+            self._next_epoch = round(last + meas / 1000.0, 6)
         self.config.meas_rate_ms, self.config.time_ref = meas, ref
         return self._ack(0x06, 0x08, True)
 

@@ -15,6 +15,7 @@ arm in GUIDED at 100 %.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 from firmware_bridge.dialect import MAVLinkMessage, mavlink
@@ -98,6 +99,9 @@ class Copter(FailsafeRules):
         ready_delay_s: float | None = None,
     ) -> None:
         self.time = 0.0
+        # UTC (Unix seconds) at simulated time 0: the vehicle's GPS time runs with its own
+        # clock, so SYSTEM_TIME and a simulated companion receiver stay in step at any speed.
+        self.utc_at_boot = time.time()
         self.params = params
         self.sysid = int(params["SYSID_THISMAV"])
         self.streams: dict[int, StreamSchedule] = {}

@@ -159,6 +159,11 @@ class VehicleServer:
             return self._copter.time
 
     @property
+    def utc_at_boot(self) -> float:
+        """UTC (Unix seconds) at simulated time 0; SYSTEM_TIME is this plus `sim_time`."""
+        return self._copter.utc_at_boot
+
+    @property
     def state(self) -> VehicleSnapshot:
         """A consistent copy of the vehicle state."""
         with self._lock:

@@ -14,7 +14,6 @@ STABILIZE long before GUIDED can arm, as on SITL), and HOME_POSITION exists once
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -259,7 +258,7 @@ def home_position(c: Copter) -> MAVLinkMessage | None:
 
 
 def system_time(c: Copter) -> MAVLinkMessage:
-    return C.MAVLink_system_time_message(int(time.time() * 1e6), _boot_ms(c))
+    return C.MAVLink_system_time_message(int((c.utc_at_boot + c.time) * 1e6), _boot_ms(c))
 
 
 def mission_current(c: Copter) -> MAVLinkMessage:
