@@ -4,6 +4,7 @@ and clear errors for a port that is missing or is not a GPS."""
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import pty
@@ -12,6 +13,8 @@ import time
 import tty
 from collections.abc import Callable
 from pathlib import Path
+
+import serial
 
 from companion.gps.driver import GpsDriver, GpsStatus
 from companion.gps.fix import GpsFix
@@ -153,3 +156,38 @@ def test_a_device_that_is_not_a_gps_is_named(tmp_path: Path) -> None:
         os.close(slave)
     status = next(i for i in bus.items if isinstance(i, GpsStatus) and i.state == "not-a-gps")
     assert "no NMEA or UBX" in status.detail
+
+
+def test_a_receiver_at_another_baud_rate_is_found_and_configured(tmp_path: Path) -> None:
+    receiver = Neo6m(baud=38400)  # someone saved 38400 into its flash; we open at 9600
+    bus = Bus()
+    with Neo6mPty(receiver, here) as runner:
+        assert runner.path is not None
+        driver = GpsDriver(
+            runner.path, bus, configurator=lambda now_baud: UbxConfigurator(
+                baud=115200, current_baud=now_baud
+            ),
+        )  # fmt: skip
+        with driver:
+            bus.wait(lambda: driver.config_result is not None, "the UBX handshake", 30)
+    assert receiver.baud == 115200 and driver.baud == 115200
+    assert runner.garbled_bytes > 0  # it really was unreadable at 9600 first
+
+
+def test_permission_denied_is_named(monkeypatch, tmp_path: Path) -> None:
+    port = str(tmp_path / "ttyAMA0")
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        # What pyserial raises when open(2) fails with EACCES.
+        raise serial.SerialException(
+            errno.EACCES, f"could not open port {port}: [Errno 13] Permission denied: '{port}'"
+        )
+
+    monkeypatch.setattr(serial, "Serial", refuse)
+    bus = Bus()
+    with GpsDriver(port, bus):
+        bus.wait(lambda: bus.states(), "a status")
+    status = next(i for i in bus.items if isinstance(i, GpsStatus))
+    assert status.state == "disconnected"
+    assert port in status.detail and "permission denied" in status.detail
+    assert "dialout" in status.detail
