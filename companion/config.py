@@ -306,6 +306,109 @@ class GpsConfig(_Section):
     )
 
 
+class ModemConfig(_Section):
+    """The SIMCom A7670 LTE modem on a UART, driven by AT commands: the drone's link beyond
+    visual range (telemetry over the modem's own MQTT stack, SMS as the fallback)."""
+
+    port: str | None = Field(
+        None,
+        description="Serial device of the modem's AT port; unset: no modem (telemetry then "
+        "goes over IP if [telemetry] transport is \"ip\").",
+        examples=["/dev/ttyAMA0", "/dev/serial/by-id/usb-SimTech__Incorporated_SimTech-if02"],
+    )
+    baud: Literal[9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600] = Field(
+        115200, description="UART rate (the A7670's default is 115200 8N1, no auto-baud)."
+    )
+    apn: str = Field(
+        "internet", min_length=1, max_length=99, description="APN of the data context (CGDCONT)."
+    )
+    pin: str | None = Field(
+        None,
+        pattern=r"^[0-9]{4,8}$",
+        description="SIM PIN, if the SIM asks for one; tried once, never retried when wrong "
+        "(three wrong PINs lock the SIM).",
+    )
+    power_key_command: str | None = Field(
+        None,
+        description="Command that pulses the modem's PWRKEY (last step of the recovery "
+        "ladder); pins differ per board, so it is a command, run without a shell.",
+        examples=["gpioset --mode=time --usec=100000 gpiochip0 4=1"],
+    )
+    sms_fallback_to: str | None = Field(
+        None,
+        pattern=r"^\+?[0-9]{3,20}$",
+        description="Number that gets critical events (delivered, aborted, emergency) by SMS "
+        "when the data link is down.",
+        examples=["+447700900123"],
+    )
+    sms_operators: str = Field(
+        "",
+        description="Comma-separated numbers whose SMS commands are accepted (with the "
+        "secret); all others are logged and ignored.",
+    )
+    sms_secret: str | None = Field(
+        None, min_length=8, description="Shared secret an operator's SMS command starts with."
+    )
+
+
+class TelemetryConfig(_Section):
+    """Live telemetry and events to the operator over MQTT, through a durable queue that
+    loses nothing when the link drops."""
+
+    drone_id: str = Field(
+        "skycourier-1",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="This drone's id in topics skycourier/v1/<drone_id>/...",
+    )
+    broker: str = Field(
+        "tcp://127.0.0.1:1883", description="MQTT broker as tcp://host:port (TLS: see tls_ca)."
+    )
+    transport: Literal["modem", "ip"] = Field(
+        "modem",
+        description="\"modem\": the A7670's own MQTT stack over AT commands; \"ip\": "
+        "paho-mqtt over any network interface (PPP/ECM modem, Wi-Fi, Ethernet).",
+    )
+    tls_ca: Path | None = Field(
+        None, strict=False, description="CA certificate file: connect with TLS when set."
+    )
+    keepalive_s: int = Field(60, ge=10, le=3600, description="MQTT keep-alive.")
+    queue_path: Path = Field(
+        Path("skycourier-telemetry.db"),
+        strict=False,
+        description="Store-and-forward queue (SQLite); relative paths are from the working "
+        "directory.",
+    )
+    queue_max_mb: float = Field(
+        50.0, gt=0, le=10_000, description="Queue bound: telemetry is thinned beyond it."
+    )
+    ground_hz: float = Field(0.2, gt=0, le=10, description="Telemetry rate on the ground.")
+    cruise_hz: float = Field(1.0, gt=0, le=10, description="Telemetry rate in flight.")
+    handover_hz: float = Field(
+        5.0, gt=0, le=10, description="Telemetry rate while descending to and at the recipient."
+    )
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_url(cls, value: str) -> str:
+        split_broker(value)
+        return value
+
+    @property
+    def broker_address(self) -> tuple[str, int]:
+        """(host, port) of `broker`."""
+        return split_broker(self.broker)
+
+
+def split_broker(url: str) -> tuple[str, int]:
+    """"tcp://host:port" (the form AT+CMQTTCONNECT takes, also for TLS) as (host, port)."""
+    if not url.startswith("tcp://"):
+        raise ValueError(f"must be tcp://host:port, got {url!r}")
+    host, sep, port = url[len("tcp://") :].rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"must be tcp://host:port with a port 1-65535, got {url!r}")
+    return host, int(port)
+
+
 class JournalConfig(_Section):
     """The durable mission journal (SQLite) that lets a restarted daemon resume or land."""
 
@@ -347,6 +450,8 @@ class Config(_Section):
     delivery: DeliveryConfig = DeliveryConfig()
     sim: SimConfig = SimConfig()
     gps: GpsConfig = GpsConfig()
+    modem: ModemConfig = ModemConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
     journal: JournalConfig = JournalConfig()
     logging: LoggingConfig = LoggingConfig()
 
