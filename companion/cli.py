@@ -16,6 +16,7 @@ from pathlib import Path
 
 from companion.config import ConfigError, load_config
 from companion.logging_setup import setup_logging
+from companion.track import add_arguments as add_track_arguments
 from firmware_bridge.errors import BridgeError
 
 log = logging.getLogger("skycourier")
@@ -132,6 +133,12 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _track(args: argparse.Namespace) -> int:
+    from companion.track import run_track
+
+    return run_track(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (kept separate so tests and docs can introspect it)."""
     parser = argparse.ArgumentParser(prog="skycourier", description=__doc__.splitlines()[0])
@@ -178,6 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--configure", action="store_true", help="configure the receiver over UBX first"
     )
     gps.set_defaults(func=_gps)
+
+    track = sub.add_parser(
+        "track", help="print a drone's live telemetry and events from an MQTT broker"
+    )
+    add_track_arguments(track)
+    track.set_defaults(func=_track)
 
     config = sub.add_parser("config", help="check a configuration file or print the defaults")
     config.add_argument("file", type=Path, nargs="?", default=None)

@@ -1,0 +1,384 @@
+"""The telemetry uplink: bus messages in, ordered acknowledged MQTT records out.
+
+Two halves joined only by the durable `Store`:
+
+- **sampling** (bus callbacks and `tick`): the latest `VehicleState`, mission phase, GPS
+  integrity alarms and modem signal are remembered; `tick(now)` writes a `Telemetry` sample at
+  the rate of the current phase (5 Hz at hand-over, 1 Hz in cruise, 0.2 Hz idle on the ground:
+  the operator watches a descent over a recipient closely, a parked drone hardly at all).
+  Mission events and GPS alarms become `Event` records the moment they are published. Every
+  record is appended to the store *first*, so nothing depends on the link being up.
+- **draining** (one thread): the oldest record is published through the transport and acked
+  in the store only once the transport confirms the broker has it. On a `TransportError` the
+  same record is retried after a backoff, so order is preserved and nothing is skipped;
+  records queue up meanwhile and replay, oldest first, when the link returns.
+
+Status: the will is a retained ``offline`` `Status`, which the broker publishes whenever a
+connection dies. So a retained ``online`` is published again after every new connection (the
+transport's `connections` count changed, or a publish failed, or `connected` was seen False),
+before any queued record, and every `status_period_s` as a heartbeat; `stop()` publishes
+``offline`` itself, since a clean disconnect does not fire the will.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from companion.bus import Bus
+from companion.gps.integrity import IntegrityAlarm, IntegrityCleared
+from companion.mission.events import MissionEvent, Phase
+from companion.modem.state import ModemState
+from companion.telemetry import schema
+from companion.telemetry.store import Store, StoreError
+from companion.telemetry.transport import Transport, TransportError
+from firmware_bridge.state import VehicleState
+
+log = logging.getLogger(__name__)
+
+#: Samples per second by mission phase; "idle" before any mission and after it ends.
+DEFAULT_RATES_HZ: dict[str, float] = {
+    "idle": 0.2,
+    Phase.PREFLIGHT.value: 0.2,
+    Phase.ARM.value: 1.0,
+    Phase.TAKEOFF.value: 1.0,
+    Phase.CRUISE.value: 1.0,
+    Phase.DESCEND.value: 5.0,
+    Phase.RELEASE.value: 5.0,
+    Phase.CLIMB.value: 1.0,
+    Phase.RETURN.value: 1.0,
+    Phase.LAND.value: 2.0,
+    Phase.ABORT.value: 2.0,
+    Phase.DONE.value: 0.2,
+}
+
+DEFAULT_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+@dataclass(frozen=True)
+class PublisherStats:
+    queued: int  # records appended to the store by this publisher
+    published: int  # records the broker acknowledged
+    retried: int  # publish (or queue read) attempts that failed and were retried
+    pending: int  # records in the store awaiting acknowledgement
+    thinned: int  # telemetry dropped by the store's bound policy (file lifetime)
+    sample_errors: int  # samples that could not be built or stored (logged each time)
+    last_error: str | None
+
+
+class TelemetryPublisher:
+    """Samples the bus into the store, and drains the store through a transport."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        store: Store,
+        transport: Transport,
+        drone_id: str,
+        clock: Callable[[], float] = time.monotonic,
+        rates: Mapping[str, float] | None = None,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+        publish_timeout_s: float = 30.0,
+        backoff_s: Sequence[float] = DEFAULT_BACKOFF_S,
+        status_period_s: float = 60.0,
+        tick_s: float = 0.05,
+        batch: int = 64,
+    ) -> None:
+        self.drone_id = schema.check_drone_id(drone_id)
+        self.rates = dict(DEFAULT_RATES_HZ if rates is None else rates)
+        for phase, hz in self.rates.items():
+            if not hz > 0:
+                raise ValueError(f"telemetry rate for phase {phase!r} must be > 0 Hz, got {hz}")
+        if "idle" not in self.rates:
+            raise ValueError("telemetry rates need an 'idle' entry (no mission in progress)")
+        if not backoff_s:
+            raise ValueError("backoff_s needs at least one delay")
+        self.bus = bus
+        self.store = store
+        self.transport = transport
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.publish_timeout_s = publish_timeout_s
+        self.backoff_s = tuple(backoff_s)
+        self.status_period_s = status_period_s
+        self.tick_s = tick_s
+        self.batch = batch
+        self.topics = {ch: schema.topic(drone_id, ch) for ch in schema.CHANNELS}
+
+        self._lock = threading.Lock()
+        self._vehicle: VehicleState | None = None
+        self._phase: str | None = None
+        self._mission_id: str | None = None
+        self._alarms: dict[str, IntegrityAlarm] = {}
+        self._link: schema.LinkQuality | None = None
+        self._last_sample: float | None = None
+        self._period = 0.0
+        self._sample_errors = 0
+        self._queued = 0
+        self._published = 0
+        self._retried = 0
+        self._last_error: str | None = None
+
+        self._wake = threading.Condition()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._unsubscribe: list[Callable[[], None]] = []
+
+    # -- bus side ----------------------------------------------------------------------------
+
+    def attach(self) -> None:
+        """Subscribe to the bus messages that feed telemetry."""
+        self._unsubscribe = [
+            self.bus.subscribe(VehicleState, self.on_vehicle),
+            self.bus.subscribe(MissionEvent, self.on_mission_event),
+            self.bus.subscribe(IntegrityAlarm, self.on_integrity_alarm),
+            self.bus.subscribe(IntegrityCleared, self.on_integrity_cleared),
+            self.bus.subscribe(ModemState, self.on_modem),
+        ]
+
+    def on_vehicle(self, state: VehicleState) -> None:
+        with self._lock:
+            self._vehicle = state
+
+    def on_modem(self, state: ModemState) -> None:
+        with self._lock:
+            self._link = schema.LinkQuality(state.rssi_dbm, state.rsrp_dbm, state.sinr_db)
+
+    def on_mission_event(self, event: MissionEvent) -> None:
+        phase = event.phase.value
+        with self._lock:
+            self._mission_id = event.mission_id
+            self._phase = phase
+        self._queue_event(event.event, phase, event.mission_id, schema.jsonable(event.detail))
+
+    def on_integrity_alarm(self, alarm: IntegrityAlarm) -> None:
+        with self._lock:
+            self._alarms[alarm.kind] = alarm
+            phase, mission = self._phase, self._mission_id
+        detail = {"alarm": alarm.kind, "detail": alarm.detail, "value": alarm.value}
+        detail["bound"] = alarm.bound
+        self._queue_event("gps-integrity-alarm", phase, mission, schema.jsonable(detail))
+
+    def on_integrity_cleared(self, cleared: IntegrityCleared) -> None:
+        with self._lock:
+            self._alarms.pop(cleared.kind, None)
+            phase, mission = self._phase, self._mission_id
+        self._queue_event("gps-integrity-cleared", phase, mission, {"alarm": cleared.kind})
+
+    def _queue_event(
+        self, kind: str, phase: str | None, mission: str | None, detail: object
+    ) -> None:
+        record_id, t = schema.new_id(), schema.utc_iso(self.wall_clock())
+
+        def build(seq: int) -> bytes:
+            return schema.encode(
+                schema.Event(self.drone_id, seq, record_id, t, kind, mission, phase, detail)  # type: ignore[arg-type]
+            )
+
+        self.store.append("event", self.topics["events"], build)
+        self._queued_one()
+
+    # -- sampling ----------------------------------------------------------------------------
+
+    def rate_hz(self) -> float:
+        """Samples per second for the current phase (ended missions count as idle)."""
+        with self._lock:
+            phase = self._phase
+        if phase is None:
+            return self.rates["idle"]
+        return self.rates.get(phase, self.rates["idle"])
+
+    def tick(self, now: float | None = None) -> bool:
+        """Queue a telemetry sample if one is due at `now` (default: the clock); True if it did.
+
+        The next sample is due one period after this one: the period of the phase now, or
+        the shorter one it had when this sample was taken (a switch to a faster rate takes
+        effect at once, a switch to a slower one after the current period).
+        """
+        now = self.clock() if now is None else now
+        period = 1.0 / self.rate_hz()
+        with self._lock:
+            if self._vehicle is None:
+                return False
+            last = self._last_sample
+            if last is not None and now < last + min(period, self._period):
+                return False
+            self._last_sample, self._period = now, period
+            sample = self._sample_locked()
+        self.store.append("telemetry", self.topics["telemetry"], sample)
+        self._queued_one()
+        return True
+
+    def _sample_locked(self) -> Callable[[int], bytes]:
+        state = self._vehicle
+        assert state is not None
+        pos = state.position
+        heading = _finite(state.heading_deg)
+        pct = state.battery.remaining_pct  # MAVLink sends -1 for "unknown"
+        vertical = None if state.velocity_ned_mps is None else -state.velocity_ned_mps[2]
+        record_id, t = schema.new_id(), schema.utc_iso(self.wall_clock())
+        fields = {
+            "phase": self._phase,
+            "armed": state.armed,
+            "mode": state.mode,
+            "position": None
+            if pos is None
+            else schema.Position(pos.lat, pos.lon, pos.alt_msl_m, pos.alt_rel_m),
+            "heading_deg": None if heading is None else heading % 360.0,
+            "ground_speed_mps": _finite(state.ground_speed_mps),
+            "vertical_speed_mps": _finite(vertical),
+            "battery": schema.Battery(
+                pct if pct is not None and 0 <= pct <= 100 else None,
+                _finite(state.battery.voltage_v),
+            ),
+            "gps": schema.GpsIntegrity(
+                state.gps.fix_type, state.gps.satellites, tuple(sorted(self._alarms))
+            ),
+            "link": self._link,
+        }
+
+        def build(seq: int) -> bytes:
+            return schema.encode(schema.Telemetry(self.drone_id, seq, record_id, t, **fields))
+
+        return build
+
+    def _queued_one(self) -> None:
+        with self._lock:
+            self._queued += 1
+        with self._wake:
+            self._wake.notify_all()
+
+    # -- draining ----------------------------------------------------------------------------
+
+    def _status(self, state: str) -> bytes:
+        return schema.encode(
+            schema.Status(
+                self.drone_id,
+                max(1, self.store.last_seq),
+                schema.new_id(),
+                schema.utc_iso(self.wall_clock()),
+                state,
+            )
+        )
+
+    def drain(self, stop: threading.Event) -> None:
+        """Publish queued records oldest first until `stop` is set (the drain thread's body)."""
+        failures = 0
+        announced_at: float | None = None
+        announced_for = -1  # the connection the last "online" went out on
+        while not stop.is_set():
+            try:
+                connection = self._connection()
+                if (
+                    announced_at is None
+                    or connection != announced_for
+                    or self.clock() - announced_at >= self.status_period_s
+                ):
+                    self.transport.publish(
+                        self.topics["status"],
+                        self._status("online"),
+                        retain=True,
+                        timeout_s=self.publish_timeout_s,
+                    )
+                    announced_at, announced_for = self.clock(), connection
+                records = self.store.peek(self.batch)
+                if not records:
+                    with self._wake:
+                        self._wake.wait(min(1.0, self.status_period_s))
+                    continue
+                for record in records:
+                    if stop.is_set():
+                        return
+                    self.transport.publish(
+                        record.topic,
+                        record.payload,
+                        qos=1,
+                        retain=record.retain,
+                        timeout_s=self.publish_timeout_s,
+                    )
+                    self.store.ack(record.seq)
+                    with self._lock:
+                        self._published += 1
+                    failures = 0
+            except (TransportError, StoreError) as exc:
+                announced_at = None  # the will may have fired: say "online" again first
+                delay = self.backoff_s[min(failures, len(self.backoff_s) - 1)]
+                failures += 1
+                with self._lock:
+                    self._retried += 1
+                    self._last_error = str(exc)
+                log.warning("telemetry uplink: %s; retrying in %g s", exc, delay)
+                stop.wait(delay)
+
+    def _connection(self) -> int:
+        """Which connection the transport is on; -1 while it is down. A transport without a
+        `connections` count (older implementations of the protocol) is told apart by outages
+        the drain loop observes, which can miss a reconnect quicker than its polling."""
+        if not self.transport.connected:
+            return -1
+        return getattr(self.transport, "connections", 0)
+
+    def _sample_loop(self, stop: threading.Event) -> None:
+        while not stop.wait(self.tick_s):
+            try:
+                self.tick()
+            except Exception:  # a bad reading must not end telemetry for the rest of the flight
+                with self._lock:
+                    self._sample_errors += 1
+                log.exception("telemetry sample failed (%d so far)", self._sample_errors)
+
+    def start(self) -> None:
+        """Set the will, subscribe to the bus, and start the sampling and drain threads."""
+        self.transport.set_will(self.topics["status"], self._status("offline"), retain=True)
+        self.attach()
+        self._stop.clear()
+        self._threads = [
+            threading.Thread(
+                target=self._sample_loop, args=(self._stop,), name="telemetry-sample", daemon=True
+            ),
+            threading.Thread(
+                target=self.drain, args=(self._stop,), name="telemetry-drain", daemon=True
+            ),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop both threads and say "offline" (best effort). Queued records stay in the
+        store for the next start; the transport is left to its owner to close."""
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._stop.set()
+        with self._wake:
+            self._wake.notify_all()
+        for thread in self._threads:
+            thread.join(timeout_s)
+        if self.transport.connected:
+            try:
+                self.transport.publish(
+                    self.topics["status"], self._status("offline"), retain=True, timeout_s=timeout_s
+                )
+            except TransportError as exc:
+                log.warning("telemetry uplink: could not say offline: %s", exc)
+
+    def stats(self) -> PublisherStats:
+        store = self.store.stats()
+        with self._lock:
+            return PublisherStats(
+                queued=self._queued,
+                published=self._published,
+                retried=self._retried,
+                pending=store.pending,
+                thinned=store.thinned,
+                sample_errors=self._sample_errors,
+                last_error=self._last_error,
+            )
+
+
+def _finite(value: float | None) -> float | None:
+    """None for a missing or non-finite reading (JSON carries no NaN)."""
+    return value if value is not None and value == value and abs(value) != float("inf") else None
