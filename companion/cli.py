@@ -41,6 +41,23 @@ def _sim(args: argparse.Namespace) -> int:
     except OrderError as exc:
         print(f"skycourier sim: {exc}", file=sys.stderr)
         return 2
+    broker = None
+    if args.broker is not None:
+        host, _, port = args.broker.rpartition(":")
+        if not host or not port.isdigit():
+            print(f"skycourier sim: --broker {args.broker!r}: expected HOST:PORT", file=sys.stderr)
+            return 2
+        broker = (host, int(port))
+    drone = config.telemetry.drone_id
+
+    def announce(host: str, port: int) -> None:
+        if not args.quiet:
+            print(
+                f"telemetry: MQTT broker {host}:{port}; watch it with "
+                f"`skycourier track --broker {host}:{port} --drone {drone}`",
+                flush=True,
+            )
+
     try:
         report = run_simulation(
             config,
@@ -51,12 +68,16 @@ def _sim(args: argparse.Namespace) -> int:
             if args.sitl_defaults
             else None,
             show_progress=not args.quiet,
+            broker=broker,
+            lte_outage_s=args.lte_outage,
+            on_broker=announce,
         )
     except (BridgeError, SitlError) as exc:
         print(f"skycourier sim: {exc}", file=sys.stderr)
         return 1
     print(_summary(report))
     print(_gps_summary(report["companion_gps"]))
+    print(_telemetry_summary(report["telemetry"]))
     print(f"report: {args.out / 'report.json'}  plot: {args.out / 'flight.png'}")
     return 0 if report["outcome"] == "delivered" else 1
 
@@ -73,6 +94,16 @@ def _summary(report: dict) -> str:
         f"{num('duration_s', '.1f', 's')} of flight ({num('wall_duration_s', '.1f', 's')} wall), "
         f"max altitude {num('max_alt_m', '.1f', 'm')}, "
         f"battery used {num('battery_used_pct', '.0f', '%')}"
+    )
+
+
+def _telemetry_summary(telemetry: dict) -> str:
+    """One line on the telemetry link: what reached the broker through the modem."""
+    modem = telemetry.get("modem") or {}
+    return (
+        f"telemetry: {telemetry['published']}/{telemetry['queued']} records delivered to "
+        f"{telemetry['broker']} through the A7670 ({telemetry['pending']} pending, "
+        f"{telemetry['retried']} retries, {modem.get('recoveries', 0)} modem recoveries)"
     )
 
 
@@ -159,6 +190,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated SITL parameter files (default: ArduPilot's copter.parm found "
         "above the binary, plus the project's gripper set)",
+    )
+    sim.add_argument(
+        "--broker",
+        default=None,
+        help="send telemetry to this MQTT broker HOST:PORT (default: start one, on 1883 if free)",
+    )
+    sim.add_argument(
+        "--lte-outage",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="cut LTE coverage for this many simulated seconds from the start of the cruise",
     )
     sim.add_argument("--quiet", action="store_true", help="no progress display")
     sim.set_defaults(func=_sim)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -28,12 +29,18 @@ from companion.gps.service import start_gps
 from companion.mission.delivery import DeliveryMission, DeliveryPlan
 from companion.mission.events import MissionEvent
 from companion.mission.journal import Journal
+from companion.modem.state import ModemState
 from companion.progress import DeliveryProgress
 from companion.report import FlightRecorder, build_report, write_report
+from companion.telemetry.link import TelemetryLink, open_link
 from companion.vehicle_link import connect_vehicle
 from firmware_bridge.state import VehicleState
 from sim.gps.neo6m import Neo6m, Position
 from sim.gps.pty_runner import Neo6mPty
+from sim.modem.a7670 import A7670
+from sim.modem.mqtt_bridge import PahoBridge
+from sim.modem.pty_runner import A7670Pty
+from sim.mqtt_broker import Broker, BrokerError, start_broker
 from sim.sitl import SitlProcess
 from sim.vehicle import VehicleServer
 
@@ -103,9 +110,17 @@ def run_simulation(
     sitl_binary: Path | None = None,
     sitl_defaults: list[Path] | None = None,
     show_progress: bool = True,
+    broker: tuple[str, int] | None = None,
+    lte_outage_s: float = 0.0,
+    on_broker: Callable[[str, int], None] | None = None,
 ) -> dict:
     """Fly `order` in simulation, write report.json and flight.png to `out_dir`, return the
-    report."""
+    report.
+
+    Telemetry goes through the A7670 emulator on a pty to an MQTT broker: `broker` (host,
+    port), or one started here (mosquitto if installed, else the embedded one), announced
+    through `on_broker`. `lte_outage_s` cuts the LTE coverage for that many simulated
+    seconds from the start of the cruise."""
     out_dir.mkdir(parents=True, exist_ok=True)
     sim = config.sim
     home = sim.home
@@ -150,6 +165,12 @@ def run_simulation(
         )
         stack.callback(vehicle.close)
         gps = _companion_gps(stack, config, bus, server, clock)
+        host, port = broker or _own_broker(stack)
+        if on_broker is not None:
+            on_broker(host, port)
+        link, modem = _telemetry_link(stack, config, bus, out_dir, clock, (host, port))
+        if lte_outage_s > 0:
+            _schedule_outage(bus, modem, clock, lte_outage_s)
         journal = Journal(out_dir / "journal.db")
         stack.callback(journal.close)
         fl = config.flight
@@ -169,6 +190,10 @@ def run_simulation(
         mission = DeliveryMission(vehicle, plan, journal, bus.publish)
         with progress:
             outcome = mission.run()
+        # Everything queued in flight reaches the broker before the run ends.
+        link.drain(timeout_s=60.0)
+        telemetry = link.summary()
+        telemetry["broker"] = f"{host}:{port}"
     report = build_report(
         recorder,
         outcome=outcome,
@@ -180,6 +205,7 @@ def run_simulation(
         autopilot="ArduCopter SITL" if sitl_binary else "built-in vehicle",
     )
     report["companion_gps"] = gps_summary.as_dict(gps)
+    report["telemetry"] = telemetry
     write_report(out_dir, report, recorder)
     return report
 
@@ -258,3 +284,81 @@ def _companion_gps(
     assert driver is not None
     stack.callback(driver.stop)
     return driver
+
+
+def _own_broker(stack: ExitStack) -> tuple[str, int]:
+    """A broker for this run: on MQTT's port 1883 when it is free, so `skycourier track` finds
+    it without options, else on any free port."""
+    broker: Broker
+    try:
+        broker = start_broker(port=1883)
+    except BrokerError:
+        broker = start_broker()
+    stack.callback(broker.stop)
+    return broker.host, broker.port
+
+
+def _telemetry_link(
+    stack: ExitStack,
+    config: Config,
+    bus: Bus,
+    out_dir: Path,
+    clock: Callable[[], float],
+    broker: tuple[str, int],
+) -> tuple[TelemetryLink, A7670Pty]:
+    """The A7670 emulator on a real pty, its MQTT stack bridged to the broker, and the
+    daemon's telemetry chain driving it through AT commands. The module's own delays run in
+    simulated time (scaled by the speed-up); the driver keeps the manual's timeouts in wall
+    time, as it would on a slow real module."""
+    bridge = PahoBridge()
+    stack.callback(bridge.close)
+    modem = A7670Pty(A7670(bridge=bridge, time_scale=1.0 / config.sim.speedup))
+    modem.start()
+    stack.callback(modem.stop)
+    assert modem.path is not None
+    telemetry = config.updated(
+        "simulator", telemetry={"broker": f"tcp://{broker[0]}:{broker[1]}", "transport": "modem"}
+    ).telemetry
+    link = open_link(
+        config.modem,
+        telemetry,
+        bus,
+        port=modem.path,
+        queue_path=out_dir / "telemetry.db",
+        clock=clock,
+        power_key=modem.power_key,
+    )
+    assert link is not None
+    stack.callback(link.close)
+    return link, modem
+
+
+def _schedule_outage(
+    bus: Bus, modem: A7670Pty, clock: Callable[[], float], duration_s: float
+) -> None:
+    """Cut LTE coverage when the cruise starts (or, if the modem is still coming up, as soon
+    as it is up), restore it `duration_s` simulated seconds later: a valley without coverage
+    on the way to the drop."""
+
+    link_up = threading.Event()
+
+    def on_modem(state: ModemState) -> None:
+        if state.mqtt_up:
+            link_up.set()
+
+    def outage() -> None:
+        link_up.wait(timeout=60.0)  # cut a link that is up, not one still booting
+        modem.set_coverage(False)
+        log.warning("LTE coverage lost for %.0f s (simulated outage)", duration_s)
+        end = clock() + duration_s
+        while clock() < end:
+            time.sleep(0.02)
+        modem.set_coverage(True)
+        log.warning("LTE coverage back")
+
+    def on_event(event: MissionEvent) -> None:
+        if event.phase.value == "cruise" and event.event == "enter":
+            threading.Thread(target=outage, name="lte-outage", daemon=True).start()
+
+    bus.subscribe(ModemState, on_modem)
+    bus.subscribe(MissionEvent, on_event)

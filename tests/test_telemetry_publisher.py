@@ -293,3 +293,32 @@ def test_a_bad_reading_does_not_stop_sampling(tmp_path: Path) -> None:
     assert store.pending() == 0  # nothing half-written
     bus.publish(_state())
     assert publisher.tick(100.0)
+
+
+class OutageTransport(FlakyTransport):
+    """Down (not connected, publishes refused) until `restore()`."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda call: None if self.up else "down")
+        self.up = False
+
+    @property
+    def connected(self) -> bool:
+        return self.up
+
+
+def test_a_link_that_comes_back_is_used_at_once_not_after_the_backoff(tmp_path: Path) -> None:
+    transport, clock = OutageTransport(), FakeClock()
+    bus = Bus()
+    store = Store(tmp_path / "queue.db")
+    publisher = TelemetryPublisher(bus, store, transport, "d1", clock, backoff_s=(600.0,))
+    publisher.attach()
+    _fill(bus, publisher, 5)
+    publisher.start()
+    try:
+        _wait(lambda: publisher.stats().retried >= 1, "a failed attempt")
+        transport.up = True  # coverage is back: the 600 s backoff must not be waited out
+        _wait(lambda: store.pending() == 0, "draining the queue", within_s=10.0)
+    finally:
+        publisher.stop()
+    assert publisher.stats().published == 5

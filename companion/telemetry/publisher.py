@@ -312,7 +312,19 @@ class TelemetryPublisher:
                     self._retried += 1
                     self._last_error = str(exc)
                 log.warning("telemetry uplink: %s; retrying in %g s", exc, delay)
-                stop.wait(delay)
+                self._back_off(stop, delay)
+
+    def _back_off(self, stop: threading.Event, delay: float) -> None:
+        """Wait `delay` seconds, cut short when a transport that was down comes back: the
+        backoff spaces attempts on a link that claims to be up, it must not leave a link that
+        just recovered idle while the queue holds a whole outage."""
+        was_up = self.transport.connected
+        end = time.monotonic() + delay
+        while not stop.is_set():
+            left = end - time.monotonic()
+            if left <= 0 or (not was_up and self.transport.connected):
+                return
+            stop.wait(min(0.1, left))
 
     def _connection(self) -> int:
         """Which connection the transport is on; -1 while it is down. A transport without a
