@@ -20,6 +20,7 @@ from companion.bus import Bus
 from companion.config import Config
 from companion.gps.service import start_gps
 from companion.mission.journal import Journal
+from companion.telemetry.link import open_link
 from companion.vehicle_link import connect_vehicle
 from firmware_bridge.errors import BridgeError
 from firmware_bridge.state import LinkState, StatusText, VehicleState
@@ -84,6 +85,7 @@ def run_daemon(config: Config, stop: threading.Event | None = None) -> int:
         log.error("cannot reach the autopilot: %s", exc)
         return 1
     gps = start_gps(config.gps, bus)
+    link = open_link(config.modem, config.telemetry, bus)
     try:
         vehicle.wait_until(
             lambda s: s.boot_time_s is not None, config.vehicle.connect_timeout_s, "telemetry"
@@ -97,6 +99,8 @@ def run_daemon(config: Config, stop: threading.Event | None = None) -> int:
     finally:
         if gps is not None:
             gps.stop()
+        if link is not None:
+            link.close()
         vehicle.close()
         journal.close()
     return 0

@@ -30,7 +30,6 @@ from sim.modem.a7670 import A7670
 from sim.modem.mqtt_bridge import PahoBridge
 from sim.modem.pty_runner import A7670Pty
 from sim.mqtt_broker import Broker
-from tests.mqtt_fixtures import mosquitto  # noqa: F401  (fixture)
 
 SCALE = 0.05  # emulator latencies x 0.05: boot 0.15 s, registration 0.1 s
 TIMEOUTS = SupervisorTimeouts(

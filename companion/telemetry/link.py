@@ -21,9 +21,10 @@ from typing import Any
 
 from companion.bus import Bus
 from companion.config import ModemConfig, TelemetryConfig
-from companion.mission.events import Phase
+from companion.mission.events import MissionEvent, Phase
 from companion.modem.channel import AtChannel
 from companion.modem.mqtt_at import AtMqttTransport
+from companion.modem.sms import SmsClient, SmsCommandAuthoriser, SmsFallback, SmsMessage
 from companion.modem.state import ModemState
 from companion.modem.supervisor import ModemSupervisor
 from companion.telemetry.publisher import TelemetryPublisher
@@ -76,6 +77,7 @@ class TelemetryLink:
     supervisor: ModemSupervisor | None = None
     channel: AtChannel | None = None
     modem_states: list[ModemState] = field(default_factory=list)
+    sms: SmsClient | None = None
 
     def drain(self, timeout_s: float) -> bool:
         """Wait until every queued record is acknowledged; False if time ran out."""
@@ -89,6 +91,8 @@ class TelemetryLink:
     def close(self) -> None:
         self.publisher.stop()
         self.transport.close()
+        if self.sms is not None:
+            self.sms.stop()
         if self.supervisor is not None:
             self.supervisor.stop()
         if self.channel is not None:
@@ -140,7 +144,7 @@ def open_link(
     `clock` times the samples (a simulator's clock in simulated time), `power_key` replaces
     `modem.power_key_command` (the emulator's power key)."""
     client_id = telemetry.drone_id
-    supervisor = channel = None
+    supervisor = channel = sms = None
     states: list[ModemState] = []
     transport: Transport
     if telemetry.transport == "modem":
@@ -164,6 +168,7 @@ def open_link(
             tls_ca=telemetry.tls_ca,
         )
         supervisor.start()
+        sms = _start_sms(modem, telemetry.drone_id, channel, transport, bus)
     else:
         host, broker_port = telemetry.broker_address
         tls = None
@@ -179,4 +184,40 @@ def open_link(
         bus, store, transport, telemetry.drone_id, clock, rates_from_config(telemetry)
     )
     publisher.start()
-    return TelemetryLink(publisher, store, transport, supervisor, channel, states)
+    return TelemetryLink(publisher, store, transport, supervisor, channel, states, sms)
+
+
+def _start_sms(
+    modem: ModemConfig, drone_id: str, channel: AtChannel, transport: Transport, bus: Bus
+) -> SmsClient:
+    """SMS on the same module: operators' authorised commands onto the bus (as
+    `SmsCommand`), and the delivered/aborted events by SMS while the data link is down."""
+    operators = [n.strip() for n in modem.sms_operators.split(",") if n.strip()]
+    on_message: Callable[[SmsMessage], object]
+    if operators and modem.sms_secret:
+        on_message = SmsCommandAuthoriser(
+            numbers=operators, secret=modem.sms_secret, on_command=bus.publish
+        )
+    else:
+
+        def on_message(message: SmsMessage) -> None:
+            log.warning("SMS from %s ignored: no [modem] sms_operators/sms_secret set",
+                        message.sender)  # fmt: skip
+
+    sms = SmsClient(channel, on_message=on_message).start()
+    if modem.sms_fallback_to is not None:
+        fallback = SmsFallback(
+            sms,
+            numbers=[modem.sms_fallback_to],
+            link_up=lambda: transport.connected,
+            drone_id=drone_id,
+        )
+
+        def on_event(event: MissionEvent) -> None:
+            if event.phase is Phase.DONE and event.event == "enter":
+                fallback.notify("delivered", f"mission {event.mission_id}")
+            elif event.phase is Phase.ABORT and event.event == "enter":
+                fallback.notify("aborted", f"mission {event.mission_id}: {event.detail}")
+
+        bus.subscribe(MissionEvent, on_event)
+    return sms
