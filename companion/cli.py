@@ -17,6 +17,12 @@ from pathlib import Path
 from companion.config import ConfigError, load_config
 from companion.logging_setup import setup_logging
 from companion.track import add_arguments as add_track_arguments
+from companion.vision.commands import (
+    add_detect_arguments,
+    add_models_arguments,
+    run_detect,
+    run_models,
+)
 from firmware_bridge.errors import BridgeError
 
 log = logging.getLogger("skycourier")
@@ -228,6 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--configure", action="store_true", help="configure the receiver over UBX first"
     )
     gps.set_defaults(func=_gps)
+
+    models = sub.add_parser("models", help="build the detector's ONNX models")
+    add_models_arguments(models)
+    models.set_defaults(func=run_models)
+
+    detect = sub.add_parser("detect", help="detect objects in an image, video, camera or folder")
+    add_detect_arguments(detect)
+    detect.set_defaults(func=run_detect)
 
     track = sub.add_parser(
         "track", help="print a drone's live telemetry and events from an MQTT broker"
