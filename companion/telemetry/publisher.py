@@ -271,6 +271,7 @@ class TelemetryPublisher:
         announced_at: float | None = None
         announced_for = -1  # the connection the last "online" went out on
         while not stop.is_set():
+            connection = -1
             try:
                 connection = self._connection()
                 if (
@@ -312,17 +313,20 @@ class TelemetryPublisher:
                     self._retried += 1
                     self._last_error = str(exc)
                 log.warning("telemetry uplink: %s; retrying in %g s", exc, delay)
-                self._back_off(stop, delay)
+                self._back_off(stop, delay, connection)
 
-    def _back_off(self, stop: threading.Event, delay: float) -> None:
-        """Wait `delay` seconds, cut short when a transport that was down comes back: the
-        backoff spaces attempts on a link that claims to be up, it must not leave a link that
-        just recovered idle while the queue holds a whole outage."""
-        was_up = self.transport.connected
+    def _back_off(self, stop: threading.Event, delay: float, failed_on: int) -> None:
+        """Wait `delay` seconds, cut short when the transport is on another connection than
+        the attempt that failed (`failed_on`, -1: it was down): the backoff spaces attempts on
+        a link that claims to be up, it must not leave a link that just recovered idle while
+        the queue holds a whole outage."""
         end = time.monotonic() + delay
         while not stop.is_set():
             left = end - time.monotonic()
-            if left <= 0 or (not was_up and self.transport.connected):
+            if left <= 0:
+                return
+            now_on = self._connection()
+            if now_on != -1 and now_on != failed_on:
                 return
             stop.wait(min(0.1, left))
 
