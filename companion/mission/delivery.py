@@ -7,6 +7,11 @@ it is acted on and published on the bus, so an operator, the flight report and a
 daemon all see the same story. Time is the autopilot's clock (time_boot_ms): under
 simulation it runs faster than the wall clock, and holds such as the 3 s after release are
 measured in it.
+
+An `ObstacleMonitor` (the descent-cone guard) is asked during the cruise, the descent and
+before the parcel is let go: while it gives a reason the vehicle holds its position, with
+"hold" and "resume" journaled; holds during the descent and release together are bounded by
+`max_hold_s`, past which the delivery is aborted and the vehicle returns home.
 """
 
 from __future__ import annotations
@@ -47,6 +52,9 @@ class DeliveryPlan:
     preflight_timeout_s: float = 120.0
     phase_timeout_s: float = 600.0
     link_loss_grace_s: float = 5.0
+    #: Longest total hold (autopilot seconds) for something in the descent cone, over the
+    #: descent and the release together; past it the delivery is aborted and flies home.
+    max_hold_s: float = 120.0
 
 
 class DeliveryAborted(Exception):
@@ -97,6 +105,8 @@ class DeliveryMission:
         self.outcome: str | None = None
         self._expected_mode = ""
         self._home: tuple[float, float] | None = None
+        self._hold_since: float | None = None  # autopilot time the current cone hold began
+        self._held_s = 0.0  # cone holds before the current one, autopilot seconds
 
     # -- journal and bus -------------------------------------------------------------------
 
@@ -184,22 +194,41 @@ class DeliveryMission:
 
     def _descend(self) -> None:
         self._enter(Phase.DESCEND, target_alt_m=self.plan.handover_alt_m)
-        self.vehicle.goto(self.plan.drop_lat, self.plan.drop_lon, self.plan.handover_alt_m)
-        self._wait(
-            lambda s: (
+        plan = self.plan
+
+        def at_handover(s: VehicleState) -> bool:
+            return (
                 s.position is not None
-                and s.position.alt_rel_m <= self.plan.handover_alt_m + _ALT_TOLERANCE_M
-            ),
-            self.plan.phase_timeout_s,
-            "handover altitude",
-        )
+                and s.position.alt_rel_m <= plan.handover_alt_m + _ALT_TOLERANCE_M
+            )
+
+        self._to_handover_point()
+        deadline = time.monotonic() + plan.phase_timeout_s
+        while True:
+            # A hold keeps the vehicle where it is, even if it is already low enough: the
+            # phase ends only with the cone clear (the release checks it again).
+            holding = self._cone_hold(self._to_handover_point)
+            if not holding and at_handover(self.vehicle.state):
+                return
+            self._guard()
+            if time.monotonic() > deadline:
+                raise DeliveryAborted(
+                    f"timed out after {plan.phase_timeout_s:g} s waiting for handover altitude"
+                )
+            if holding:
+                time.sleep(_POLL_S)
+            else:
+                self.vehicle.tracker.wait_for(at_handover, _POLL_S)
 
     def _release(self) -> None:
         self._enter(Phase.RELEASE)
+        self._hold_while_cone_occupied()
         if self.recipient_check is not None:
             refusal = self.recipient_check.verify(self.vehicle.state)
             if refusal is not None:
                 raise DeliveryAborted(f"recipient not verified: {refusal}")
+            # Someone may have stepped under the drone while the recipient was checked.
+            self._hold_while_cone_occupied()
         self.gripper.release()
         self._event(Phase.RELEASE, "released")
         start = self.vehicle.state.boot_time_s or 0.0
@@ -263,6 +292,53 @@ class DeliveryMission:
             if time.monotonic() > deadline:
                 raise DeliveryAborted(f"did not reach the drop point in {plan.phase_timeout_s:g} s")
             self.vehicle.tracker.wait_for(arrived, _POLL_S)
+
+    def _to_handover_point(self) -> None:
+        self.vehicle.goto(self.plan.drop_lat, self.plan.drop_lon, self.plan.handover_alt_m)
+
+    def _cone_hold(self, resume: Callable[[], None]) -> bool:
+        """Ask the obstacle monitor during the descent and hand-over: on a reason, hold
+        position (a goto to the current point) and journal "hold"; once it clears, journal
+        "resume" and call `resume`. True while holding. Holds are timed on the autopilot's
+        clock and add up over the descent and release; past `max_hold_s` the delivery is
+        aborted (RTL)."""
+        if self.obstacle_monitor is None:
+            return False
+        state = self.vehicle.state
+        reason = self.obstacle_monitor.hold_reason(state)
+        now = state.boot_time_s or 0.0
+        if reason:
+            if self._hold_since is None:
+                self._hold_since = now
+                self._event(self.phase, "hold", reason=reason)
+                pos = state.position
+                if pos is not None:
+                    self.vehicle.goto(pos.lat, pos.lon, pos.alt_rel_m)
+            held = self._held_s + now - self._hold_since
+            if held > self.plan.max_hold_s:
+                raise DeliveryAborted(
+                    f"obstacle in the descent cone for {self.plan.max_hold_s:g} s ({reason})"
+                )
+            return True
+        if self._hold_since is not None:
+            this_hold = now - self._hold_since
+            self._held_s += this_hold
+            self._hold_since = None
+            self._event(self.phase, "resume", held_s=round(this_hold, 1))
+            resume()
+        return False
+
+    def _hold_while_cone_occupied(self) -> None:
+        """Before letting go of the parcel: wait, holding position, until the cone is clear."""
+        deadline = time.monotonic() + self.plan.phase_timeout_s
+        while self._cone_hold(self._to_handover_point):
+            self._guard()
+            if time.monotonic() > deadline:
+                raise DeliveryAborted(
+                    f"timed out after {self.plan.phase_timeout_s:g} s waiting for the descent "
+                    "cone to clear"
+                )
+            time.sleep(_POLL_S)
 
     def _wait_alt_at_least(self, alt_m: float, what: str) -> None:
         self._wait(
