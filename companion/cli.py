@@ -64,6 +64,7 @@ def _sim(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
+    _ensure_sim_model(args.quiet)
     try:
         report = run_simulation(
             config,
@@ -84,6 +85,7 @@ def _sim(args: argparse.Namespace) -> int:
     print(_summary(report))
     print(_gps_summary(report["companion_gps"]))
     print(_telemetry_summary(report["telemetry"]))
+    print(_vision_summary(report["vision"]))
     print(f"report: {args.out / 'report.json'}  plot: {args.out / 'flight.png'}")
     return 0 if report["outcome"] == "delivered" else 1
 
@@ -101,6 +103,37 @@ def _summary(report: dict) -> str:
         f"max altitude {num('max_alt_m', '.1f', 'm')}, "
         f"battery used {num('battery_used_pct', '.0f', '%')}"
     )
+
+
+def _vision_summary(vision: dict) -> str:
+    """One line on the simulated camera and the descent-cone guard."""
+    if not vision.get("enabled"):
+        return f"vision: off ({vision.get('note') or 'no model'})"
+    seen = ", ".join(f"{n} {c}" for n, c in vision["detections"].items()) or "nothing"
+    return (
+        f"vision: {vision['frames']} frames near the drop ({seen} detected), "
+        f"{vision['holds']} descent holds, {vision['hold_s']:.1f} s held"
+    )
+
+
+def _ensure_sim_model(quiet: bool) -> None:
+    """Build the detector's FP32 model once for the simulated camera, when the default models
+    folder lacks it (a `$SKYCOURIER_MODELS` folder is the user's to fill). A build that cannot
+    run (no package index) leaves the simulator flying without vision, which it reports."""
+    import os
+
+    from companion.vision.detector import model_path
+    from models.build import ModelBuildError, build_models
+
+    target = model_path("fp32")
+    if target.exists() or os.environ.get("SKYCOURIER_MODELS"):
+        return
+    if not quiet:
+        print("building the YOLOv4-Tiny model for the simulated camera (once)...", flush=True)
+    try:
+        build_models(target.parent, ["fp32"])
+    except ModelBuildError as exc:
+        print(f"skycourier sim: cannot build the detector model: {exc}", file=sys.stderr)
 
 
 def _telemetry_summary(telemetry: dict) -> str:
