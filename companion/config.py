@@ -313,7 +313,7 @@ class ModemConfig(_Section):
     port: str | None = Field(
         None,
         description="Serial device of the modem's AT port; unset: no modem (telemetry then "
-        "goes over IP if [telemetry] transport is \"ip\").",
+        'goes over IP if [telemetry] transport is "ip").',
         examples=["/dev/ttyAMA0", "/dev/serial/by-id/usb-SimTech__Incorporated_SimTech-if02"],
     )
     baud: Literal[9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600] = Field(
@@ -365,7 +365,7 @@ class TelemetryConfig(_Section):
     )
     transport: Literal["modem", "ip"] = Field(
         "modem",
-        description="\"modem\": the A7670's own MQTT stack over AT commands; \"ip\": "
+        description='"modem": the A7670\'s own MQTT stack over AT commands; "ip": '
         "paho-mqtt over any network interface (PPP/ECM modem, Wi-Fi, Ethernet).",
     )
     tls_ca: Path | None = Field(
@@ -399,8 +399,93 @@ class TelemetryConfig(_Section):
         return split_broker(self.broker)
 
 
+class VisionConfig(_Section):
+    """The camera and YOLOv4-Tiny detector: obstacles to ArduPilot as OBSTACLE_DISTANCE (set
+    PRX1_TYPE=2) and on the bus. The models are built with `skycourier models build`."""
+
+    source: str | None = Field(
+        None,
+        description='Camera: a V4L2 device ("0", /dev/video0), "csi" (Jetson CSI sensor 0), a '
+        "GStreamer pipeline (gst:...), an rtsp:// URL, a video file or an image folder; unset: "
+        "no camera, vision off.",
+        examples=["/dev/video0", "csi", "rtsp://192.168.1.20:8554/cam"],
+    )
+    variant: Literal["fp32", "int8", "fp16"] = Field(
+        "fp32",
+        description='Model variant: "fp32" (CPU default), "int8" (faster on a Pi\'s CPU), '
+        '"fp16" (GPUs: Jetson).',
+    )
+    models_dir: Path | None = Field(
+        None,
+        strict=False,
+        description="Folder of the built models; unset: $SKYCOURIER_MODELS or the repository's "
+        "models/build/.",
+        examples=["/var/lib/skycourier/models"],
+    )
+    threads: int = Field(
+        2, ge=1, le=64, description="ONNX Runtime threads (leave a core to the rest of the daemon)."
+    )
+    conf: float = Field(
+        0.25, gt=0, lt=1, description="Detection threshold on objectness x class probability."
+    )
+    classes: str = Field(
+        "",
+        description='Comma-separated COCO class names to keep, e.g. "person,car"; empty: all.',
+        examples=["person,bicycle,car,motorcycle,bus,truck,dog"],
+    )
+    hfov_deg: float = Field(
+        62.2,
+        gt=0,
+        lt=180,
+        description="Horizontal field of view of the camera (Pi Camera Module v2: 62.2, v3: 66).",
+    )
+    yaw_deg: float = Field(
+        0.0,
+        ge=-180,
+        le=180,
+        description="Camera mounting: degrees clockwise from the nose (0 = looking forward).",
+    )
+    pitch_down_deg: float = Field(
+        0.0,
+        ge=-90,
+        le=90,
+        description="Camera mounting: degrees below the horizon (0 = ahead, 90 = straight down).",
+    )
+    max_fps: float = Field(
+        5.0, gt=0, le=60, description="Frames analysed per second at most (the newest one wins)."
+    )
+    obstacle_rate_hz: float = Field(
+        10.0,
+        gt=2,
+        le=50,
+        description="Rate of OBSTACLE_DISTANCE to the autopilot (ArduPilot drops a proximity "
+        "source silent for 500 ms, so above 2 Hz).",
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _source_not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("empty camera source: leave it unset for no camera")
+        return value
+
+    @field_validator("classes")
+    @classmethod
+    def _class_list(cls, value: str) -> str:
+        names = [name.strip() for name in value.split(",")]
+        if value.strip() and not all(names):
+            raise ValueError(f"an empty class name in {value!r} (comma-separated names)")
+        return value
+
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        """The `classes` to keep, or None for all."""
+        names = tuple(name.strip() for name in self.classes.split(",") if name.strip())
+        return names or None
+
+
 def split_broker(url: str) -> tuple[str, int]:
-    """"tcp://host:port" (the form AT+CMQTTCONNECT takes, also for TLS) as (host, port)."""
+    """ "tcp://host:port" (the form AT+CMQTTCONNECT takes, also for TLS) as (host, port)."""
     if not url.startswith("tcp://"):
         raise ValueError(f"must be tcp://host:port, got {url!r}")
     host, sep, port = url[len("tcp://") :].rpartition(":")
@@ -452,6 +537,7 @@ class Config(_Section):
     gps: GpsConfig = GpsConfig()
     modem: ModemConfig = ModemConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    vision: VisionConfig = VisionConfig()
     journal: JournalConfig = JournalConfig()
     logging: LoggingConfig = LoggingConfig()
 

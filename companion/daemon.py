@@ -22,6 +22,7 @@ from companion.gps.service import start_gps
 from companion.mission.journal import Journal
 from companion.telemetry.link import open_link
 from companion.vehicle_link import connect_vehicle
+from companion.vision.service import start_vision
 from firmware_bridge.errors import BridgeError
 from firmware_bridge.state import LinkState, StatusText, VehicleState
 from firmware_bridge.vehicle import Vehicle
@@ -86,6 +87,8 @@ def run_daemon(config: Config, stop: threading.Event | None = None) -> int:
         return 1
     gps = start_gps(config.gps, bus)
     link = open_link(config.modem, config.telemetry, bus)
+    # Obstacles go to the autopilot as OBSTACLE_DISTANCE and on the bus; None: no vision.
+    vision = start_vision(config.vision, bus, vehicle)
     try:
         vehicle.wait_until(
             lambda s: s.boot_time_s is not None, config.vehicle.connect_timeout_s, "telemetry"
@@ -97,6 +100,8 @@ def run_daemon(config: Config, stop: threading.Event | None = None) -> int:
         log.error("daemon stopped: %s", exc)
         return 1
     finally:
+        if vision is not None:
+            vision.stop()
         if gps is not None:
             gps.stop()
         if link is not None:

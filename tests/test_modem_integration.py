@@ -244,7 +244,7 @@ def test_sms_send_and_receive_through_the_emulator() -> None:
         assert len(module.sms) == 0  # read and deleted
 
 
-def test_mqtt_over_the_modem_to_a_real_broker(mosquitto: Broker) -> None:  # noqa: F811
+def test_mqtt_over_the_modem_to_a_real_broker(mosquitto: Broker) -> None:
     bridge = PahoBridge(mosquitto.host, mosquitto.port)
     seen: list[tuple[str, bytes]] = []
     arrived = threading.Event()
@@ -296,7 +296,7 @@ def test_mqtt_over_the_modem_to_a_real_broker(mosquitto: Broker) -> None:  # noq
         watcher.disconnect()
 
 
-def test_module_hanging_mid_publish_is_recovered_without_help(mosquitto: Broker) -> None:  # noqa: F811
+def test_module_hanging_mid_publish_is_recovered_without_help(mosquitto: Broker) -> None:
     bridge = PahoBridge(mosquitto.host, mosquitto.port)
     emulator = A7670(time_scale=SCALE, bridge=bridge)
     with modem_link(emulator, power_key=True) as link:

@@ -3,9 +3,10 @@
 Two halves joined only by the durable `Store`:
 
 - **sampling** (bus callbacks and `tick`): the latest `VehicleState`, mission phase, GPS
-  integrity alarms and modem signal are remembered; `tick(now)` writes a `Telemetry` sample at
-  the rate of the current phase (5 Hz at hand-over, 1 Hz in cruise, 0.2 Hz idle on the ground:
-  the operator watches a descent over a recipient closely, a parked drone hardly at all).
+  integrity alarms, modem signal and the camera's detection counts (`Detections`, while
+  fresh) are remembered; `tick(now)` writes a `Telemetry` sample at the rate of the current
+  phase (5 Hz at hand-over, 1 Hz in cruise, 0.2 Hz idle on the ground: the operator
+  watches a descent over a recipient closely, a parked drone hardly at all).
   Mission events and GPS alarms become `Event` records the moment they are published. Every
   record is appended to the store *first*, so nothing depends on the link being up.
 - **draining** (one thread): the oldest record is published through the transport and acked
@@ -35,6 +36,7 @@ from companion.modem.state import ModemState
 from companion.telemetry import schema
 from companion.telemetry.store import Store, StoreError
 from companion.telemetry.transport import Transport, TransportError
+from companion.vision.service import Detections
 from firmware_bridge.state import VehicleState
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,9 @@ DEFAULT_RATES_HZ: dict[str, float] = {
 }
 
 DEFAULT_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
+#: A sample carries the latest frame's detection counts only while they are this fresh (the
+#: publisher's clock): a camera that stopped must not show its last picture for ever.
+DETECTIONS_FRESH_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,8 @@ class TelemetryPublisher:
         self._mission_id: str | None = None
         self._alarms: dict[str, IntegrityAlarm] = {}
         self._link: schema.LinkQuality | None = None
+        self._detections: dict[str, int] = {}
+        self._detections_at: float | None = None
         self._last_sample: float | None = None
         self._period = 0.0
         self._sample_errors = 0
@@ -138,6 +145,7 @@ class TelemetryPublisher:
             self.bus.subscribe(IntegrityAlarm, self.on_integrity_alarm),
             self.bus.subscribe(IntegrityCleared, self.on_integrity_cleared),
             self.bus.subscribe(ModemState, self.on_modem),
+            self.bus.subscribe(Detections, self.on_detections),
         ]
 
     def on_vehicle(self, state: VehicleState) -> None:
@@ -147,6 +155,12 @@ class TelemetryPublisher:
     def on_modem(self, state: ModemState) -> None:
         with self._lock:
             self._link = schema.LinkQuality(state.rssi_dbm, state.rsrp_dbm, state.sinr_db)
+
+    def on_detections(self, detections: Detections) -> None:
+        counts = detections.as_dict()
+        now = self.clock()
+        with self._lock:
+            self._detections, self._detections_at = counts, now
 
     def on_mission_event(self, event: MissionEvent) -> None:
         phase = event.phase.value
@@ -208,12 +222,12 @@ class TelemetryPublisher:
             if last is not None and now < last + min(period, self._period):
                 return False
             self._last_sample, self._period = now, period
-            sample = self._sample_locked()
+            sample = self._sample_locked(now)
         self.store.append("telemetry", self.topics["telemetry"], sample)
         self._queued_one()
         return True
 
-    def _sample_locked(self) -> Callable[[int], bytes]:
+    def _sample_locked(self, now: float) -> Callable[[int], bytes]:
         state = self._vehicle
         assert state is not None
         pos = state.position
@@ -239,6 +253,9 @@ class TelemetryPublisher:
                 state.gps.fix_type, state.gps.satellites, tuple(sorted(self._alarms))
             ),
             "link": self._link,
+            "detections": dict(self._detections)
+            if self._detections_at is not None and now - self._detections_at <= DETECTIONS_FRESH_S
+            else {},
         }
 
         def build(seq: int) -> bytes:
