@@ -166,6 +166,13 @@ class FlightConfig(_Section):
         ge=0,
         description="Abort after the autopilot link is down this long (its failsafe acts then).",
     )
+    max_hold_s: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="Longest total hold for someone in the descent cone at the hand-over before "
+        "the delivery is aborted and the drone flies home with the parcel.",
+    )
 
     @field_validator("cruise_alt_m")
     @classmethod

@@ -34,6 +34,7 @@ from companion.progress import DeliveryProgress
 from companion.report import FlightRecorder, build_report, write_report
 from companion.telemetry.link import TelemetryLink, open_link
 from companion.vehicle_link import connect_vehicle
+from companion.vision.service import Detections
 from firmware_bridge.state import VehicleState
 from sim.gps.neo6m import Neo6m, Position
 from sim.gps.pty_runner import Neo6mPty
@@ -186,6 +187,7 @@ def run_simulation(
             preflight_timeout_s=fl.preflight_timeout_s,
             phase_timeout_s=fl.phase_timeout_s,
             link_loss_grace_s=fl.link_loss_grace_s,
+            max_hold_s=fl.max_hold_s,
         )
         vision = SimVision(bus, clock, (order.drop_lat, order.drop_lon))
         vision.start()
@@ -397,6 +399,7 @@ class SimVision:
         from sim.camera import GEOMETRY
 
         self.clock = clock
+        self.bus = bus
         self.drop = drop
         self.model = model_path("fp32")
         self.guard: DescentGuard | None = None
@@ -506,8 +509,17 @@ class SimVision:
                 continue
             self.frames += 1
             self.intruder_frames += bool(intruders)
+            counts: dict[str, int] = {}
             for det in found:
+                counts[det.class_name] = counts.get(det.class_name, 0) + 1
                 self.detections[det.class_name] = self.detections.get(det.class_name, 0) + 1
+            # On the bus like the daemon's camera: telemetry carries the counts.
+            self.bus.publish(
+                Detections(
+                    t, self.frames, tuple(sorted(counts.items(), key=lambda kv: -kv[1])), size,
+                    tuple(found), self.frame_ms[-1],
+                )
+            )  # fmt: skip
 
     def summary(self) -> dict:
         """The report's `vision` section."""

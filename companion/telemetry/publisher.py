@@ -329,7 +329,9 @@ class TelemetryPublisher:
                 with self._lock:
                     self._retried += 1
                     self._last_error = str(exc)
-                log.warning("telemetry uplink: %s; retrying in %g s", exc, delay)
+                # Before the first connection (a modem still booting) this is expected.
+                level = logging.WARNING if self._connection_count() else logging.INFO
+                log.log(level, "telemetry uplink: %s; retrying in %g s", exc, delay)
                 self._back_off(stop, delay, connection)
 
     def _back_off(self, stop: threading.Event, delay: float, failed_on: int) -> None:
@@ -346,6 +348,10 @@ class TelemetryPublisher:
             if now_on != -1 and now_on != failed_on:
                 return
             stop.wait(min(0.1, left))
+
+    def _connection_count(self) -> int:
+        """Connections the transport has made so far (0: never up yet)."""
+        return int(getattr(self.transport, "connections", 0))
 
     def _connection(self) -> int:
         """Which connection the transport is on; -1 while it is down. A transport without a
