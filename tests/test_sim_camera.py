@@ -12,7 +12,7 @@ pytest.importorskip("onnxruntime", reason="pip install 'onnxruntime>=1.17'")
 from companion.vision.descent_guard import DescentGuard
 from companion.vision.detector import Detector
 from models import BUILD_DIR
-from models.build import ModelBuildError, build_models, fetch_sources
+from models.build import build_models
 from sim.camera import GEOMETRY, PersonVisit, SimCamera, SimScene
 
 CACHE = BUILD_DIR / "test-cache"
@@ -21,11 +21,7 @@ VISIT = PersonVisit(appear_s=2.0, stay_s=10.0, offset_m=(0.6, 0.3))
 
 
 @pytest.fixture(scope="module")
-def detector():
-    try:
-        sources = fetch_sources(BUILD_DIR / "sources")
-    except ModelBuildError as exc:
-        pytest.skip(f"cannot fetch the YOLOv4-Tiny sources ({exc})")
+def detector(sources):
     manifest = build_models(CACHE, ["fp32"], sources=sources)
     path = CACHE / manifest["variants"]["fp32"]["file"]
     return Detector(path, providers=["CPUExecutionProvider"], threads=1)

@@ -23,17 +23,9 @@ from companion.vision.commands import (  # noqa: E402
 )
 from companion.vision.nms import box_iou  # noqa: E402
 from models import BUILD_DIR  # noqa: E402
-from models.build import ModelBuildError, build_models, fetch_sources  # noqa: E402
+from models.build import build_models  # noqa: E402
 
 CACHE = BUILD_DIR / "test-cache"
-
-
-@pytest.fixture(scope="module")
-def sources():
-    try:
-        return fetch_sources(BUILD_DIR / "sources")
-    except ModelBuildError as exc:
-        pytest.skip(f"cannot fetch the YOLOv4-Tiny sources ({exc})")
 
 
 @pytest.fixture(scope="module")

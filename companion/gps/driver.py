@@ -13,7 +13,6 @@ any standard rate.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import threading
 import time
@@ -33,6 +32,7 @@ from companion.gps.ubx_config import (
     candidate_bauds,
     detect_baud,
 )
+from companion.serial_errors import serial_cause
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class GpsDriver:
             try:
                 self._step()
             except (serial.SerialException, OSError) as exc:
-                self._status("disconnected", f"{self.port}: {_cause(exc)}")
+                self._status("disconnected", f"{self.port}: {serial_cause(exc)}")
                 self._close()
 
     def _open(self) -> bool:
@@ -130,7 +130,7 @@ class GpsDriver:
                 self.port, self.baud, timeout=_READ_TIMEOUT_S, exclusive=True
             )
         except (serial.SerialException, OSError) as exc:
-            self._status("disconnected", f"cannot open {self.port}: {_cause(exc)}")
+            self._status("disconnected", f"cannot open {self.port}: {serial_cause(exc)}")
             return False
         self._last_byte = self.clock()
         if self._make_configurator is not None and self.config_result is None:
@@ -238,17 +238,3 @@ class GpsDriver:
         level = logging.INFO if state == "ok" else logging.WARNING
         log.log(level, "%s", detail)
         self.publish(GpsStatus(self.port, state, detail, self.clock()))
-
-
-def _cause(exc: BaseException) -> str:
-    """The reason behind a serial error, in words an operator can act on."""
-    err = getattr(exc, "errno", None)
-    if err is None and exc.__context__ is not None:
-        err = getattr(exc.__context__, "errno", None)
-    if err == errno.EACCES:
-        return "permission denied (is the user in the dialout group?)"
-    if err == errno.ENOENT:
-        return "no such device (unplugged?)"
-    if err == errno.EBUSY:
-        return "device busy (another program has it open)"
-    return str(exc) or type(exc).__name__

@@ -17,7 +17,6 @@ Errors name the port and the cause (permission, missing device, busy).
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import select
@@ -31,6 +30,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 import serial
 
 from companion.modem.at_engine import AtCommand, AtEngine, AtResponse, MqttMessage, Urc
+from companion.serial_errors import serial_cause
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ class AtChannel:
             try:
                 self._step()
             except (serial.SerialException, OSError) as exc:
-                self._close(f"{self.port}: {_cause(exc)}")
+                self._close(f"{self.port}: {serial_cause(exc)}")
             except Exception:  # a bug must not silence the modem: log it and go on
                 log.exception("%s: unexpected error in the AT port thread", self.port)
 
@@ -190,7 +190,7 @@ class AtChannel:
         try:
             self._serial = serial.Serial(self.port, self.baud, timeout=0, exclusive=True)
         except (serial.SerialException, OSError) as exc:
-            message = f"cannot open {self.port}: {_cause(exc)}"
+            message = f"cannot open {self.port}: {serial_cause(exc)}"
             if message != self.error:
                 log.warning("%s", message)
             self.error = message
@@ -298,19 +298,3 @@ class AtChannel:
             port.close()
         # The module will never answer what was in flight on the old port.
         self._dispatch(self.engine.abort_all(f"port closed: {reason}"))
-
-
-def _cause(exc: BaseException) -> str:
-    """The reason behind a serial error, in words an operator can act on."""
-    err = getattr(exc, "errno", None)
-    if err is None and exc.__context__ is not None:
-        err = getattr(exc.__context__, "errno", None)
-    if err == errno.EACCES:
-        return "permission denied (is the user in the dialout group?)"
-    if err == errno.ENOENT:
-        return "no such device (unplugged?)"
-    if err == errno.EBUSY:
-        return "device busy (another program has it open)"
-    if err == errno.EIO:
-        return "I/O error (device unplugged?)"
-    return str(exc) or type(exc).__name__
