@@ -163,10 +163,15 @@ def convert(
         raise ModelBuildError(str(exc)) from exc
 
 
-def calibration_images(sources: Sources, extra: Iterable[Path] = ()) -> list[Path]:
-    """The package's sample images plus the shared COCO images where present."""
+def calibration_images(
+    sources: Sources, extra: Iterable[Path] = (), *, shared: bool = True
+) -> list[Path]:
+    """The package's sample images plus, with `shared`, the shared COCO images where present
+    (an accuracy check on those images turns `shared` off, so it does not grade the INT8
+    model on its own calibration set)."""
     images = list(sources.images)
-    for folder in (SHARED_COCO / "images", *extra):
+    folders = [SHARED_COCO / "images"] if shared else []
+    for folder in (*folders, *extra):
         if Path(folder).is_dir():
             images += sorted(
                 p for p in Path(folder).rglob("*") if p.suffix.lower() in (".jpg", ".png")
@@ -276,6 +281,7 @@ def build_models(
     *,
     sources: Sources | None = None,
     calibration_dirs: Iterable[Path] = (),
+    shared_calibration: bool = True,
     manifest_path: Path | None = None,
 ) -> dict:
     """Build the requested variants into `out_dir` and write the manifest (by default
@@ -316,7 +322,7 @@ def build_models(
         report(f"build {variant}", done - 1, total)
         if variant == "int8":
             cfg = parse_cfg(sources.cfg)
-            images = calibration_images(sources, calibration_dirs)
+            images = calibration_images(sources, calibration_dirs, shared=shared_calibration)
             calib = calibration_inputs(images, (cfg.height, cfg.width))
             quantize_int8(fp32_path, path, calib)
             model = onnx.load(str(path))
