@@ -58,7 +58,7 @@ def test_without_the_model_the_sim_flies_blind_and_says_how_to_fix_it(
     monkeypatch.setenv("SKYCOURIER_MODELS", str(tmp_path / "no-models"))
     config = Config().updated("test", sim={"speedup": 25.0})
     lat, lon = offset(config.sim.home_lat, config.sim.home_lon, 60.0, 90.0)
-    with caplog.at_level(logging.WARNING, logger="companion.simulate"):
+    with caplog.at_level(logging.WARNING, logger="companion.sim_vision"):
         report = run_simulation(
             config, Order("blind-1", lat, lon), tmp_path / "out", show_progress=False
         )
