@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from companion.modem.at_engine import AtCommand, AtEngine, AtResponse, MqttMessage, Urc
 from companion.modem.mqtt_at import AtMqttLimitError, AtMqttTransport
+from companion.modem.responses import csq_to_dbm, parse_cpsi
 from companion.modem.sms import (
     SmsClient,
     SmsCommandAuthoriser,
@@ -32,12 +33,7 @@ from companion.modem.sms import (
     parse_cmgr,
 )
 from companion.modem.state import STAGES, ModemState
-from companion.modem.supervisor import (
-    ModemSupervisor,
-    SupervisorTimeouts,
-    csq_to_dbm,
-    parse_cpsi,
-)
+from companion.modem.supervisor import ModemSupervisor, SupervisorTimeouts
 from companion.telemetry.transport import TransportError
 
 

@@ -39,7 +39,8 @@ from paho.mqtt.client import topic_matches_sub
 
 from companion.modem.at_engine import AtCommand, AtResponse, MqttMessage, Urc
 from companion.modem.channel import AtChannel, ChannelError
-from companion.modem.supervisor import LinkSetupError, ModemSupervisor, describe
+from companion.modem.responses import describe
+from companion.modem.supervisor import LinkSetupError, ModemSupervisor
 from companion.telemetry.transport import TransportError
 
 log = logging.getLogger(__name__)

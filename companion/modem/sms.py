@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from companion.modem.at_engine import AtCommand, AtResponse, Urc
 from companion.modem.channel import AtChannel, ChannelError
-from companion.modem.supervisor import describe
+from companion.modem.responses import describe
 
 log = logging.getLogger(__name__)
 

@@ -49,6 +49,14 @@ from typing import Protocol
 
 from companion.modem.at_engine import AtCommand, AtResponse, Urc
 from companion.modem.channel import AtChannel, ChannelError
+from companion.modem.responses import (
+    already_open,
+    check_apn,
+    csq_text_to_dbm,
+    describe,
+    info_value,
+    parse_cpsi,
+)
 from companion.modem.state import RECOVERY_STEPS, initial_state
 
 log = logging.getLogger(__name__)
@@ -164,7 +172,7 @@ class ModemSupervisor:
         power_key: Callable[[], None] | None = None,
         timeouts: SupervisorTimeouts | None = None,
     ) -> None:
-        _check_apn(apn)
+        check_apn(apn)
         if pin is not None and not (pin.isdigit() and 4 <= len(pin) <= 8):
             raise ValueError(f"SIM PIN must be 4 to 8 digits, got {len(pin)} characters")
         self.channel = channel
@@ -291,7 +299,7 @@ class ModemSupervisor:
         while True:
             response = self._at("AT+CPIN?")
             if response.ok:
-                code = _value(response, "+CPIN") or "unknown"
+                code = info_value(response, "+CPIN") or "unknown"
                 if code == "READY":
                     self._update(sim="READY")
                     self._expect_boot = False  # boot URCs from now on mean a reboot
@@ -364,7 +372,7 @@ class ModemSupervisor:
             self._resume = "registering"  # e.g. coverage lost: NETOPEN cannot succeed
             return
         query = self._at("AT+NETOPEN?")
-        if query.ok and _value(query, "+NETOPEN") == "1":
+        if query.ok and info_value(query, "+NETOPEN") == "1":
             if not self._data_dirty:
                 self._update(data_up=True)
                 return
@@ -374,7 +382,7 @@ class ModemSupervisor:
         response = self._at(
             "AT+NETOPEN", result_urc="+NETOPEN", urc_timeout_s=self.timeouts.netopen_s
         )
-        if response.ok or _already_open(response):
+        if response.ok or already_open(response):
             self._data_dirty = False
             self._update(data_up=True)
             log.info("data up (APN %r)", self.apn)
@@ -606,7 +614,7 @@ class ModemSupervisor:
             if fields and fields[0].strip().isdigit():
                 self._set_registration(int(fields[0]))
         elif name == "+CSQ":
-            self._update(rssi_dbm=_csq_dbm(rest))
+            self._update(rssi_dbm=csq_text_to_dbm(rest))
         elif name in ("+CMQTTCONNLOST", "+IPCLOSE"):
             log.warning("modem: connection lost (%s); reconnecting MQTT", line)
             self._lose("connection")
@@ -655,7 +663,7 @@ class ModemSupervisor:
     def _query_registration(self) -> None:
         for command, prefix in (("AT+CEREG?", "+CEREG"), ("AT+CREG?", "+CREG")):
             response = self._at(command)
-            fields = (_value(response, prefix) or "").split(",")
+            fields = (info_value(response, prefix) or "").split(",")
             if response.ok and len(fields) >= 2 and fields[1].strip().isdigit():
                 self._set_registration(int(fields[1]))
                 if self.state.registered:
@@ -664,15 +672,15 @@ class ModemSupervisor:
     def _refresh_signal(self) -> None:
         csq = self._at("AT+CSQ")
         if csq.ok:
-            self._update(rssi_dbm=_csq_dbm(_value(csq, "+CSQ") or ""))
+            self._update(rssi_dbm=csq_text_to_dbm(info_value(csq, "+CSQ") or ""))
         cpsi = self._at("AT+CPSI?")
-        if cpsi.ok and (value := _value(cpsi, "+CPSI")) is not None:
+        if cpsi.ok and (value := info_value(cpsi, "+CPSI")) is not None:
             rat, rsrp, rsrq, sinr = parse_cpsi(value)
             self._update(rat=rat, rsrp_dbm=rsrp, rsrq_db=rsrq, sinr_db=sinr)
 
     def _query_operator(self) -> None:
         response = self._at("AT+COPS?", timeout_s=self.timeouts.cops_s)
-        value = _value(response, "+COPS")
+        value = info_value(response, "+COPS")
         if not response.ok or value is None:
             return
         fields = value.split(",")
@@ -739,89 +747,3 @@ class ModemSupervisor:
             new = self.state
         with contextlib.suppress(Exception):
             self.publish(new)
-
-
-# -- parsing helpers -------------------------------------------------------------------------
-
-
-def describe(response: AtResponse) -> str:
-    """A failed response in words: "+CME ERROR: incorrect password", "+CMQTTCONNECT: 0,32
-    (handshake fail)", "AT+CSQ: no final result code within 9 s"."""
-    error = response.error
-    if error is None:
-        return "OK"
-    if error.kind == "cme":
-        return f"+CME ERROR: {error.text}"
-    if error.kind == "cms":
-        return f"+CMS ERROR: {error.text}"
-    if error.kind == "timeout":
-        return error.text  # the engine says which wait ran out and for how long
-    if error.kind == "result":
-        return f"{response.result_line} ({error.text})"
-    if error.kind == "reset":
-        return f"aborted: {error.text}"
-    detail = "; ".join(line for line in response.lines if line.strip())
-    return f"{response.final} ({detail})" if detail else response.final
-
-
-def _value(response: AtResponse, prefix: str) -> str | None:
-    """The text after "<prefix>:" in the response's information (or result) lines."""
-    candidates = [*response.lines]
-    if response.result_line is not None:
-        candidates.append(response.result_line)
-    for line in candidates:
-        if line.startswith(prefix + ":"):
-            return line[len(prefix) + 1 :].strip()
-    return None
-
-
-def _already_open(response: AtResponse) -> bool:
-    """`+IPERROR: Network is already opened` / `+IP ERROR: ...` then ERROR (§15.2.1)."""
-    return any("already opened" in line.lower() for line in response.lines)
-
-
-def _csq_dbm(value: str) -> int | None:
-    """+CSQ <rssi> to dBm: 0 -> -113, 2..30 -> -113 + 2 rssi, 31 -> -51, 99 unknown
-    (A76XX AT Command Manual V1.09 §3.2.2)."""
-    head = value.split(",")[0].strip()
-    if not head.isdigit():
-        return None
-    return csq_to_dbm(int(head))
-
-
-def csq_to_dbm(rssi: int) -> int | None:
-    if rssi == 99 or not 0 <= rssi <= 31:
-        return None
-    return -113 + 2 * rssi
-
-
-def parse_cpsi(value: str) -> tuple[str, float | None, float | None, float | None]:
-    """`+CPSI:` text -> (RAT, RSRP dBm, RSRQ dB, SINR dB). LTE: RSRP = value - 140,
-    RSRQ = (value - 40) / 2 (§4.2.9); RSSNR is taken as dB (the manual gives no scale; real
-    logs show -4..19). Firmware that already prints negative dBm/dB is taken as is."""
-    fields = [f.strip() for f in value.split(",")]
-    mode = fields[0].upper().replace(" ", "")
-    if mode == "LTE" and len(fields) >= 14:
-        rsrq, rsrp, sinr = _num(fields[10]), _num(fields[11]), _num(fields[13])
-        return (
-            "LTE",
-            None if rsrp is None else (rsrp if rsrp < 0 else rsrp - 140),
-            None if rsrq is None else (rsrq if rsrq < 0 else (rsrq - 40) / 2),
-            sinr,
-        )
-    if mode in ("GSM", "WCDMA", "LTE"):
-        return mode, None, None, None
-    return "NO SERVICE", None, None, None
-
-
-def _num(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
-def _check_apn(apn: str) -> None:
-    """APNs are ASCII labels (3GPP TS 23.003 §9.1): refuse what would break the AT line."""
-    if not apn or len(apn) > 100 or any(c in apn for c in '"\r\n,') or not apn.isascii():
-        raise ValueError(f"invalid APN {apn!r}: ASCII, 1-100 characters, no quotes or commas")
