@@ -185,12 +185,16 @@ class PahoTransport:
         if reason.is_failure:
             self._set_error(f"broker {self.address} refused the connection: {reason}")
             return
-        for topic in list(self._subscriptions):
-            client.subscribe(topic, qos=1)
+        # The snapshot and the flag change together, under the lock `subscribe` also takes:
+        # each topic is subscribed exactly once per connection, here or there (a second
+        # SUBSCRIBE would deliver its retained message twice).
         with self._cond:
+            topics = list(self._subscriptions)
             self._connected = True
             self._generation += 1
             self._cond.notify_all()
+        for topic in topics:
+            client.subscribe(topic, qos=1)
         log.info("connected to MQTT broker %s as %s", self.address, self.client_id)
 
     def _on_connect_fail(self, _client: mqtt.Client, _u: Any) -> None:
@@ -279,10 +283,12 @@ class PahoTransport:
                 f"invalid MQTT topic filter {topic!r}: '+' and '#' must be whole levels, "
                 "'#' only last (MQTT 3.1.1 §4.7.1)"
             )
-        self._subscriptions[topic] = callback
-        self.connect()
-        if self.connected:
+        with self._cond:
+            self._subscriptions[topic] = callback
+            up = self._connected  # else `_on_connect` will subscribe it
+        if up:
             self._client.subscribe(topic, qos=1)
+        self.connect()
 
     def set_will(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = True) -> None:
         self._client.will_set(topic, payload, qos=qos, retain=retain)
