@@ -9,6 +9,7 @@ import logging
 import queue
 import socket
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Iterator
@@ -627,7 +628,11 @@ def test_embedded_broker_flow_control_and_bounded_queue(caplog) -> None:
         # 2 in flight (0, 1); 2..5 queued in 3 places: 2 dropped, with a warning
         got = [client.expect(), client.expect()]
         assert [p.payload for p in got if isinstance(p, Publish)] == [b"0", b"1"]
-        assert "queue full (3 messages), dropped the oldest" in caplog.text
+        # The broker thread may still be taking the last publishes: wait for its warning.
+        deadline = time.monotonic() + 10.0
+        while "queue full (3 messages), dropped the oldest" not in caplog.text:
+            assert time.monotonic() < deadline, caplog.text
+            time.sleep(0.02)
         for message in got:
             client.send(PubAck(message.packet_id))  # type: ignore[union-attr]
         rest = []
