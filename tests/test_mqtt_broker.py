@@ -717,3 +717,33 @@ def test_a_binary_that_is_not_a_broker_is_a_clear_error(tmp_path) -> None:
     fake.chmod(0o755)
     with pytest.raises(BrokerError, match=r"exited with status 3(.|\n)*no such option"):
         start_mosquitto(fake)
+
+
+def test_without_mosquitto_the_embedded_broker_serves(monkeypatch) -> None:
+    """A fresh machine with no broker installed: `skycourier sim` still gets one."""
+    import sim.mqtt_broker as mqtt_broker
+
+    monkeypatch.setattr(mqtt_broker, "find_mosquitto", lambda: None)
+    with start_broker() as broker:
+        assert broker.kind == "embedded"
+        received: queue.Queue[bytes] = queue.Queue()
+        sub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=unique("sub"))
+        sub.on_message = lambda _c, _u, m: received.put(bytes(m.payload))
+        sub.connect(broker.host, broker.port)
+        sub.subscribe("skycourier/v1/d1/telemetry", qos=1)
+        sub.loop_start()
+        try:
+            pub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=unique("pub"))
+            pub.connect(broker.host, broker.port)
+            pub.loop_start()
+            deadline = time.monotonic() + 10.0
+            while received.empty():
+                assert time.monotonic() < deadline, "no message through the embedded broker"
+                pub.publish("skycourier/v1/d1/telemetry", b"hello", qos=1)
+                time.sleep(0.2)
+            assert received.get() == b"hello"
+            pub.loop_stop()
+            pub.disconnect()
+        finally:
+            sub.loop_stop()
+            sub.disconnect()
