@@ -5,7 +5,7 @@ keeps running and its queue keeps every record; SMS carries the outcome while da
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,13 +18,7 @@ from firmware_bridge.state import GpsInfo, Position, VehicleState
 from sim.modem.a7670 import A7670
 from sim.modem.mqtt_bridge import PahoBridge
 from sim.modem.pty_runner import A7670Pty
-
-
-def _wait(condition: Callable[[], bool], what: str, within_s: float = 20.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} did not happen within {within_s} s"
-        time.sleep(0.02)
+from tests.waiting import wait_until
 
 
 @contextmanager
@@ -62,9 +56,9 @@ def _error(link: TelemetryLink) -> str:
 
 def test_no_sim_is_a_clear_error_and_the_queue_keeps_every_record(tmp_path: Path) -> None:
     with chain(tmp_path, A7670(sim="absent", time_scale=0.05)) as (link, bus, _runner):
-        _wait(lambda: "no SIM" in _error(link), "the no-SIM error")
+        wait_until(lambda: "no SIM" in _error(link), "the no-SIM error")
         _fly(bus)
-        _wait(lambda: link.store.pending() >= 5, "records queued while the link is down")
+        wait_until(lambda: link.store.pending() >= 5, "records queued while the link is down")
         assert link.publisher.stats().published == 0
     again = open_link_store(tmp_path)
     assert again >= 5  # nothing was lost: the queue on disk still holds them
@@ -83,7 +77,7 @@ def open_link_store(tmp_path: Path) -> int:
 def test_wrong_pin_is_named_and_never_retried(tmp_path: Path) -> None:
     emulator = A7670(pin="1234", time_scale=0.05)
     with chain(tmp_path, emulator, pin="4321") as (link, _bus, runner):
-        _wait(lambda: "PIN" in _error(link), "the wrong-PIN error")
+        wait_until(lambda: "PIN" in _error(link), "the wrong-PIN error")
         time.sleep(0.5)
         with runner.locked() as module:
             assert module._sim_locked != "SIM PUK"  # one try only: the PUK is safe
@@ -93,7 +87,7 @@ def test_wrong_pin_is_named_and_never_retried(tmp_path: Path) -> None:
 def test_an_apn_the_network_refuses_is_named(tmp_path: Path) -> None:
     emulator = A7670(apns={"operator.apn"}, time_scale=0.05)
     with chain(tmp_path, emulator, apn="wrong.apn") as (link, _bus, _runner):
-        _wait(lambda: "APN" in _error(link), "the refused-APN error")
+        wait_until(lambda: "APN" in _error(link), "the refused-APN error")
     assert "wrong.apn" in _error(link)
 
 
@@ -103,9 +97,9 @@ def test_an_unreachable_broker_is_named_and_records_are_kept(tmp_path: Path) -> 
     try:
         # Port 9 (discard): nothing listens, so the module's MQTT connect fails.
         with chain(tmp_path, emulator, broker="tcp://127.0.0.1:9") as (link, bus, _runner):
-            _wait(lambda: "127.0.0.1:9" in _error(link), "the broker error")
+            wait_until(lambda: "127.0.0.1:9" in _error(link), "the broker error")
             _fly(bus)
-            _wait(lambda: link.store.pending() >= 1, "records kept")
+            wait_until(lambda: link.store.pending() >= 1, "records kept")
     finally:
         bridge.close()
     assert "sock connect fail" in _error(link)
@@ -114,10 +108,10 @@ def test_an_unreachable_broker_is_named_and_records_are_kept(tmp_path: Path) -> 
 def test_outcome_goes_by_sms_while_the_data_link_is_down(tmp_path: Path) -> None:
     emulator = A7670(time_scale=0.05)  # no bridge: MQTT never connects, SMS still works
     with chain(tmp_path, emulator, sms_fallback_to="+447700900123") as (link, bus, runner):
-        _wait(lambda: link.supervisor is not None and link.supervisor.state.registered,
+        wait_until(lambda: link.supervisor is not None and link.supervisor.state.registered,
               "registration")  # fmt: skip
         bus.publish(MissionEvent("m-9", Phase.DONE, "enter"))
-        _wait(lambda: bool(runner.sent_sms), "an SMS")
+        wait_until(lambda: bool(runner.sent_sms), "an SMS")
     ((number, text),) = runner.sent_sms
     assert number == "+447700900123" and "delivered" in text.lower() and "m-9" in text
 
@@ -132,6 +126,6 @@ def test_modem_state_is_published_on_the_bus(tmp_path: Path) -> None:
     seen: list[ModemState] = []
     with chain(tmp_path, A7670(time_scale=0.05)) as (link, bus, _runner):
         bus.subscribe(ModemState, seen.append)
-        _wait(lambda: link.supervisor is not None and link.supervisor.state.registered,
+        wait_until(lambda: link.supervisor is not None and link.supervisor.state.registered,
               "registration")  # fmt: skip
     assert link.modem_states and link.modem_states[-1].operator

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +21,7 @@ from companion.telemetry.publisher import TelemetryPublisher
 from companion.telemetry.store import Store
 from companion.telemetry.transport import TransportError
 from firmware_bridge.state import Battery, GpsInfo, Position, VehicleState
+from tests.waiting import wait_until
 
 STATUS = "skycourier/v1/d1/status"
 
@@ -102,14 +102,6 @@ def _publisher(tmp_path: Path, transport: FlakyTransport, clock: FakeClock, **kw
         backoff_s=(0.001, 0.002), **kw,  # type: ignore[arg-type]
     )  # fmt: skip
     return bus, store, publisher
-
-
-def _wait(condition: Callable[[], bool], what: str, within_s: float = 15.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {within_s} s")
-        time.sleep(0.005)
 
 
 def _queued(store: Store) -> list[schema.Record]:
@@ -222,7 +214,7 @@ def test_at_least_once_in_order_through_a_flaky_link(tmp_path: Path, seed: int) 
 
     publisher.start()
     try:
-        _wait(lambda: store.pending() == 0, "draining the queue")
+        wait_until(lambda: store.pending() == 0, "draining the queue")
     finally:
         publisher.stop()
     _delivered_in_order(transport, queued)
@@ -237,7 +229,7 @@ def test_status_online_first_again_after_an_outage_and_offline_at_stop(tmp_path:
     publisher.attach()
     _fill(bus, publisher, 5)
     publisher.start()
-    _wait(lambda: store.pending() == 0, "draining the queue")
+    wait_until(lambda: store.pending() == 0, "draining the queue")
     publisher.stop()
 
     assert transport.will is not None
@@ -260,7 +252,7 @@ def test_queue_replays_after_a_restart(tmp_path: Path) -> None:
     publisher.attach()
     _fill(bus, publisher, 30)
     publisher.start()
-    _wait(lambda: publisher.stats().retried >= 3, "retrying")
+    wait_until(lambda: publisher.stats().retried >= 3, "retrying")
     publisher.stop()
     queued = _queued(store)
     store.close()
@@ -273,7 +265,7 @@ def test_queue_replays_after_a_restart(tmp_path: Path) -> None:
     bus2.publish(_state())
     publisher2.tick(10_000.0)  # a new sample, queued behind the backlog
     publisher2.start()
-    _wait(lambda: store2.pending() == 0, "replaying the backlog")
+    wait_until(lambda: store2.pending() == 0, "replaying the backlog")
     publisher2.stop()
     replayed = [r for r in up.records() if not isinstance(r, schema.Status)]
     assert replayed[:30] == queued
@@ -316,9 +308,9 @@ def test_a_link_that_comes_back_is_used_at_once_not_after_the_backoff(tmp_path: 
     _fill(bus, publisher, 5)
     publisher.start()
     try:
-        _wait(lambda: publisher.stats().retried >= 1, "a failed attempt")
+        wait_until(lambda: publisher.stats().retried >= 1, "a failed attempt")
         transport.up = True  # coverage is back: the 600 s backoff must not be waited out
-        _wait(lambda: store.pending() == 0, "draining the queue", within_s=10.0)
+        wait_until(lambda: store.pending() == 0, "draining the queue", within_s=10.0)
     finally:
         publisher.stop()
     assert publisher.stats().published == 5

@@ -8,8 +8,6 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,7 @@ pytest.importorskip("onnxruntime", reason="pip install 'onnxruntime>=1.17'")
 from companion.vision.obstacles import SECTORS, ObstacleSummary
 from companion.vision.service import Detections, start_vision
 from models import BUILD_DIR
+from tests.waiting import wait_until
 
 SOURCES = BUILD_DIR / "sources"
 CACHE = BUILD_DIR / "test-cache"
@@ -69,14 +68,6 @@ class Recorder:
     def send(self, msg) -> None:
         with self.lock:
             self.sent.append(msg)
-
-
-def _wait(condition: Callable[[], bool], what: str, within_s: float = 15.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {within_s} s")
-        time.sleep(0.01)
 
 
 # -- configuration ---------------------------------------------------------------------------
@@ -167,8 +158,8 @@ def test_folder_frames_give_people_on_the_bus_and_obstacle_distance(
     service = start_vision(config, bus, link, clock=lambda: 100.0)
     assert service is not None
     try:
-        _wait(lambda: not service.running, "the end of the folder")
-        _wait(
+        wait_until(lambda: not service.running, "the end of the folder")
+        wait_until(
             lambda: (
                 len(link.sent) >= 3
                 and list(link.sent[-1].distances) == list(bus.latest(ObstacleSummary).sectors)
@@ -202,7 +193,7 @@ def test_bus_only_without_a_vehicle_and_stop_joins(models_dir: Path, frames: Pat
     config = VisionConfig(source=str(frames), models_dir=models_dir, threads=1, classes="tie")
     service = start_vision(config, bus, None)
     assert service is not None and service.feed is None
-    _wait(lambda: bus.latest(Detections) is not None, "a Detections message")
+    wait_until(lambda: bus.latest(Detections) is not None, "a Detections message")
     service.stop()
     assert not service.running and service.capture.state == "closed"
     counts = bus.latest(Detections).as_dict()  # type: ignore[union-attr]

@@ -3,17 +3,7 @@
 `Detector(model_path(variant))` loads an FP32, INT8 or FP16 graph and turns BGR frames or
 image files into `Detection`s; bad files raise `ModelError` / `ImageError` (both
 `VisionError`, with `.path` and `.cause`) so the daemon can log and carry on.
+
+Nothing is imported here: OpenCV and ONNX Runtime load only where a module needs them, not
+for every `skycourier` command that builds its argument parser.
 """
-
-from companion.vision.detector import Detection, Detector, model_path, read_image
-from companion.vision.errors import ImageError, ModelError, VisionError
-
-__all__ = [
-    "Detection",
-    "Detector",
-    "ImageError",
-    "ModelError",
-    "VisionError",
-    "model_path",
-    "read_image",
-]
