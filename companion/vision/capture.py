@@ -34,7 +34,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -394,18 +394,7 @@ class Capture:
     def stats(self) -> CaptureStats:
         """A snapshot of the counters."""
         with self._cond:
-            c = self._counters
-            return CaptureStats(
-                str(self.source.spec),
-                self._state,
-                c.captured,
-                c.delivered,
-                c.dropped,
-                c.reopen_attempts,
-                c.reopens,
-                c.errors,
-                c.last_error,
-            )
+            return CaptureStats(str(self.source.spec), self._state, **asdict(self._counters))
 
     def read(self, timeout: float | None = 1.0) -> Frame | None:
         """The newest frame not yet returned, waiting up to `timeout` s for one (None: wait
