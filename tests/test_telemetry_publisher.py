@@ -49,6 +49,10 @@ class FlakyTransport:
     def connected(self) -> bool:
         return True
 
+    @property
+    def connections(self) -> int:
+        return 1  # one connection that never drops: failures are per publish
+
     def publish(
         self,
         topic: str,
@@ -297,6 +301,10 @@ class OutageTransport(FlakyTransport):
     @property
     def connected(self) -> bool:
         return self.up
+
+    @property
+    def connections(self) -> int:
+        return int(self.up)
 
 
 def test_a_link_that_comes_back_is_used_at_once_not_after_the_backoff(tmp_path: Path) -> None:

@@ -330,7 +330,7 @@ class TelemetryPublisher:
                     self._retried += 1
                     self._last_error = str(exc)
                 # Before the first connection (a modem still booting) this is expected.
-                level = logging.WARNING if self._connection_count() else logging.INFO
+                level = logging.WARNING if self.transport.connections else logging.INFO
                 log.log(level, "telemetry uplink: %s; retrying in %g s", exc, delay)
                 self._back_off(stop, delay, connection)
 
@@ -349,17 +349,9 @@ class TelemetryPublisher:
                 return
             stop.wait(min(0.1, left))
 
-    def _connection_count(self) -> int:
-        """Connections the transport has made so far (0: never up yet)."""
-        return int(getattr(self.transport, "connections", 0))
-
     def _connection(self) -> int:
-        """Which connection the transport is on; -1 while it is down. A transport without a
-        `connections` count (older implementations of the protocol) is told apart by outages
-        the drain loop observes, which can miss a reconnect quicker than its polling."""
-        if not self.transport.connected:
-            return -1
-        return getattr(self.transport, "connections", 0)
+        """Which connection the transport is on (its `connections` count); -1 while down."""
+        return self.transport.connections if self.transport.connected else -1
 
     def _sample_loop(self, stop: threading.Event) -> None:
         while not stop.wait(self.tick_s):
