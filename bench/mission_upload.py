@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import interleaved, median_ms, write_results
 from companion.config import load_config
 from companion.geo import offset
-from companion.simulate import order_from_config, run_simulation
 from firmware_bridge.dialect import mavlink, mavutil
 from firmware_bridge.mission_protocol import MissionItem
 from firmware_bridge.vehicle import Vehicle
+from sim.harness.simulate import order_from_config, run_simulation
 from sim.vehicle import DEFAULT_HOME
 
 N_ITEMS = 200

@@ -1,9 +1,11 @@
 """The `skycourier` command line.
 
-`skycourier sim` flies a whole simulated delivery on built-in defaults; `skycourier run` is the
-on-board daemon the systemd unit starts; `skycourier vehicle`
-serves the built-in vehicle for a ground station or SITL-style experiments; `skycourier
-config` checks a configuration file or prints the defaults.
+`skycourier run` is the on-board daemon the systemd unit starts; `skycourier config` checks a
+configuration file or prints the defaults; `gps`, `models`, `detect` and `track` are the
+device and ground tools. Commands that live outside the on-board package register themselves
+in the entry-point group `skycourier.commands` (as pytest and flask find their plugins): the
+simulator side adds `skycourier sim` and `skycourier vehicle` from `sim.harness.cli`, so the
+on-board package never imports the simulator.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import logging
 import os
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from companion.config import ConfigError, load_config
@@ -23,143 +26,12 @@ from companion.vision.commands import (
     run_detect,
     run_models,
 )
-from firmware_bridge.errors import BridgeError
 
 log = logging.getLogger("skycourier")
 
-
-def _sim(args: argparse.Namespace) -> int:
-    from companion.simulate import OrderError, load_order, order_from_config, run_simulation
-    from sim.sitl import SitlError
-
-    config = load_config(args.config)
-    if args.speedup is not None:
-        config = config.updated("command line", sim={"speedup": args.speedup})
-    if args.distance is not None or args.bearing is not None:
-        delivery = {"lat": None, "lon": None}
-        if args.distance is not None:
-            delivery["distance_m"] = args.distance
-        if args.bearing is not None:
-            delivery["bearing_deg"] = args.bearing
-        config = config.updated("command line", delivery=delivery)
-    try:
-        order = load_order(args.order, config) if args.order else order_from_config(config)
-    except OrderError as exc:
-        print(f"skycourier sim: {exc}", file=sys.stderr)
-        return 2
-    broker = None
-    if args.broker is not None:
-        host, _, port = args.broker.rpartition(":")
-        if not host or not port.isdigit():
-            print(f"skycourier sim: --broker {args.broker!r}: expected HOST:PORT", file=sys.stderr)
-            return 2
-        broker = (host, int(port))
-    drone = config.telemetry.drone_id
-
-    def announce(host: str, port: int) -> None:
-        if not args.quiet:
-            print(
-                f"telemetry: MQTT broker {host}:{port}; watch it with "
-                f"`skycourier track --broker {host}:{port} --drone {drone}`",
-                flush=True,
-            )
-
-    _ensure_sim_model(args.quiet)
-    try:
-        report = run_simulation(
-            config,
-            order,
-            args.out,
-            sitl_binary=args.sitl,
-            sitl_defaults=[Path(p) for p in args.sitl_defaults.split(",")]
-            if args.sitl_defaults
-            else None,
-            show_progress=not args.quiet,
-            broker=broker,
-            lte_outage_s=args.lte_outage,
-            on_broker=announce,
-        )
-    except (BridgeError, SitlError) as exc:
-        print(f"skycourier sim: {exc}", file=sys.stderr)
-        return 1
-    print(_summary(report))
-    print(_gps_summary(report["companion_gps"]))
-    print(_telemetry_summary(report["telemetry"]))
-    print(_vision_summary(report["vision"]))
-    print(f"report: {args.out / 'report.json'}  plot: {args.out / 'flight.png'}")
-    return 0 if report["outcome"] == "delivered" else 1
-
-
-def _summary(report: dict) -> str:
-    """One line on how the flight went; fields are None when the vehicle never flew."""
-
-    def num(key: str, fmt: str, unit: str) -> str:
-        value = report.get(key)
-        return "n/a" if value is None else f"{value:{fmt}} {unit}"
-
-    return (
-        f"{report['outcome']}: {num('distance_m', '.0f', 'm')} flown in "
-        f"{num('duration_s', '.1f', 's')} of flight ({num('wall_duration_s', '.1f', 's')} wall), "
-        f"max altitude {num('max_alt_m', '.1f', 'm')}, "
-        f"battery used {num('battery_used_pct', '.0f', '%')}"
-    )
-
-
-def _vision_summary(vision: dict) -> str:
-    """One line on the simulated camera and the descent-cone guard."""
-    if not vision.get("enabled"):
-        return f"vision: off ({vision.get('note') or 'no model'})"
-    seen = ", ".join(f"{n} {c}" for n, c in vision["detections"].items()) or "nothing"
-    return (
-        f"vision: {vision['frames']} frames near the drop ({seen} detected), "
-        f"{vision['holds']} descent holds, {vision['hold_s']:.1f} s held"
-    )
-
-
-def _ensure_sim_model(quiet: bool) -> None:
-    """Build the detector's FP32 model once for the simulated camera, when the default models
-    folder lacks it (a `$SKYCOURIER_MODELS` folder is the user's to fill). A build that cannot
-    run (no package index) leaves the simulator flying without vision, which it reports."""
-    import os
-
-    from companion.vision.detector import model_path
-    from models.build import ModelBuildError, build_models
-
-    target = model_path("fp32")
-    if target.exists() or os.environ.get("SKYCOURIER_MODELS"):
-        return
-    if not quiet:
-        print("building the YOLOv4-Tiny model for the simulated camera (once)...", flush=True)
-    try:
-        build_models(target.parent, ["fp32"])
-    except ModelBuildError as exc:
-        print(f"skycourier sim: cannot build the detector model: {exc}", file=sys.stderr)
-
-
-def _telemetry_summary(telemetry: dict) -> str:
-    """One line on the telemetry link: what reached the broker through the modem."""
-    modem = telemetry.get("modem") or {}
-    return (
-        f"telemetry: {telemetry['published']}/{telemetry['queued']} records delivered to "
-        f"{telemetry['broker']} through the A7670 ({telemetry['pending']} pending, "
-        f"{telemetry['retried']} retries, {modem.get('recoveries', 0)} modem recoveries)"
-    )
-
-
-def _gps_summary(gps: dict) -> str:
-    """One line on the companion's own receiver during the flight."""
-    receiver = gps["receiver"]
-    setup = (
-        "not configured"
-        if receiver is None
-        else f"{receiver['generation']} at {receiver['baud']} baud"
-    )
-    median = gps["divergence_from_autopilot_m"]["median"]
-    apart = "n/a" if median is None else f"{median:.1f} m"
-    return (
-        f"companion GPS: {gps['valid_fixes']}/{gps['fixes']} valid fixes, {setup}, median "
-        f"{apart} from the autopilot's, {len(gps['integrity_alarms'])} integrity alarms"
-    )
+#: Entry-point group of the commands other packages add: each entry point is a function
+#: ``register(subparsers)`` that adds its subcommand(s) with a ``func`` default.
+COMMANDS_GROUP = "skycourier.commands"
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -181,12 +53,6 @@ def _gps(args: argparse.Namespace) -> int:
     if args.gps_command == "replay":
         return replay(args.file)
     return monitor(args.port, args.baud, args.configure)
-
-
-def _vehicle(args: argparse.Namespace) -> int:
-    from sim.vehicle.__main__ import main as vehicle_main
-
-    return vehicle_main(args.rest)
 
 
 def _config(args: argparse.Namespace) -> int:
@@ -216,45 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sim = sub.add_parser("sim", help="fly a whole simulated delivery and write a flight report")
-    sim.add_argument("--config", type=Path, default=None, help="TOML configuration file")
-    sim.add_argument("--out", type=Path, default=Path("flight-report"), help="report folder")
-    sim.add_argument("--order", type=Path, default=None, help="JSON order file (drop point)")
-    sim.add_argument("--distance", type=float, default=None, help="drop distance from home, m")
-    sim.add_argument("--bearing", type=float, default=None, help="drop bearing from home, deg")
-    sim.add_argument("--speedup", type=float, default=None, help="simulation speed-up factor")
-    sim.add_argument("--sitl", type=Path, default=None, help="fly on this arducopter SITL binary")
-    sim.add_argument(
-        "--sitl-defaults",
-        default=None,
-        help="comma-separated SITL parameter files (default: ArduPilot's copter.parm found "
-        "above the binary, plus the project's gripper set)",
-    )
-    sim.add_argument(
-        "--broker",
-        default=None,
-        help="send telemetry to this MQTT broker HOST:PORT (default: start one, on 1883 if free)",
-    )
-    sim.add_argument(
-        "--lte-outage",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="cut LTE coverage for this many simulated seconds from the start of the cruise",
-    )
-    sim.add_argument("--quiet", action="store_true", help="no progress display")
-    sim.set_defaults(func=_sim)
-
     run = sub.add_parser("run", help="run the on-board daemon (what the systemd unit starts)")
     run.add_argument("--config", type=Path, default=None, help="TOML configuration file")
     run.set_defaults(func=_run)
-
-    vehicle = sub.add_parser(
-        "vehicle",
-        help="serve the built-in vehicle on TCP (like SITL) for a ground station; "
-        "options as `python -m sim.vehicle --help`",
-    )
-    vehicle.set_defaults(func=_vehicle)
 
     gps = sub.add_parser("gps", help="the companion's GPS receiver: live monitor, log replay")
     gps_sub = gps.add_subparsers(dest="gps_command", required=True)
@@ -276,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_detect_arguments(detect)
     detect.set_defaults(func=run_detect)
 
+    _add_registered_commands(sub)
+
     track = sub.add_parser(
         "track", help="print a drone's live telemetry and events from an MQTT broker"
     )
@@ -289,14 +121,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_registered_commands(sub: argparse._SubParsersAction) -> None:
+    """The commands registered in `COMMANDS_GROUP`; one that fails to load is left out with a
+    warning naming it, so a broken plugin never takes the daemon's own commands down."""
+    for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        try:
+            register = entry.load()
+            register(sub)
+        except Exception as exc:  # a plugin's import error must not break the CLI
+            log.warning("command %r (%s) is unavailable: %s", entry.name, entry.value, exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `skycourier` console script."""
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if args.command == "vehicle":
-        args.rest = extra  # the vehicle's own options, parsed by sim.vehicle
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args = parser.parse_args(argv)
     setup_logging(args.log_level or "WARNING", "json" if args.log_json else "text", None)
     try:
         return args.func(args)

@@ -16,12 +16,12 @@ import signal
 import threading
 from types import FrameType
 
+from companion.autopilot import connect_autopilot
 from companion.bus import Bus
 from companion.config import Config
 from companion.gps.service import start_gps
 from companion.mission.journal import Journal
-from companion.telemetry.link import open_link
-from companion.vehicle_link import connect_vehicle
+from companion.telemetry.uplink import open_uplink
 from companion.vision.service import start_vision
 from firmware_bridge.errors import BridgeError
 from firmware_bridge.state import LinkState, StatusText, VehicleState
@@ -80,13 +80,13 @@ def run_daemon(config: Config, stop: threading.Event | None = None) -> int:
     bus.subscribe(StatusText, _log_text)
     journal = Journal(config.journal.path)
     try:
-        vehicle = connect_vehicle(config, bus.publish)
+        vehicle = connect_autopilot(config, bus.publish)
     except BridgeError as exc:
         journal.close()
         log.error("cannot reach the autopilot: %s", exc)
         return 1
     gps = start_gps(config.gps, bus)
-    link = open_link(config.modem, config.telemetry, bus)
+    link = open_uplink(config.modem, config.telemetry, bus)
     # Obstacles go to the autopilot as OBSTACLE_DISTANCE and on the bus; None: no vision.
     vision = start_vision(config.vision, bus, vehicle)
     try:

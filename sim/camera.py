@@ -28,12 +28,26 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from companion.vision.obstacles import CameraGeometry
-
 log = logging.getLogger(__name__)
 
+
+@dataclass(frozen=True)
+class Pinhole:
+    """A distortion-free camera looking straight down: image size and horizontal field of
+    view (the emulator's own description, independent of the companion's camera model)."""
+
+    width: int
+    height: int
+    hfov_deg: float
+
+    @property
+    def focal_px(self) -> float:
+        """Focal length in pixels (square pixels)."""
+        return (self.width / 2.0) / math.tan(math.radians(self.hfov_deg) / 2.0)
+
+
 #: The simulated camera: straight down, 640x480, 70 degrees across.
-GEOMETRY = CameraGeometry(width=640, height=480, hfov_deg=70.0, pitch_down_deg=90.0)
+GEOMETRY = Pinhole(width=640, height=480, hfov_deg=70.0)
 #: The person's box in bus.jpg (x1, y1, x2, y2), with a margin around the detector's box.
 BUS_PERSON_BOX = (36, 386, 226, 914)
 PERSON_HEIGHT_M = 1.7
@@ -84,7 +98,7 @@ class SimScene:
     person_box: tuple[int, int, int, int] = BUS_PERSON_BOX
     seed: int = 7
     pad_radius_m: float = 0.6  # half the side of the square pad
-    geometry: CameraGeometry = field(default=GEOMETRY)
+    geometry: Pinhole = field(default=GEOMETRY)
 
 
 class SimCamera:

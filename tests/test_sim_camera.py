@@ -14,6 +14,7 @@ from companion.vision.detector import Detector
 from models import BUILD_DIR
 from models.build import build_models
 from sim.camera import GEOMETRY, PersonVisit, SimCamera, SimScene
+from sim.harness.vision import companion_geometry
 
 CACHE = BUILD_DIR / "test-cache"
 HANDOVER_ALT = 5.0
@@ -55,7 +56,7 @@ def test_person_positions_over_time():
 
 
 def test_detector_finds_the_person_in_the_cone_at_handover_then_nobody(detector, camera):
-    guard = DescentGuard(GEOMETRY, half_angle_deg=30.0, clear_time_s=1.0)
+    guard = DescentGuard(companion_geometry(GEOMETRY), half_angle_deg=30.0, clear_time_s=1.0)
     before = camera.frame(HANDOVER_ALT, 1.0)
     assert people(detector, before) == []
     guard.update(detector.detect(before), (GEOMETRY.width, GEOMETRY.height), t=1.0)

@@ -10,9 +10,9 @@ from pathlib import Path
 from paho.mqtt.client import CallbackAPIVersion, Client
 
 from companion.config import Config
-from companion.simulate import order_from_config, run_simulation
 from companion.telemetry import schema
 from companion.track import Tracker
+from sim.harness.simulate import order_from_config, run_simulation
 
 FLIGHT_PHASES = ["arm", "takeoff", "cruise", "descend", "release", "climb", "return", "land"]
 

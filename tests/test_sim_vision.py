@@ -53,12 +53,12 @@ def test_default_sim_holds_for_the_person_in_the_cone_and_still_delivers(tmp_pat
 def test_without_the_model_the_sim_flies_blind_and_says_how_to_fix_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from companion.simulate import Order, run_simulation
+    from sim.harness.simulate import Order, run_simulation
 
     monkeypatch.setenv("SKYCOURIER_MODELS", str(tmp_path / "no-models"))
     config = Config().updated("test", sim={"speedup": 25.0})
     lat, lon = offset(config.sim.home_lat, config.sim.home_lon, 60.0, 90.0)
-    with caplog.at_level(logging.WARNING, logger="companion.sim_vision"):
+    with caplog.at_level(logging.WARNING, logger="sim.harness.vision"):
         report = run_simulation(
             config, Order("blind-1", lat, lon), tmp_path / "out", show_progress=False
         )

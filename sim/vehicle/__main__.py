@@ -39,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m sim.vehicle",
         description="Built-in ArduCopter-like MAVLink vehicle listening on TCP (like SITL).",
     )
+    add_arguments(parser)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The vehicle's options, shared by `python -m sim.vehicle` and `skycourier vehicle`."""
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=5760, help="TCP port (0 = any free port)")
     parser.add_argument(
@@ -58,12 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--param", type=_param, action="append", default=[], help="NAME=VALUE parameter override"
     )
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run until Ctrl-C. Returns the exit status."""
-    args = build_parser().parse_args(argv)
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve the vehicle the parsed options describe until Ctrl-C; the exit status."""
     if args.speedup <= 0:
         print("--speedup must be positive", file=sys.stderr)
         return 2

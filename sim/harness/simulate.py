@@ -16,6 +16,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+from companion.autopilot import connect_autopilot
 from companion.bus import Bus
 from companion.config import Config
 from companion.geo import distance_m, offset
@@ -25,7 +26,8 @@ from companion.mission.events import MissionEvent
 from companion.mission.journal import Journal
 from companion.progress import DeliveryProgress
 from companion.report import FlightRecorder, build_report, write_report
-from companion.sim_devices import (
+from firmware_bridge.state import VehicleState
+from sim.harness.devices import (
     SpeedupClock,
     companion_gps,
     own_broker,
@@ -33,9 +35,7 @@ from companion.sim_devices import (
     sim_time_of,
     telemetry_link,
 )
-from companion.sim_vision import SimVision
-from companion.vehicle_link import connect_vehicle
-from firmware_bridge.state import VehicleState
+from sim.harness.vision import SimVision
 from sim.sitl import SitlProcess
 from sim.vehicle import VehicleServer
 
@@ -150,7 +150,7 @@ def run_simulation(
         )
         bus.subscribe(VehicleState, progress.on_state)
         bus.subscribe(MissionEvent, progress.on_event)
-        vehicle = connect_vehicle(
+        vehicle = connect_autopilot(
             config,
             bus.publish,
             connection=connection,

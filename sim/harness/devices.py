@@ -24,7 +24,7 @@ from companion.gps.integrity import IntegrityMonitor
 from companion.gps.service import start_gps
 from companion.mission.events import MissionEvent
 from companion.modem.state import ModemState
-from companion.telemetry.link import TelemetryLink, open_link
+from companion.telemetry.uplink import TelemetryUplink, open_uplink
 from firmware_bridge.state import VehicleState
 from sim.gps.neo6m import Neo6m, Position
 from sim.gps.pty_runner import Neo6mPty
@@ -132,7 +132,7 @@ def telemetry_link(
     out_dir: Path,
     clock: Callable[[], float],
     broker: tuple[str, int],
-) -> tuple[TelemetryLink, A7670Pty]:
+) -> tuple[TelemetryUplink, A7670Pty]:
     """The A7670 emulator on a real pty, its MQTT stack bridged to the broker, and the
     daemon's telemetry chain driving it through AT commands. The module's own delays run in
     simulated time (scaled by the speed-up); the driver keeps the manual's timeouts in wall
@@ -146,7 +146,7 @@ def telemetry_link(
     telemetry = config.updated(
         "simulator", telemetry={"broker": f"tcp://{broker[0]}:{broker[1]}", "transport": "modem"}
     ).telemetry
-    link = open_link(
+    link = open_uplink(
         config.modem,
         telemetry,
         bus,

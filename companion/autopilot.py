@@ -9,7 +9,7 @@ from companion.config import Config
 from firmware_bridge.vehicle import Vehicle
 
 
-def connect_vehicle(
+def connect_autopilot(
     config: Config,
     publish: Callable[[object], None],
     *,

@@ -1,4 +1,4 @@
-"""The telemetry chain as the daemon builds it (`open_link`) against the A7670 emulator on a
+"""The telemetry chain as the daemon builds it (`open_uplink`) against the A7670 emulator on a
 pty: bad SIMs, refused APNs and brokers are clear errors in `ModemState`, the daemon's chain
 keeps running and its queue keeps every record; SMS carries the outcome while data is down."""
 
@@ -13,7 +13,7 @@ from companion.bus import Bus
 from companion.config import Config
 from companion.mission.events import MissionEvent, Phase
 from companion.modem.state import ModemState
-from companion.telemetry.link import TelemetryLink, open_link, rates_from_config
+from companion.telemetry.uplink import TelemetryUplink, open_uplink, rates_from_config
 from firmware_bridge.state import GpsInfo, Position, VehicleState
 from sim.modem.a7670 import A7670
 from sim.modem.mqtt_bridge import PahoBridge
@@ -24,12 +24,12 @@ from tests.waiting import wait_until
 @contextmanager
 def chain(
     tmp_path: Path, emulator: A7670, broker: str = "tcp://127.0.0.1:9", **modem: object
-) -> Iterator[tuple[TelemetryLink, Bus, A7670Pty]]:
+) -> Iterator[tuple[TelemetryUplink, Bus, A7670Pty]]:
     config = Config().updated("test", modem=modem, telemetry={"broker": broker, "ground_hz": 10.0})
     bus = Bus()
     with A7670Pty(emulator) as runner:
         assert runner.path is not None
-        link = open_link(
+        link = open_uplink(
             config.modem, config.telemetry, bus, port=runner.path, queue_path=tmp_path / "q.db"
         )
         assert link is not None
@@ -49,7 +49,7 @@ def _fly(bus: Bus) -> None:
     )
 
 
-def _error(link: TelemetryLink) -> str:
+def _error(link: TelemetryUplink) -> str:
     assert link.supervisor is not None
     return link.supervisor.state.error or ""
 

@@ -16,8 +16,10 @@ from collections.abc import Callable
 from companion.bus import Bus
 from companion.geo import distance_m
 from companion.mission.events import MissionEvent
+from companion.vision.obstacles import CameraGeometry
 from companion.vision.service import Detections
 from firmware_bridge.state import VehicleState
+from sim.camera import Pinhole
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,7 @@ class SimVision:
                 self.model,
             )
             return
-        self.guard = DescentGuard(GEOMETRY, clock=clock)
+        self.guard = DescentGuard(companion_geometry(GEOMETRY), clock=clock)
         bus.subscribe(VehicleState, self._on_state)
         bus.subscribe(MissionEvent, self._on_event)
 
@@ -190,3 +192,11 @@ class SimVision:
             "hold_s": round(sum(h.get("held_s") or 0.0 for h in self.holds), 1),
             "hold_events": self.holds,
         }
+
+
+def companion_geometry(pinhole: Pinhole) -> CameraGeometry:
+    """The companion's camera model for the emulated camera: the same pinhole, pointing
+    straight down."""
+    return CameraGeometry(
+        width=pinhole.width, height=pinhole.height, hfov_deg=pinhole.hfov_deg, pitch_down_deg=90.0
+    )

@@ -68,7 +68,7 @@ def power_key_hook(command: str | None) -> Callable[[], None] | None:
 
 
 @dataclass
-class TelemetryLink:
+class TelemetryUplink:
     """The running chain; `close()` drains what it can, then stops everything."""
 
     publisher: TelemetryPublisher
@@ -129,7 +129,7 @@ class TelemetryLink:
         return summary
 
 
-def open_link(
+def open_uplink(
     modem: ModemConfig,
     telemetry: TelemetryConfig,
     bus: Bus,
@@ -138,7 +138,7 @@ def open_link(
     queue_path: Path | None = None,
     clock: Callable[[], float] = time.monotonic,
     power_key: Callable[[], None] | None = None,
-) -> TelemetryLink | None:
+) -> TelemetryUplink | None:
     """Start the chain; None when there is nothing to send through (no modem port with the
     modem transport). `port` overrides `modem.port`, `queue_path` the configured queue,
     `clock` times the samples (a simulator's clock in simulated time), `power_key` replaces
@@ -184,7 +184,7 @@ def open_link(
         bus, store, transport, telemetry.drone_id, clock, rates_from_config(telemetry)
     )
     publisher.start()
-    return TelemetryLink(publisher, store, transport, supervisor, channel, states, sms)
+    return TelemetryUplink(publisher, store, transport, supervisor, channel, states, sms)
 
 
 def _start_sms(

@@ -1,0 +1,196 @@
+"""The simulator's commands for the `skycourier` CLI: `skycourier sim` (a whole delivery
+against the built-in vehicle or ArduPilot SITL) and `skycourier vehicle` (the built-in vehicle
+on TCP for a ground station).
+
+They live on the simulator side and reach the CLI through the `skycourier.commands`
+entry-point group (see `companion.cli`), so the on-board package never imports the
+simulator; heavy imports happen inside the commands, not at registration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from companion.config import load_config
+from firmware_bridge.errors import BridgeError
+
+
+def _sim(args: argparse.Namespace) -> int:
+    from sim.harness.simulate import OrderError, load_order, order_from_config, run_simulation
+    from sim.sitl import SitlError
+
+    config = load_config(args.config)
+    if args.speedup is not None:
+        config = config.updated("command line", sim={"speedup": args.speedup})
+    if args.distance is not None or args.bearing is not None:
+        delivery = {"lat": None, "lon": None}
+        if args.distance is not None:
+            delivery["distance_m"] = args.distance
+        if args.bearing is not None:
+            delivery["bearing_deg"] = args.bearing
+        config = config.updated("command line", delivery=delivery)
+    try:
+        order = load_order(args.order, config) if args.order else order_from_config(config)
+    except OrderError as exc:
+        print(f"skycourier sim: {exc}", file=sys.stderr)
+        return 2
+    broker = None
+    if args.broker is not None:
+        host, _, port = args.broker.rpartition(":")
+        if not host or not port.isdigit():
+            print(f"skycourier sim: --broker {args.broker!r}: expected HOST:PORT", file=sys.stderr)
+            return 2
+        broker = (host, int(port))
+    drone = config.telemetry.drone_id
+
+    def announce(host: str, port: int) -> None:
+        if not args.quiet:
+            print(
+                f"telemetry: MQTT broker {host}:{port}; watch it with "
+                f"`skycourier track --broker {host}:{port} --drone {drone}`",
+                flush=True,
+            )
+
+    _ensure_sim_model(args.quiet)
+    try:
+        report = run_simulation(
+            config,
+            order,
+            args.out,
+            sitl_binary=args.sitl,
+            sitl_defaults=[Path(p) for p in args.sitl_defaults.split(",")]
+            if args.sitl_defaults
+            else None,
+            show_progress=not args.quiet,
+            broker=broker,
+            lte_outage_s=args.lte_outage,
+            on_broker=announce,
+        )
+    except (BridgeError, SitlError) as exc:
+        print(f"skycourier sim: {exc}", file=sys.stderr)
+        return 1
+    print(_summary(report))
+    print(_gps_summary(report["companion_gps"]))
+    print(_telemetry_summary(report["telemetry"]))
+    print(_vision_summary(report["vision"]))
+    print(f"report: {args.out / 'report.json'}  plot: {args.out / 'flight.png'}")
+    return 0 if report["outcome"] == "delivered" else 1
+
+
+def _summary(report: dict) -> str:
+    """One line on how the flight went; fields are None when the vehicle never flew."""
+
+    def num(key: str, fmt: str, unit: str) -> str:
+        value = report.get(key)
+        return "n/a" if value is None else f"{value:{fmt}} {unit}"
+
+    return (
+        f"{report['outcome']}: {num('distance_m', '.0f', 'm')} flown in "
+        f"{num('duration_s', '.1f', 's')} of flight ({num('wall_duration_s', '.1f', 's')} wall), "
+        f"max altitude {num('max_alt_m', '.1f', 'm')}, "
+        f"battery used {num('battery_used_pct', '.0f', '%')}"
+    )
+
+
+def _vision_summary(vision: dict) -> str:
+    """One line on the simulated camera and the descent-cone guard."""
+    if not vision.get("enabled"):
+        return f"vision: off ({vision.get('note') or 'no model'})"
+    seen = ", ".join(f"{n} {c}" for n, c in vision["detections"].items()) or "nothing"
+    return (
+        f"vision: {vision['frames']} frames near the drop ({seen} detected), "
+        f"{vision['holds']} descent holds, {vision['hold_s']:.1f} s held"
+    )
+
+
+def _ensure_sim_model(quiet: bool) -> None:
+    """Build the detector's FP32 model once for the simulated camera, when the default models
+    folder lacks it (a `$SKYCOURIER_MODELS` folder is the user's to fill). A build that cannot
+    run (no package index) leaves the simulator flying without vision, which it reports."""
+    import os
+
+    from companion.vision.detector import model_path
+    from models.build import ModelBuildError, build_models
+
+    target = model_path("fp32")
+    if target.exists() or os.environ.get("SKYCOURIER_MODELS"):
+        return
+    if not quiet:
+        print("building the YOLOv4-Tiny model for the simulated camera (once)...", flush=True)
+    try:
+        build_models(target.parent, ["fp32"])
+    except ModelBuildError as exc:
+        print(f"skycourier sim: cannot build the detector model: {exc}", file=sys.stderr)
+
+
+def _telemetry_summary(telemetry: dict) -> str:
+    """One line on the telemetry link: what reached the broker through the modem."""
+    modem = telemetry.get("modem") or {}
+    return (
+        f"telemetry: {telemetry['published']}/{telemetry['queued']} records delivered to "
+        f"{telemetry['broker']} through the A7670 ({telemetry['pending']} pending, "
+        f"{telemetry['retried']} retries, {modem.get('recoveries', 0)} modem recoveries)"
+    )
+
+
+def _gps_summary(gps: dict) -> str:
+    """One line on the companion's own receiver during the flight."""
+    receiver = gps["receiver"]
+    setup = (
+        "not configured"
+        if receiver is None
+        else f"{receiver['generation']} at {receiver['baud']} baud"
+    )
+    median = gps["divergence_from_autopilot_m"]["median"]
+    apart = "n/a" if median is None else f"{median:.1f} m"
+    return (
+        f"companion GPS: {gps['valid_fixes']}/{gps['fixes']} valid fixes, {setup}, median "
+        f"{apart} from the autopilot's, {len(gps['integrity_alarms'])} integrity alarms"
+    )
+
+
+def register_sim(sub: argparse._SubParsersAction) -> None:
+    """Add `skycourier sim`."""
+    sim = sub.add_parser("sim", help="fly a whole simulated delivery and write a flight report")
+    sim.add_argument("--config", type=Path, default=None, help="TOML configuration file")
+    sim.add_argument("--out", type=Path, default=Path("flight-report"), help="report folder")
+    sim.add_argument("--order", type=Path, default=None, help="JSON order file (drop point)")
+    sim.add_argument("--distance", type=float, default=None, help="drop distance from home, m")
+    sim.add_argument("--bearing", type=float, default=None, help="drop bearing from home, deg")
+    sim.add_argument("--speedup", type=float, default=None, help="simulation speed-up factor")
+    sim.add_argument("--sitl", type=Path, default=None, help="fly on this arducopter SITL binary")
+    sim.add_argument(
+        "--sitl-defaults",
+        default=None,
+        help="comma-separated SITL parameter files (default: ArduPilot's copter.parm found "
+        "above the binary, plus the project's gripper set)",
+    )
+    sim.add_argument(
+        "--broker",
+        default=None,
+        help="send telemetry to this MQTT broker HOST:PORT (default: start one, on 1883 if free)",
+    )
+    sim.add_argument(
+        "--lte-outage",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="cut LTE coverage for this many simulated seconds from the start of the cruise",
+    )
+    sim.add_argument("--quiet", action="store_true", help="no progress display")
+    sim.set_defaults(func=_sim)
+
+
+def register_vehicle(sub: argparse._SubParsersAction) -> None:
+    """Add `skycourier vehicle`, with the built-in vehicle's own options."""
+    from sim.vehicle.__main__ import add_arguments, run
+
+    vehicle = sub.add_parser(
+        "vehicle",
+        help="serve the built-in vehicle on TCP (like SITL) for a ground station",
+        description="Built-in ArduCopter-like MAVLink vehicle listening on TCP (like SITL).",
+    )
+    add_arguments(vehicle)
+    vehicle.set_defaults(func=run)
