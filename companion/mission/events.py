@@ -34,6 +34,12 @@ FLYING_PHASES = (
 )
 
 
+#: The event names a mission ends with: entering DONE (the parcel was delivered) or ABORT
+#: (``detail`` has the ``reason`` and the ``action`` taken).
+DELIVERED = (Phase.DONE, "enter")
+ABORTED = (Phase.ABORT, "abort")
+
+
 @dataclass(frozen=True)
 class MissionEvent:
     """A transition of a delivery: a phase entered, or the mission ended (done/abort)."""
@@ -44,3 +50,13 @@ class MissionEvent:
     detail: dict = field(default_factory=dict)
     boot_time_s: float | None = None
     wall_time: float = 0.0
+
+    @property
+    def ending(self) -> str | None:
+        """How the mission ends, on the one event that decides it: "delivered" or "aborted";
+        None for every other event (the SMS fallback keys on this)."""
+        if (self.phase, self.event) == DELIVERED:
+            return "delivered"
+        if (self.phase, self.event) == ABORTED:
+            return "aborted"
+        return None
