@@ -53,15 +53,19 @@ class VehicleConfig(_Section):
     connection: str = Field(
         "tcp:127.0.0.1:5760",
         description=(
-            "Link to the autopilot: tcp:HOST:PORT, udp:HOST:PORT (listen), udpout:HOST:PORT, "
-            "or a serial port DEVICE:BAUD (serial: prefix optional). Prefer /dev/serial/by-id/ "
+            "Link to the autopilot: tcp:HOST:PORT, udp:HOST:PORT (listen: the link answers "
+            "only the address the autopilot's heartbeat came from), udpout:HOST:PORT, or a "
+            "serial port DEVICE:BAUD (serial: prefix optional). Prefer /dev/serial/by-id/ "
             "paths: they survive USB re-enumeration."
         ),
         examples=["/dev/serial/by-id/usb-ArduPilot_fmuv3_XXXX-if00:115200", "/dev/ttyAMA0:921600"],
     )
     target_system: int = Field(1, ge=1, le=255, description="MAVLink system id of the autopilot.")
     target_component: int = Field(
-        1, ge=0, le=255, description="MAVLink component id of the autopilot (1 = autopilot)."
+        1,
+        ge=0,
+        le=255,
+        description="MAVLink component id of the autopilot (1 = autopilot); not 0 (broadcast).",
     )
     connect_timeout_s: float = Field(
         10.0, gt=0, description="Give up opening the link if no heartbeat arrives in this time."
@@ -83,6 +87,19 @@ class VehicleConfig(_Section):
             parse_endpoint(value)
         except EndpointError as exc:
             raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("target_component")
+    @classmethod
+    def _one_component(cls, value: int) -> int:
+        # The link comes up on the heartbeat of exactly this component, and no component
+        # sends its heartbeat from id 0: with 0 the link would never come up.
+        if value == 0:
+            raise ValueError(
+                "0 is the broadcast id (MAV_COMP_ID_ALL), which no autopilot sends its "
+                "heartbeat from, so the link would never come up; name the autopilot itself: "
+                "1 (MAV_COMP_ID_AUTOPILOT1) on ArduPilot"
+            )
         return value
 
     @property
@@ -312,6 +329,11 @@ class GpsConfig(_Section):
         2.0, gt=0, le=60, description="Report the receiver silent after this long without data."
     )
 
+    @field_validator("port")
+    @classmethod
+    def _port_not_blank(cls, value: str | None) -> str | None:
+        return _device_path(value, "gps", "no companion GPS")
+
 
 class ModemConfig(_Section):
     """The SIMCom A7670 LTE modem on a UART, driven by AT commands: the drone's link beyond
@@ -356,6 +378,22 @@ class ModemConfig(_Section):
     sms_secret: str | None = Field(
         None, min_length=8, description="Shared secret an operator's SMS command starts with."
     )
+
+    @field_validator("port")
+    @classmethod
+    def _port_not_blank(cls, value: str | None) -> str | None:
+        return _device_path(value, "modem", "no modem")
+
+
+def _device_path(value: str | None, section: str, unset_means: str) -> str | None:
+    """An empty device path is a typo or a half-edited file, not "no device": it would fail
+    only when the daemon opens the port, so it is refused here, saying how to say "none"."""
+    if value is not None and not value.strip():
+        raise ValueError(
+            f"empty device path {value!r}: name the serial device (a /dev/serial/by-id/ path "
+            f"is best), or delete port from [{section}] to leave it unset: {unset_means}"
+        )
+    return value
 
 
 class TelemetryConfig(_Section):

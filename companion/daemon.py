@@ -7,6 +7,10 @@ is still flying it is brought home (RTL), since the plan's context (recipient, o
 gone with the old process; if it is on the ground the mission is closed as interrupted. In
 both cases the outcome is journaled. Orders reach the daemon through later subsystems
 (order intake, telemetry link); until then it supervises.
+
+Everything the daemon starts (journal, autopilot link, GPS, telemetry, vision) is pushed onto
+one `ExitStack` as it starts, so a failure starting any part, or any way out of the run,
+stops exactly what was started, newest first.
 """
 
 from __future__ import annotations
@@ -14,13 +18,14 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from contextlib import ExitStack
 from types import FrameType
 
 from companion.autopilot import connect_autopilot
 from companion.bus import Bus
 from companion.config import Config
 from companion.gps.service import start_gps
-from companion.mission.journal import Journal
+from companion.mission.journal import Journal, JournalError
 from companion.telemetry.uplink import open_uplink
 from companion.vision.service import start_vision
 from firmware_bridge.errors import BridgeError
@@ -78,37 +83,54 @@ def run_daemon(config: Config, stop: threading.Event | None = None) -> int:
     bus = Bus()
     bus.subscribe(LinkState, _log_link)
     bus.subscribe(StatusText, _log_text)
-    journal = Journal(config.journal.path)
-    try:
-        vehicle = connect_autopilot(config, bus.publish)
-    except BridgeError as exc:
-        journal.close()
-        log.error("cannot reach the autopilot: %s", exc)
-        return 1
+    with ExitStack() as running:
+        try:
+            journal = running.enter_context(Journal(config.journal.path))
+        except JournalError as exc:
+            log.error("cannot open the mission journal: %s", exc)
+            return 1
+        try:
+            vehicle = running.enter_context(connect_autopilot(config, bus.publish))
+        except BridgeError as exc:
+            log.error("cannot reach the autopilot: %s", exc)
+            return 1
+        try:
+            _start_subsystems(config, bus, vehicle, running)
+        except Exception:
+            # Whatever did start is stopped by `running` on the way out.
+            log.exception("daemon not started: a subsystem failed to start")
+            return 1
+        try:
+            vehicle.wait_until(
+                lambda s: s.boot_time_s is not None, config.vehicle.connect_timeout_s, "telemetry"
+            )
+            recover_unfinished(journal, vehicle)
+            while not stop.wait(_STATUS_EVERY_S):
+                _log_status(vehicle.state, vehicle.link.up)
+        except BridgeError as exc:
+            log.error("daemon stopped: %s", exc)
+            return 1
+    return 0
+
+
+def _start_subsystems(config: Config, bus: Bus, vehicle: Vehicle, running: ExitStack) -> None:
+    """Start GPS, telemetry and vision, each pushed onto `running` as soon as it runs."""
     gps = start_gps(config.gps, bus)
-    link = open_uplink(config.modem, config.telemetry, bus)
+    if gps is not None:
+        running.callback(gps.stop)
+    uplink = open_uplink(config.modem, config.telemetry, bus)
+    if uplink is not None:
+        running.callback(uplink.close)
+    else:
+        log.warning(
+            'telemetry off: [telemetry] transport is "modem" but [modem] port is unset, so no '
+            "telemetry, events or SMS will reach the operator; set [modem] port to the modem's "
+            'AT port, or [telemetry] transport = "ip" to send over another network interface'
+        )
     # Obstacles go to the autopilot as OBSTACLE_DISTANCE and on the bus; None: no vision.
     vision = start_vision(config.vision, bus, vehicle)
-    try:
-        vehicle.wait_until(
-            lambda s: s.boot_time_s is not None, config.vehicle.connect_timeout_s, "telemetry"
-        )
-        recover_unfinished(journal, vehicle)
-        while not stop.wait(_STATUS_EVERY_S):
-            _log_status(vehicle.state, vehicle.link.up)
-    except BridgeError as exc:
-        log.error("daemon stopped: %s", exc)
-        return 1
-    finally:
-        if vision is not None:
-            vision.stop()
-        if gps is not None:
-            gps.stop()
-        if link is not None:
-            link.close()
-        vehicle.close()
-        journal.close()
-    return 0
+    if vision is not None:
+        running.callback(vision.stop)
 
 
 def _log_status(state: VehicleState, link_up: bool) -> None:

@@ -3,7 +3,8 @@
 Accepted forms (the same spellings MAVProxy and mavutil users know):
 
 - ``tcp:HOST:PORT`` — connect to a TCP server (ArduPilot SITL listens on 5760);
-- ``udp:HOST:PORT`` / ``udpin:HOST:PORT`` — listen for UDP datagrams, reply to the last sender;
+- ``udp:HOST:PORT`` / ``udpin:HOST:PORT`` — listen for UDP datagrams; the link locks onto the
+  address the autopilot's heartbeat comes from and ignores every other sender;
 - ``udpout:HOST:PORT`` — send UDP datagrams to HOST:PORT;
 - ``serial:DEVICE:BAUD`` or plain ``DEVICE:BAUD`` (``/dev/ttyAMA0:921600``) — a serial port. Prefer
   ``/dev/serial/by-id/...`` paths: they survive USB re-enumeration, ``/dev/ttyACM0`` may not.

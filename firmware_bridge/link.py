@@ -5,6 +5,16 @@ through one `MavLink`: a reader thread decodes bytes and fans messages out, a he
 thread announces the companion as MAV_TYPE_ONBOARD_CONTROLLER, and `run()` drives any
 sans-I/O transaction to completion. Reads are bounded in time, a lost link is detected from
 the autopilot's heartbeat and reopened with backoff, and callers are told, never blocked.
+
+Over UDP anyone who can reach the port can send a datagram, so the link locks onto the
+autopilot: the first datagram that carries a HEARTBEAT from `target_system`/
+`target_component` names the autopilot's address; until then nothing is sent and nothing
+is dispatched, and afterwards datagrams from any other address are dropped, counted and
+logged. Each datagram is decoded on its own, so that bytes from one sender can never
+complete a frame of another. When the autopilot's heartbeat stops, the transport is
+reopened and the link locks again (the autopilot may come back from another port). The
+lock stops redirection by a stranger on the network, not a peer that forges the
+autopilot's ids before it speaks: that needs MAVLink 2 signing.
 """
 
 from __future__ import annotations
@@ -22,7 +32,13 @@ from firmware_bridge.endpoint import Endpoint, parse_endpoint
 from firmware_bridge.errors import LinkError, ProtocolTimeout
 from firmware_bridge.state import LinkState
 from firmware_bridge.transaction import Transaction
-from firmware_bridge.transports import Transport, open_transport
+from firmware_bridge.transports import (
+    Address,
+    Datagram,
+    DatagramTransport,
+    Transport,
+    open_transport,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +47,7 @@ Listener = Callable[[MAVLinkMessage], None]
 
 _READ_SLICE_S = 0.05
 _RECONNECT_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+_MAX_STRANGERS_LOGGED = 32  # addresses named in the log per lock; a flood of them is counted
 
 
 @dataclass
@@ -43,6 +60,10 @@ class LinkStats:
     bad_frames: int = 0
     listener_errors: int = 0
     reconnects: int = 0
+    foreign_datagrams: int = 0
+    """Datagrams dropped because they came from another address than the locked autopilot."""
+    unverified_datagrams: int = 0
+    """Datagrams dropped before the lock: they carried no heartbeat from the autopilot."""
     by_type: dict[str, int] = field(default_factory=dict)
 
 
@@ -71,8 +92,13 @@ class MavLink:
         heartbeat_timeout_s: float = 3.0,
         connect_timeout_s: float = 10.0,
         publish: Callable[[object], None] | None = None,
-        opener: Callable[[Endpoint, float], Transport] = open_transport,
+        opener: Callable[[Endpoint, float], Transport | DatagramTransport] = open_transport,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`clock` times the protocol transactions' retransmissions and timeouts: the
+        monotonic clock, or under simulation the simulated autopilot's clock, so that a
+        command timeout lasts as long in the autopilot's time at any speed-up (the heartbeat
+        timeout of the link itself stays on the monotonic clock: it watches the connection)."""
         self.endpoint = endpoint if isinstance(endpoint, Endpoint) else parse_endpoint(endpoint)
         self.target_system = target_system
         self.target_component = target_component
@@ -84,9 +110,15 @@ class MavLink:
         self.stats = LinkStats()
         self._publish = publish or (lambda _msg: None)
         self._opener = opener
+        self._clock = clock
+        # Under another clock the wall-clock waits must be short: its deadlines can come at
+        # any moment of wall time.
+        self._max_wait_s = 0.5 if clock is time.monotonic else 0.005
         self._mav = mavlink.MAVLink(_Writer(self), srcSystem=own_system, srcComponent=own_component)
         self._mav.robust_parsing = True
-        self._transport: Transport | None = None
+        self._transport: Transport | DatagramTransport | None = None
+        self._peer: Address | None = None
+        self._strangers: set[Address] = set()
         self._send_lock = threading.Lock()
         self._listeners: dict[int, Listener] = {}
         self._listener_ids = itertools.count()
@@ -131,6 +163,7 @@ class MavLink:
         if self._transport is not None:
             self._transport.close()
             self._transport = None
+        self._peer = None
         self._set_up(False, "closed")
 
     def __enter__(self) -> MavLink:
@@ -146,6 +179,12 @@ class MavLink:
     def up(self) -> bool:
         """True while the autopilot's heartbeat is fresh."""
         return self._up
+
+    @property
+    def peer(self) -> Address | None:
+        """The autopilot's address on a UDP link once locked onto it; None before, and on
+        a stream (TCP, serial), which has only one peer."""
+        return self._peer
 
     def heartbeat_age(self) -> float:
         """Seconds since the autopilot's last heartbeat (inf before the first)."""
@@ -234,25 +273,82 @@ class MavLink:
                 transport = self._transport
                 assert transport is not None
             try:
-                data = transport.read(_READ_SLICE_S)
+                if isinstance(transport, DatagramTransport):
+                    datagram = transport.receive(_READ_SLICE_S)
+                    if datagram is not None:
+                        self._receive_datagram(transport, datagram)
+                else:
+                    data = transport.read(_READ_SLICE_S)
+                    if data:
+                        self.stats.bytes_in += len(data)
+                        self._dispatch(self._decode(self._mav, data))
             except LinkError as exc:
                 self._drop_transport(str(exc))
                 continue
-            if data:
-                self.stats.bytes_in += len(data)
-                self._dispatch(self._decode(data))
             if self._up and self.heartbeat_age() > self.heartbeat_timeout_s:
-                self._set_up(False, f"no heartbeat for {self.heartbeat_timeout_s:g} s")
+                reason = f"no heartbeat for {self.heartbeat_timeout_s:g} s"
+                if self._peer is not None:
+                    # Listen afresh: the autopilot may come back from another address.
+                    self._drop_transport(reason)
+                else:
+                    self._set_up(False, reason)
 
-    def _decode(self, data: bytes) -> list[MAVLinkMessage]:
+    def _decode(self, parser: mavlink.MAVLink, data: bytes) -> list[MAVLinkMessage]:
         """Frames in `data`; pymavlink's parser can still raise on some corrupt input even
         with robust parsing, and the reader thread must outlive any byte on the wire."""
         try:
-            return self._mav.parse_buffer(data) or []
+            return parser.parse_buffer(data) or []
         except Exception as exc:
             self.stats.bad_frames += 1
             log.debug("undecodable bytes from %s: %s", self.endpoint, exc)
             return []
+
+    def _receive_datagram(self, transport: DatagramTransport, datagram: Datagram) -> None:
+        """Dispatch a datagram from the autopilot's address; lock onto that address on the
+        first datagram with the autopilot's heartbeat; drop (and count) everything else."""
+        self.stats.bytes_in += len(datagram.data)
+        sender = datagram.sender
+        if self._peer is not None and sender != self._peer:
+            self._drop_stranger(sender, self._peer)
+            return
+        # A parser of its own per datagram: a partial frame left by one sender must not
+        # join the next datagram, which may come from someone else.
+        parser = mavlink.MAVLink(None)
+        parser.robust_parsing = True
+        messages = self._decode(parser, datagram.data)
+        if self._peer is None:
+            if not any(self._is_target_heartbeat(m) for m in messages):
+                self.stats.unverified_datagrams += 1
+                log.debug("datagram from %s:%d dropped: not locked onto the autopilot yet "
+                          "and it carries no heartbeat from it", *sender)  # fmt: skip
+                return
+            transport.lock(sender)
+            self._peer = sender
+            self._strangers.clear()
+            log.info("locked onto autopilot %d/%d at %s:%d on %s", self.target_system,
+                     self.target_component, *sender, self.endpoint)  # fmt: skip
+        self._dispatch(messages)
+
+    def _drop_stranger(self, sender: Address, peer: Address) -> None:
+        self.stats.foreign_datagrams += 1
+        if sender in self._strangers or len(self._strangers) > _MAX_STRANGERS_LOGGED:
+            return
+        self._strangers.add(sender)
+        if len(self._strangers) > _MAX_STRANGERS_LOGGED:
+            log.warning("datagrams from more than %d other addresses on %s: dropping them "
+                        "without naming each (LinkStats.foreign_datagrams counts them)",
+                        _MAX_STRANGERS_LOGGED, self.endpoint)  # fmt: skip
+            return
+        log.warning("dropping datagrams from %s:%d on %s: the link is locked onto the "
+                    "autopilot at %s:%d (logged once per address)",
+                    *sender, self.endpoint, *peer)  # fmt: skip
+
+    def _is_target_heartbeat(self, msg: MAVLinkMessage) -> bool:
+        return (
+            msg.get_type() == "HEARTBEAT"
+            and msg.get_srcSystem() == self.target_system
+            and msg.get_srcComponent() == self.target_component
+        )
 
     def _drop_transport(self, reason: str) -> None:
         log.warning("link lost: %s", reason)
@@ -260,6 +356,7 @@ class MavLink:
             if self._transport is not None:
                 self._transport.close()
                 self._transport = None
+        self._peer = None
         self._set_up(False, reason)
 
     def _reopen(self, delay: float) -> bool:
@@ -284,11 +381,7 @@ class MavLink:
                 continue
             self.stats.messages_in += 1
             self.stats.by_type[kind] = self.stats.by_type.get(kind, 0) + 1
-            if (
-                kind == "HEARTBEAT"
-                and msg.get_srcSystem() == self.target_system
-                and msg.get_srcComponent() == self.target_component
-            ):
+            if self._is_target_heartbeat(msg):
                 self._last_heartbeat = time.monotonic()
                 self._set_up(True, "")
             with self._listeners_lock:
@@ -327,14 +420,14 @@ class MavLink:
         def on_message(msg: MAVLinkMessage) -> None:
             with lock:
                 if not transaction.finished and not failure:
-                    feed(transaction.receive(msg, time.monotonic()))
+                    feed(transaction.receive(msg, self._clock()))
 
         backstop = time.monotonic() + timeout if timeout is not None else None
         with lock:
             # Listen before the first send, or a quick reply could arrive unheard; replies
             # that come while `start` runs wait on the lock and are fed in order after it.
             remove = self.add_listener(on_message)
-            feed(transaction.start(time.monotonic()))
+            feed(transaction.start(self._clock()))
         try:
             while True:
                 with lock:
@@ -342,19 +435,20 @@ class MavLink:
                         raise failure[0]
                     if transaction.finished:
                         return transaction.result()
-                    now = time.monotonic()
+                    now = self._clock()
                     due = transaction.deadline
                     if due is not None and now >= due:
                         feed(transaction.tick(now))
                         continue
                     changed.clear()
-                if backstop is not None and now >= backstop:
+                wall = time.monotonic()
+                if backstop is not None and wall >= backstop:
                     raise ProtocolTimeout(
                         f"{type(transaction).__name__} did not finish within {timeout:g} s"
                     )
-                wait_until = due
+                wait = self._max_wait_s if due is None else min(due - now, self._max_wait_s)
                 if backstop is not None:
-                    wait_until = backstop if wait_until is None else min(wait_until, backstop)
-                changed.wait(0.5 if wait_until is None else max(wait_until - now, 0.0))
+                    wait = min(wait, backstop - wall)
+                changed.wait(max(wait, 0.0))
         finally:
             remove()

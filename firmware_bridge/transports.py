@@ -1,8 +1,10 @@
 """Byte transports under the MAVLink link: TCP, UDP and serial, each bounded in time.
 
 pymavlink's own `mavfile` classes sleep, print and can block forever on a serial port, so
-the bridge uses these thin adapters instead: `read(timeout)` never waits longer than asked,
-and every failure is a `LinkError` that names the endpoint and the cause.
+the bridge uses these thin adapters instead: a read never waits longer than asked, and every
+failure is a `LinkError` that names the endpoint and the cause. Streams (TCP, serial) have
+one peer; UDP names the sender of every datagram, so that the link can tell the autopilot
+from anyone else who can reach the port.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import os
 import select
 import socket
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import serial
 
@@ -18,16 +21,50 @@ from firmware_bridge.endpoint import Endpoint
 from firmware_bridge.errors import LinkError
 
 _READ_SIZE = 4096
+_MAX_DATAGRAM = 65535
+
+Address = tuple[str, int]
+"""(host, port) of a datagram's sender."""
 
 
 class Transport(Protocol):
-    """A byte pipe to the autopilot."""
+    """A byte stream to the autopilot (TCP, serial): whatever arrives comes from it."""
 
     def read(self, timeout: float) -> bytes:
         """Bytes that arrived within `timeout` s (b"" if none); LinkError if the link broke."""
         ...
 
     def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Datagram:
+    """One datagram as it arrived, and who sent it."""
+
+    data: bytes
+    sender: Address
+
+
+@runtime_checkable
+class DatagramTransport(Protocol):
+    """Datagrams (UDP) from anyone who can reach the port: each read names its sender, and
+    the link locks the transport onto the autopilot once it has heard the autopilot's
+    heartbeat."""
+
+    def receive(self, timeout: float) -> Datagram | None:
+        """The next datagram within `timeout` s (None if none); LinkError if the link broke."""
+        ...
+
+    def lock(self, peer: Address) -> None:
+        """The autopilot is at `peer` (its heartbeat came from there): a listening transport
+        sends to it, and only to it, from now on."""
+        ...
+
+    def write(self, data: bytes) -> None:
+        """Send one datagram; LinkError if there is nobody to send it to yet."""
+        ...
 
     def close(self) -> None: ...
 
@@ -69,15 +106,25 @@ class TcpTransport:
 
 
 class UdpTransport:
-    """UDP: listen and answer whoever spoke last (udpin), or send to a fixed peer (udpout)."""
+    """UDP to an autopilot: listen for it (udpin) or send to a fixed address (udpout).
+
+    A datagram can come from anyone who can reach the port, so this transport only reads one
+    datagram at a time and says who sent it; the link decides whom to trust and `lock`s the
+    transport onto the autopilot. Listening, it answers only the locked address, and nobody
+    before the lock (there is nobody trusted to answer yet). Sending to a fixed address, it
+    always sends there: the address is configured, and the autopilot may wait to hear from
+    us before it speaks.
+    """
 
     def __init__(self, endpoint: Endpoint) -> None:
         self._name = str(endpoint)
+        self._listening = endpoint.kind == "udpin"
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._peer: tuple[str, int] | None = None
+        self._peer: Address | None = None
         try:
-            if endpoint.kind == "udpin":
-                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self._listening:
+                # No SO_REUSEADDR: UDP has no TIME_WAIT to wait out, and with it another
+                # program could bind the same port and take the autopilot's datagrams.
                 self._sock.bind((endpoint.address, endpoint.port_or_baud))
             else:
                 self._peer = (endpoint.address, endpoint.port_or_baud)
@@ -85,20 +132,28 @@ class UdpTransport:
             self._sock.close()
             raise LinkError(f"cannot open {self._name}: {exc.strerror or exc}") from exc
 
-    def read(self, timeout: float) -> bytes:
+    def receive(self, timeout: float) -> Datagram | None:
+        """The next datagram within `timeout` s, with its sender; None if none came."""
         ready, _, _ = select.select([self._sock], [], [], max(timeout, 0.0))
         if not ready:
-            return b""
+            return None
         try:
-            data, addr = self._sock.recvfrom(65535)
+            data, sender = self._sock.recvfrom(_MAX_DATAGRAM)
         except OSError as exc:
             raise LinkError(f"{self._name}: {exc.strerror or exc}") from exc
-        self._peer = addr
-        return data
+        return Datagram(data, (sender[0], sender[1]))
+
+    def lock(self, peer: Address) -> None:
+        """Answer `peer` from now on (listening only; a fixed address stays as configured)."""
+        if self._listening:
+            self._peer = peer
 
     def write(self, data: bytes) -> None:
         if self._peer is None:
-            return  # udpin: nobody has spoken yet, so there is nobody to answer
+            raise LinkError(
+                f"{self._name}: not sending: no heartbeat from the autopilot yet, so there "
+                "is nobody trusted to send to"
+            )
         try:
             self._sock.sendto(data, self._peer)
         except OSError as exc:
@@ -146,7 +201,7 @@ class SerialTransport:
         self._port.close()
 
 
-def open_transport(endpoint: Endpoint, timeout: float) -> Transport:
+def open_transport(endpoint: Endpoint, timeout: float) -> Transport | DatagramTransport:
     """Open the transport an endpoint names; LinkError says why it cannot be opened."""
     if endpoint.kind == "tcp":
         return TcpTransport(endpoint, timeout)

@@ -171,6 +171,24 @@ def test_invalid_values_name_the_field_and_why(text: str, expected: str) -> None
     assert expected in message
 
 
+def test_broadcast_target_component_is_refused_saying_what_to_use() -> None:
+    """With 0 the link waited forever for a heartbeat no component sends from id 0."""
+    message = _error("[vehicle]\ntarget_component = 0\n")
+    assert message.startswith("skycourier.toml: vehicle.target_component: 0 is the broadcast id")
+    assert "never come up" in message and "1 (MAV_COMP_ID_AUTOPILOT1) on ArduPilot" in message
+    assert parse_config("[vehicle]\ntarget_component = 1\n").vehicle.target_component == 1
+
+
+@pytest.mark.parametrize("section", ["gps", "modem"])
+@pytest.mark.parametrize("path", ["", " ", "\\t \\n"])
+def test_an_empty_device_path_is_refused_saying_how_to_have_none(section: str, path: str) -> None:
+    """An empty port used to pass the check and fail only when the daemon opened it."""
+    message = _error(f'[{section}]\nport = "{path}"\n')
+    assert message.startswith(f"skycourier.toml: {section}.port: empty device path")
+    assert f"delete port from [{section}] to leave it unset" in message
+    assert getattr(parse_config(f"[{section}]\n"), section).port is None
+
+
 def test_all_problems_are_reported_one_per_line() -> None:
     message = _error("[flight]\ncruise_speed_mps = -1\n[sim]\nspeedup = 0\n")
     lines = message.splitlines()

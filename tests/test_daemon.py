@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
-from companion.config import load_config
+import pytest
+
+from companion import daemon
+from companion.config import Config, load_config
 from companion.daemon import recover_unfinished, run_daemon
-from companion.mission.journal import Journal
+from companion.mission.journal import Journal, JournalError
+from companion.telemetry.uplink import TelemetryUplink
+from firmware_bridge.dialect import mavlink
+from firmware_bridge.errors import LinkError
 from firmware_bridge.vehicle import Vehicle
 from sim.gps.neo6m import Neo6m
 from sim.gps.pty_runner import Neo6mPty
@@ -49,7 +58,10 @@ def test_unfinished_mission_on_the_ground_is_closed(tmp_path: Path) -> None:
         assert not server.state.armed
 
 
-def test_daemon_connects_supervises_and_stops(tmp_path: Path) -> None:
+def test_daemon_connects_supervises_and_stops(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "companion.daemon")
     with VehicleServer(DEFAULT_HOME, speedup=5.0, port=0) as server:
         config = load_config(None).updated(
             "test",
@@ -63,6 +75,86 @@ def test_daemon_connects_supervises_and_stops(tmp_path: Path) -> None:
         stop.set()
         thread.join(30)
         assert result == [0]
+    # The defaults have no modem port: the operator would hear nothing, and is told so.
+    (warning,) = [r.getMessage() for r in caplog.records if "telemetry off" in r.getMessage()]
+    assert "no telemetry, events or SMS will reach the operator" in warning
+    assert "set [modem] port" in warning and '[telemetry] transport = "ip"' in warning
+
+
+class Started:
+    """Spies on what `run_daemon` starts (the real things, recorded as they are made)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.made: dict[str, Any] = {}
+        for name in ("Journal", "connect_autopilot", "open_uplink"):
+            monkeypatch.setattr(daemon, name, self._recording(name, getattr(daemon, name)))
+
+    def _recording(self, name: str, make: Any) -> Any:
+        def made(*args: Any, **kw: Any) -> Any:
+            self.made[name] = make(*args, **kw)
+            return self.made[name]
+
+        return made
+
+    def assert_all_stopped(self) -> None:
+        journal: Journal = self.made["Journal"]
+        with pytest.raises(JournalError, match="closed database"):
+            journal.unfinished()
+        vehicle: Vehicle = self.made["connect_autopilot"]
+        assert not vehicle.link.up
+        with pytest.raises(LinkError, match="link is not open"):
+            vehicle.link.send(mavlink.MAVLink_heartbeat_message(18, 8, 0, 0, 4, 3))
+
+
+def _failing_start(tmp_path: Path, server: VehicleServer, **sections: dict[str, Any]) -> Config:
+    return load_config(None).updated(
+        "test",
+        vehicle={"connection": f"tcp:127.0.0.1:{server.port}"},
+        journal={"path": str(tmp_path / "journal.db")},
+        **sections,
+    )
+
+
+def test_telemetry_failing_to_start_stops_the_journal_and_the_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    started = Started(monkeypatch)
+    missing_ca = tmp_path / "no-such-ca.pem"
+    with VehicleServer(DEFAULT_HOME, speedup=5.0, port=0) as server:
+        config = _failing_start(
+            tmp_path, server, telemetry={"transport": "ip", "tls_ca": str(missing_ca)}
+        )
+        assert run_daemon(config, threading.Event()) == 1
+    started.assert_all_stopped()
+    assert "open_uplink" not in started.made  # it raised (the CA file is missing)
+    assert any("failed to start" in r.getMessage() for r in caplog.records)
+
+
+def test_vision_failing_to_start_stops_telemetry_the_journal_and_the_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started = Started(monkeypatch)
+
+    def broken_vision(*_args: object, **_kw: object) -> None:
+        raise RuntimeError("camera driver crashed")
+
+    monkeypatch.setattr(daemon, "start_vision", broken_vision)
+    with VehicleServer(DEFAULT_HOME, speedup=5.0, port=0) as server:
+        # IP telemetry to a port nobody listens on: it starts, and keeps trying to connect.
+        config = _failing_start(
+            tmp_path,
+            server,
+            telemetry={
+                "transport": "ip",
+                "broker": "tcp://127.0.0.1:9",
+                "queue_path": str(tmp_path / "q.db"),
+            },
+        )
+        assert run_daemon(config, threading.Event()) == 1
+    started.assert_all_stopped()
+    uplink: TelemetryUplink = started.made["open_uplink"]
+    with pytest.raises(sqlite3.ProgrammingError, match="closed database"):
+        uplink.store.peek()  # the telemetry queue was closed with the rest
 
 
 def test_daemon_reports_an_unreachable_autopilot(tmp_path: Path) -> None:

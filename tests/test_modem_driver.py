@@ -5,7 +5,7 @@ AT MQTT transport and SMS, each against a scripted module behind a real `AtEngin
 the bytes a module would send (echo off, `\\r\\n<line>\\r\\n` framing, `> ` prompts), so the
 code under test sees genuine `AtResponse`s, `Urc`s and `MqttMessage`s; a modem that does not
 answer makes the engine time the command out. No threads (except the transport's delivery
-thread), no sleeps beyond the tiny timeouts below.
+thread and the SMS fallback's worker), no sleeps beyond the tiny timeouts below.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from companion.modem.sms import (
 from companion.modem.state import STAGES, ModemState
 from companion.modem.supervisor import ModemSupervisor, SupervisorTimeouts
 from companion.telemetry.transport import TransportError
+from tests.waiting import wait_until
 
 
 def framed(*lines: str) -> bytes:
@@ -779,21 +780,25 @@ def test_authoriser_never_raises(text: str, sender: str) -> None:
 
 
 def test_fallback_sends_critical_events_only_while_the_link_is_down() -> None:
+    """The fallback sends from its own worker thread (the one thread that calls the fake
+    channel); tests/test_sms_fallback.py covers the queueing."""
     channel = FakeChannel()
     link = {"up": True}
-    fallback = SmsFallback(
+    with SmsFallback(
         SmsClient(channel),  # type: ignore[arg-type]
         numbers=["+447700900123", "+447700900124"],
         link_up=lambda: link["up"],
         drone_id="drone-7",
-    )
-    assert not fallback.notify("delivered", "order 42")
-    link["up"] = False
-    assert not fallback.notify("telemetry")
-    assert fallback.notify("delivered", "order 42")
-    sends = [c for c in channel.sent if c.line.startswith("AT+CMGS=")]
-    assert [c.line for c in sends] == ['AT+CMGS="+447700900123"', 'AT+CMGS="+447700900124"']
-    assert sends[0].data == b"drone-7 DELIVERED order 42\x1a"
-    channel.modem.cmgs_ok = False
-    assert not fallback.notify("emergency", "motor failure")  # logged and counted, not raised
-    assert fallback.failed == 2
+    ) as fallback:
+        assert not fallback.notify("delivered", "order 42")
+        link["up"] = False
+        assert not fallback.notify("telemetry")
+        assert fallback.notify("delivered", "order 42")
+        wait_until(lambda: fallback.sent == 2, "both SMS sent")
+        sends = [c for c in channel.sent if c.line.startswith("AT+CMGS=")]
+        assert [c.line for c in sends] == ['AT+CMGS="+447700900123"', 'AT+CMGS="+447700900124"']
+        assert sends[0].data == b"drone-7 DELIVERED order 42\x1a"
+        channel.modem.cmgs_ok = False
+        assert fallback.notify("emergency", "motor failure")  # queued; failures are counted
+        wait_until(lambda: fallback.failed == 2, "both failures counted")
+    assert fallback.sent == 2

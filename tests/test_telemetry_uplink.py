@@ -11,7 +11,7 @@ from pathlib import Path
 
 from companion.bus import Bus
 from companion.config import Config
-from companion.mission.events import MissionEvent, Phase
+from companion.mission.events import ABORTED, MissionEvent, Phase
 from companion.modem.state import ModemState
 from companion.telemetry.uplink import TelemetryUplink, open_uplink, rates_from_config
 from firmware_bridge.state import GpsInfo, Position, VehicleState
@@ -114,6 +114,24 @@ def test_outcome_goes_by_sms_while_the_data_link_is_down(tmp_path: Path) -> None
         wait_until(lambda: bool(runner.sent_sms), "an SMS")
     ((number, text),) = runner.sent_sms
     assert number == "+447700900123" and "delivered" in text.lower() and "m-9" in text
+
+
+def test_an_abort_goes_by_sms_while_the_data_link_is_down(tmp_path: Path) -> None:
+    """The mission ends an abort with (ABORT, "abort"), after entering ABORT: only the
+    former is the ending, and it used to be the one the fallback missed."""
+    emulator = A7670(time_scale=0.05)
+    with chain(tmp_path, emulator, sms_fallback_to="+447700900123") as (link, bus, runner):
+        wait_until(lambda: link.supervisor is not None and link.supervisor.state.registered,
+              "registration")  # fmt: skip
+        bus.publish(MissionEvent("m-10", Phase.ABORT, "enter"))
+        bus.publish(MissionEvent("m-10", *ABORTED, {"reason": "battery low", "action": "RTL"}))
+        fallback = link.sms_fallback
+        assert fallback is not None
+        wait_until(lambda: fallback.sent + fallback.failed >= 1, "the SMS sent (or failed)")
+        assert (fallback.sent, fallback.failed, fallback.dropped) == (1, 0, 0)
+    ((number, text),) = runner.sent_sms
+    assert number == "+447700900123"
+    assert text == "skycourier-1 ABORTED mission m-10: battery low (RTL)"
 
 
 def test_rates_follow_the_configuration() -> None:

@@ -262,7 +262,15 @@ class SmsCommandAuthoriser:
 
 class SmsFallback:
     """Sends critical events (delivered, aborted, emergency) as SMS to the operators while
-    the data link is down; `link_up()` says whether it is (e.g. `transport.connected`)."""
+    the data link is down; `link_up()` says whether it is (e.g. `transport.connected`).
+
+    `notify` only queues: an SMS takes up to 40 s per number (`SEND_TIMEOUT_S`), and the
+    caller is the mission's thread publishing on the bus, which must never wait for the
+    modem. The fallback's own worker thread sends, one notification at a time. The queue is
+    bounded (`max_queued`): past it a notification is dropped, counted in `dropped` and
+    logged. Failures are logged and counted in `failed`, never raised: the event is in the
+    durable telemetry queue anyway and goes out once data is back.
+    """
 
     def __init__(
         self,
@@ -272,36 +280,99 @@ class SmsFallback:
         link_up: Callable[[], bool],
         drone_id: str,
         kinds: Iterable[str] = CRITICAL_EVENTS,
+        max_queued: int = 8,
     ) -> None:
         self.sms = sms
         self.numbers = list(numbers)
         for number in self.numbers:
             if not _NUMBER_RE.match(number):
                 raise ValueError(f"not a phone number: {number!r}")
+        if max_queued < 1:
+            raise ValueError(f"max_queued must be at least 1, got {max_queued}")
         self.link_up = link_up
         self.drone_id = drone_id
         self.kinds = frozenset(kinds)
+        self.max_queued = max_queued
         self.sent = 0
         self.failed = 0
+        self.dropped = 0
+        # Unbounded underneath so that stop()'s wake-up always fits; notify() keeps the bound.
+        self._queue: queue.Queue[tuple[str, str] | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> SmsFallback:
+        """Run the worker thread that sends queued notifications."""
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name="sms-fallback", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Send what is queued if that takes at most `timeout_s`, then end the worker; what
+        is still queued then is dropped, counted and logged."""
+        with self._lock:  # so that no notification can be queued behind the wake-up
+            thread, self._thread = self._thread, None
+            if thread is None:
+                return
+            self._queue.put(None)
+        thread.join(timeout_s)
+        if thread.is_alive():
+            # Still in a send (up to 40 s): the worker drops the rest when it comes back.
+            self._stopping.set()
+            log.warning("SMS fallback: stopped with a send still under way after %g s",
+                        timeout_s)  # fmt: skip
+
+    def __enter__(self) -> SmsFallback:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def notify(self, kind: str, detail: str = "") -> bool:
-        """Send `kind` (+ detail) by SMS if it is critical and the data link is down.
-        Returns whether it went out by SMS; failures are logged and counted, never raised
-        (the event is in the durable queue anyway and goes out once data is back)."""
+        """Queue `kind` (+ detail) for SMS if it is critical and the data link is down.
+
+        Returns whether it was queued; never waits for the modem. A notification the queue
+        has no room for (or that comes after `stop`) is dropped, counted and logged.
+        """
         if kind not in self.kinds or self.link_up():
             return False
         text = _gsm_safe(f"{self.drone_id} {kind.upper()} {detail}".strip())[:MAX_TEXT]
-        sent_any = False
+        with self._lock:
+            if self._thread is None:
+                return self._drop(text, "the SMS fallback is not running")
+            if self._queue.qsize() >= self.max_queued:
+                return self._drop(text, f"{self.max_queued} notifications already queued")
+            self._queue.put((kind, text))
+        return True
+
+    def _drop(self, text: str, why: str) -> bool:
+        self.dropped += 1
+        log.error("SMS fallback: %r not sent: %s (%d dropped so far)", text, why, self.dropped)
+        return False
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            kind, text = item
+            if self._stopping.is_set():
+                with self._lock:
+                    self._drop(text, "stopped before it could be sent")
+                continue
+            self._send(kind, text)
+
+    def _send(self, kind: str, text: str) -> None:
         for number in self.numbers:
             try:
                 self.sms.send(number, text)
             except SmsError as exc:
                 self.failed += 1
                 log.error("SMS fallback for %s to %s failed: %s", kind, number, exc)
+            except Exception:  # a bug must not end the worker: later events still go out
+                self.failed += 1
+                log.exception("SMS fallback for %s to %s failed unexpectedly", kind, number)
             else:
                 self.sent += 1
-                sent_any = True
-        return sent_any
 
 
 def _gsm_safe(text: str) -> str:

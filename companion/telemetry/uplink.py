@@ -15,6 +15,7 @@ import ssl
 import subprocess
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,7 @@ def power_key_hook(command: str | None) -> Callable[[], None] | None:
 
 @dataclass
 class TelemetryUplink:
-    """The running chain; `close()` drains what it can, then stops everything."""
+    """The running chain; `close()` stops everything, in the reverse order of starting."""
 
     publisher: TelemetryPublisher
     store: Store
@@ -78,6 +79,8 @@ class TelemetryUplink:
     channel: AtChannel | None = None
     modem_states: list[ModemState] = field(default_factory=list)
     sms: SmsClient | None = None
+    sms_fallback: SmsFallback | None = None
+    running: ExitStack = field(default_factory=ExitStack, repr=False)
 
     def drain(self, timeout_s: float) -> bool:
         """Wait until every queued record is acknowledged; False if time ran out."""
@@ -89,15 +92,7 @@ class TelemetryUplink:
         return True
 
     def close(self) -> None:
-        self.publisher.stop()
-        self.transport.close()
-        if self.sms is not None:
-            self.sms.stop()
-        if self.supervisor is not None:
-            self.supervisor.stop()
-        if self.channel is not None:
-            self.channel.stop()
-        self.store.close()
+        self.running.close()
 
     def summary(self) -> dict[str, Any]:
         """The report section: what was queued and delivered, and how the modem fared."""
@@ -142,56 +137,81 @@ def open_uplink(
     """Start the chain; None when there is nothing to send through (no modem port with the
     modem transport). `port` overrides `modem.port`, `queue_path` the configured queue,
     `clock` times the samples (a simulator's clock in simulated time), `power_key` replaces
-    `modem.power_key_command` (the emulator's power key)."""
+    `modem.power_key_command` (the emulator's power key). If any part fails to start, the
+    parts already started are stopped before the error propagates."""
     client_id = telemetry.drone_id
-    supervisor = channel = sms = None
+    supervisor = channel = sms = fallback = None
     states: list[ModemState] = []
     transport: Transport
-    if telemetry.transport == "modem":
-        port = port or modem.port
-        if port is None:
-            return None
-        channel = AtChannel(port, baud=modem.baud).start()
-        supervisor = ModemSupervisor(
-            channel,
-            bus.publish,
-            apn=modem.apn,
-            pin=modem.pin,
-            power_key=power_key or power_key_hook(modem.power_key_command),
+    with ExitStack() as running:
+        if telemetry.transport == "modem":
+            port = port or modem.port
+            if port is None:
+                return None
+            channel = AtChannel(port, baud=modem.baud).start()
+            running.callback(channel.stop)
+            supervisor = ModemSupervisor(
+                channel,
+                bus.publish,
+                apn=modem.apn,
+                pin=modem.pin,
+                power_key=power_key or power_key_hook(modem.power_key_command),
+            )
+            running.callback(supervisor.stop)
+            bus.subscribe(ModemState, states.append)  # kept after close: the report reads it
+            transport = AtMqttTransport(
+                supervisor,
+                client_id=client_id,
+                broker=telemetry.broker,
+                keepalive_s=telemetry.keepalive_s,
+                tls_ca=telemetry.tls_ca,
+            )
+            running.callback(transport.close)
+            supervisor.start()
+            sms, fallback = _start_sms(modem, telemetry.drone_id, channel, transport, bus, running)
+        else:
+            host, broker_port = telemetry.broker_address
+            tls = None
+            if telemetry.tls_ca is not None:
+                tls = ssl.create_default_context(cafile=str(telemetry.tls_ca))
+            transport = PahoTransport(
+                host, broker_port, client_id, keepalive_s=telemetry.keepalive_s, tls=tls
+            )
+            running.callback(transport.close)
+        store = Store(
+            queue_path or telemetry.queue_path,
+            max_bytes=int(telemetry.queue_max_mb * 1024 * 1024),
         )
-        bus.subscribe(ModemState, states.append)
-        transport = AtMqttTransport(
+        running.callback(store.close)
+        publisher = TelemetryPublisher(
+            bus, store, transport, telemetry.drone_id, clock, rates_from_config(telemetry)
+        )
+        publisher.start()
+        running.callback(publisher.stop)
+        return TelemetryUplink(
+            publisher,
+            store,
+            transport,
             supervisor,
-            client_id=client_id,
-            broker=telemetry.broker,
-            keepalive_s=telemetry.keepalive_s,
-            tls_ca=telemetry.tls_ca,
+            channel,
+            states,
+            sms,
+            fallback,
+            running.pop_all(),
         )
-        supervisor.start()
-        sms = _start_sms(modem, telemetry.drone_id, channel, transport, bus)
-    else:
-        host, broker_port = telemetry.broker_address
-        tls = None
-        if telemetry.tls_ca is not None:
-            tls = ssl.create_default_context(cafile=str(telemetry.tls_ca))
-        transport = PahoTransport(
-            host, broker_port, client_id, keepalive_s=telemetry.keepalive_s, tls=tls
-        )
-    store = Store(
-        queue_path or telemetry.queue_path, max_bytes=int(telemetry.queue_max_mb * 1024 * 1024)
-    )
-    publisher = TelemetryPublisher(
-        bus, store, transport, telemetry.drone_id, clock, rates_from_config(telemetry)
-    )
-    publisher.start()
-    return TelemetryUplink(publisher, store, transport, supervisor, channel, states, sms)
 
 
 def _start_sms(
-    modem: ModemConfig, drone_id: str, channel: AtChannel, transport: Transport, bus: Bus
-) -> SmsClient:
+    modem: ModemConfig,
+    drone_id: str,
+    channel: AtChannel,
+    transport: Transport,
+    bus: Bus,
+    running: ExitStack,
+) -> tuple[SmsClient, SmsFallback | None]:
     """SMS on the same module: operators' authorised commands onto the bus (as
-    `SmsCommand`), and the delivered/aborted events by SMS while the data link is down."""
+    `SmsCommand`), and how each mission ended by SMS while the data link is down. Each part
+    started is pushed onto `running`, which stops it."""
     operators = [n.strip() for n in modem.sms_operators.split(",") if n.strip()]
     on_message: Callable[[SmsMessage], object]
     if operators and modem.sms_secret:
@@ -205,19 +225,42 @@ def _start_sms(
                         message.sender)  # fmt: skip
 
     sms = SmsClient(channel, on_message=on_message).start()
-    if modem.sms_fallback_to is not None:
-        fallback = SmsFallback(
-            sms,
-            numbers=[modem.sms_fallback_to],
-            link_up=lambda: transport.connected,
-            drone_id=drone_id,
-        )
+    running.callback(sms.stop)
+    if modem.sms_fallback_to is None:
+        return sms, None
+    fallback = SmsFallback(
+        sms,
+        numbers=[modem.sms_fallback_to],
+        link_up=lambda: transport.connected,
+        drone_id=drone_id,
+    ).start()
+    running.callback(fallback.stop)
+    running.callback(forward_endings(bus, fallback))
+    return sms, fallback
 
-        def on_event(event: MissionEvent) -> None:
-            if event.phase is Phase.DONE and event.event == "enter":
-                fallback.notify("delivered", f"mission {event.mission_id}")
-            elif event.phase is Phase.ABORT and event.event == "enter":
-                fallback.notify("aborted", f"mission {event.mission_id}: {event.detail}")
 
-        bus.subscribe(MissionEvent, on_event)
-    return sms
+def forward_endings(bus: Bus, fallback: SmsFallback) -> Callable[[], None]:
+    """Hand how each mission ends ("delivered" or "aborted") to `fallback`; returns the
+    unsubscribe function.
+
+    `MissionEvent.ending` marks the one event that decides the ending, whatever the phase
+    entries around it. The publisher is the mission's thread, and `notify` only queues, so
+    this never makes the mission wait for the modem.
+    """
+
+    def on_event(event: MissionEvent) -> None:
+        if event.ending is not None:
+            fallback.notify(event.ending, _ending_detail(event))
+
+    return bus.subscribe(MissionEvent, on_event)
+
+
+def _ending_detail(event: MissionEvent) -> str:
+    """The SMS's detail: the mission, and for an abort its reason and the action taken."""
+    detail = f"mission {event.mission_id}"
+    reason, action = event.detail.get("reason"), event.detail.get("action")
+    if reason:
+        detail += f": {reason}"
+    if action:
+        detail += f" ({action})"
+    return detail
