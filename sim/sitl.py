@@ -6,12 +6,18 @@ This module starts it with a home, speed-up, defaults files and an instance numb
 own working directory (parameters persist there in eeprom.bin; `wipe` starts clean), waits
 until its MAVLink TCP port listens, and shuts it down cleanly. SITL binds 0.0.0.0, but every
 client here connects on loopback.
+
+By default SITL is set up as a SkyCourier flight controller is: ArduPilot's own copter
+defaults, then the shipped delivery-copter.parm and airframes/sitl-copter.parm (fence,
+failsafes, gripper with SITL's simulated one, scripting on), and the companion watchdog script
+installed in `<workdir>/scripts/`, where SITL's scripting looks for scripts.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -20,11 +26,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sim.vehicle.parm_file import PARAMS_DIR, SHIPPED_PARAM_FILES
+
 log = logging.getLogger(__name__)
 
-#: Parameter files shipped with the project that SITL runs need (see firmware_bridge/autopilot).
-PARAMS_DIR = Path(__file__).resolve().parent.parent / "firmware_bridge" / "autopilot" / "params"
-SITL_GRIPPER_PARAMS = PARAMS_DIR / "sitl-gripper.parm"
+#: The Lua companion watchdog a SkyCourier flight controller runs (see firmware_bridge/autopilot).
+COMPANION_WATCHDOG = PARAMS_DIR.parent / "scripts" / "companion_watchdog.lua"
 
 
 class SitlError(RuntimeError):
@@ -44,6 +51,7 @@ class SitlProcess:
     model: str = "+"
     wipe: bool = True
     extra_args: Sequence[str] = ()
+    scripts: Sequence[Path] = (COMPANION_WATCHDOG,)
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _tmpdir: tempfile.TemporaryDirectory[str] | None = field(default=None, init=False, repr=False)
 
@@ -59,10 +67,11 @@ class SitlProcess:
 
     def defaults_files(self) -> list[Path]:
         """The parameter defaults SITL starts with: the given ones, or else ArduPilot's own
-        copter defaults from the source tree the binary was built in plus our gripper set."""
+        copter defaults from the source tree the binary was built in, then the parameter
+        files SkyCourier ships (SHIPPED_PARAM_FILES)."""
         if self.defaults is not None:
             return [Path(p) for p in self.defaults]
-        return [copter_defaults_beside(Path(self.binary)), SITL_GRIPPER_PARAMS]
+        return [copter_defaults_beside(Path(self.binary)), *SHIPPED_PARAM_FILES]
 
     def command_line(self) -> list[str]:
         """The arducopter arguments this instance runs with."""
@@ -91,12 +100,16 @@ class SitlProcess:
         for path in self.defaults_files():
             if not path.is_file():
                 raise SitlError(f"SITL defaults file {path} does not exist")
+        for path in self.scripts:
+            if not Path(path).is_file():
+                raise SitlError(f"SITL script {path} does not exist")
         if _listening(self.port):
             raise SitlError(f"TCP port {self.port} is already in use: is another SITL running?")
         if self.workdir is None:
             self._tmpdir = tempfile.TemporaryDirectory(prefix="skycourier-sitl-")
             self.workdir = Path(self._tmpdir.name)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self._install_scripts()
         log_path = self.workdir / "sitl.log"
         log.info("starting SITL: %s (log %s)", " ".join(self.command_line()), log_path)
         with open(log_path, "wb") as out:
@@ -117,6 +130,17 @@ class SitlProcess:
                 self.stop()
                 raise SitlError(f"SITL did not listen on TCP {self.port} within {timeout:g} s")
             time.sleep(0.1)
+
+    def _install_scripts(self) -> None:
+        """Copy the Lua scripts where SITL's scripting loads them: `scripts/` in its working
+        directory, as APM/scripts/ on a flight controller's SD card."""
+        assert self.workdir is not None
+        if not self.scripts:
+            return
+        target = self.workdir / "scripts"
+        target.mkdir(exist_ok=True)
+        for path in self.scripts:
+            shutil.copy(path, target / Path(path).name)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop SITL: SIGTERM, then SIGKILL after `timeout` seconds."""

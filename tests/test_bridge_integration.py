@@ -18,7 +18,7 @@ from firmware_bridge.errors import (
 )
 from firmware_bridge.mission_protocol import MissionItem
 from firmware_bridge.payload import Gripper, ServoFallback, payload_place_item
-from firmware_bridge.state import LinkState
+from firmware_bridge.state import LinkState, VehicleState
 from firmware_bridge.vehicle import Vehicle
 from sim.vehicle import DEFAULT_HOME, VehicleServer
 from tests.conftest import HEARTBEAT_S, Autopilot
@@ -246,13 +246,16 @@ def test_speed_change_reposition_brake_and_loiter(vehicle: Vehicle) -> None:
     vehicle.wait_until(lambda s: s.position is not None and s.position.alt_rel_m >= 9.5, 60, "10 m")
     home = vehicle.state.home
     assert home is not None
-    vehicle.set_speed(4.0)
     lat, lon = offset(home.lat, home.lon, 150.0, 90.0)
     vehicle.goto(lat, lon, 10.0)
-    cruising = vehicle.wait_until(
-        lambda s: (s.ground_speed_mps or 0.0) > 3.0, 30, "the vehicle to gather speed"
+    # After the target: ArduCopter resets GUIDED's speeds when it starts flying to a position.
+    vehicle.set_speed(4.0)
+    steady = vehicle.wait_until(
+        lambda s: s.position is not None and distance_m(home.lat, home.lon, *_latlon(s)) > 60.0,
+        60,
+        "the vehicle 60 m out",
     )
-    assert (cruising.ground_speed_mps or 0.0) <= 4.5
+    assert 3.5 <= (steady.ground_speed_mps or 0.0) <= 4.5, steady.ground_speed_mps
     vehicle.brake()
     vehicle.wait_until(lambda s: (s.ground_speed_mps or 9.0) < 0.3, 30, "a stop")
     vehicle.loiter()
@@ -311,3 +314,8 @@ def test_payload_place_mission_in_auto(builtin_autopilot: Autopilot) -> None:
         v.wait_until(lambda s: s.mode == "AUTO", 10, "AUTO")
         v.wait_until(lambda s: not s.armed, 180, "the mission to end with a landing")
     assert server.state.gripper_released
+
+
+def _latlon(state: VehicleState) -> tuple[float, float]:
+    assert state.position is not None
+    return state.position.lat, state.position.lon

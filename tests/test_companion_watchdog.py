@@ -1,9 +1,11 @@
 """The flight controller's companion watchdog (Lua) on real ArduCopter SITL: when the
-companion falls silent while flying GUIDED, the autopilot returns home on its own."""
+companion falls silent while flying GUIDED, the autopilot returns home on its own.
+
+SITL runs as sim.sitl sets it up by default, like a SkyCourier flight controller: the shipped
+parameter files (SCR_ENABLE 1) and companion_watchdog.lua installed in its scripts folder."""
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -11,19 +13,13 @@ import pytest
 
 from firmware_bridge.dialect import mavutil
 from firmware_bridge.vehicle import Vehicle
-from sim.sitl import SITL_GRIPPER_PARAMS, SitlProcess, copter_defaults_beside
+from sim.sitl import SitlProcess
 from tests.conftest import SITL_SKIP, sitl_binary
 from tests.flight_helpers import arm_guided
 
-SCRIPT = (
-    Path(__file__).resolve().parents[1]
-    / "firmware_bridge"
-    / "autopilot"
-    / "scripts"
-    / "companion_watchdog.lua"
-)
-
 pytestmark = pytest.mark.sitl
+
+INSTANCE = 3  # TCP 5790: clear of a SITL or MAVProxy session on the default 5760
 
 
 def test_silent_companion_makes_the_autopilot_return(tmp_path: Path) -> None:
@@ -31,29 +27,24 @@ def test_silent_companion_makes_the_autopilot_return(tmp_path: Path) -> None:
     if binary is None:
         pytest.skip(SITL_SKIP)
     workdir = tmp_path / "sitl"
-    (workdir / "scripts").mkdir(parents=True)
-    shutil.copy(SCRIPT, workdir / "scripts")
-    scripting = tmp_path / "scripting.parm"
-    scripting.write_text("SCR_ENABLE 1\n")
-    sitl = SitlProcess(
-        binary,
-        speedup=5.0,
-        workdir=workdir,
-        defaults=[copter_defaults_beside(binary), SITL_GRIPPER_PARAMS, scripting],
-    )
+    sitl = SitlProcess(binary, speedup=5.0, workdir=workdir, instance=INSTANCE)
     sitl.start()
     try:
+        assert (workdir / "scripts" / "companion_watchdog.lua").is_file()
         # At 5x speed-up a 1 Hz heartbeat is 5 s apart in SITL's clock: beat faster.
         companion = Vehicle.connect(
             sitl.connection, connect_timeout_s=20.0, heartbeat_interval_s=0.1
         )
+        assert companion.get_param("SCW_ENABLE") == 1  # the script runs and added its table
         arm_guided(companion)
         companion.takeoff(10.0)
         companion.wait_until(
             lambda s: s.position is not None and s.position.alt_rel_m > 8, 60, "8 m"
         )
+        # Not system 255 (SYSID_MYGCS): with the shipped FS_GCS_ENABLE its silence would set
+        # off the GCS failsafe, whose RTL would race the watchdog's.
         ground_station = mavutil.mavlink_connection(
-            f"tcp:127.0.0.1:{sitl.port + 2}", source_system=255
+            f"tcp:127.0.0.1:{sitl.port + 2}", source_system=245
         )
         try:
             ground_station.wait_heartbeat(timeout=10)

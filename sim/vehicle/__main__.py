@@ -9,6 +9,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from .server import DEFAULT_HOME, VehicleServer
 
@@ -64,6 +65,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--param", type=_param, action="append", default=[], help="NAME=VALUE parameter override"
     )
+    parser.add_argument(
+        "--param-file",
+        type=Path,
+        action="append",
+        default=None,
+        metavar="FILE",
+        help="ArduPilot .parm file loaded over the defaults (repeatable, in order; replaces "
+        "the shipped delivery-copter.parm + airframes/sitl-copter.parm)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -86,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
             wind=args.wind,
             system_id=args.sysid,
             ready_delay_s=args.ready_delay,
+            param_files=args.param_file,
         )
         server.start()
     except (OSError, ValueError) as exc:

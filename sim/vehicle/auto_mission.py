@@ -22,9 +22,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from firmware_bridge.dialect import mavlink
-
 from .controllers import Controller, Land, PositionTarget, Rtl, Takeoff, arrived
+from .dialect import mavlink
 from .kinematics import MotionLimits
 from .mission_store import MISSION, Item
 
@@ -91,14 +90,14 @@ class _NavGoto(_Nav):
         pass_through: bool,
         radius: float,
     ) -> None:
-        self.target = target
+        self.point = target
         self.hold_s = hold_s
         self.pass_through = pass_through
         self.radius = radius
         self.reached_at: float | None = None
 
     def step(self, c: Copter, dt: float, lim: MotionLimits) -> None:
-        north, east, alt = self.target
+        north, east, alt = self.point
         body = c.body
         body.command_position_xy(
             north, east, lim, dt, pass_through=self.pass_through and self.reached_at is None
@@ -115,6 +114,9 @@ class _NavGoto(_Nav):
                 self.reached_at = c.time
         if self.reached_at is not None and self.hold_s is not None:
             self.done = c.time - self.reached_at >= self.hold_s
+
+    def target(self) -> tuple[float, float, float] | None:
+        return self.point
 
 
 class _NavLand(_Nav):
@@ -153,6 +155,9 @@ class _NavRtl(_Nav):
 
     def ground_step(self, c: Copter, dt: float) -> None:
         self.done = True
+
+    def target(self) -> tuple[float, float, float] | None:
+        return self.rtl.target()
 
 
 class _NavPayloadPlace(_Nav):
@@ -228,6 +233,12 @@ class AutoMission(Controller):
     @property
     def taking_off(self) -> bool:
         return self.nav is not None and self.nav.taking_off
+
+    def target(self) -> tuple[float, float, float] | None:
+        """ModeAuto::get_wp: the waypoint of a WP-type or RTL command under way."""
+        if self.hold is not None or self.nav is None:
+            return None
+        return self.nav.target()
 
     def restart_at(self, c: Copter, index: int) -> None:
         """MISSION_SET_CURRENT while running: abandon the current command, go to `index`."""

@@ -10,7 +10,7 @@ BATT_CAPACITY, as ArduPilot reports it for a current-integrating monitor.
 
 from __future__ import annotations
 
-from firmware_bridge.dialect import MAVLinkMessage, mavlink
+from .dialect import MAVLinkMessage, mavlink
 
 VOLTAGE = 12.6
 HOVER_CURRENT_A = 30.0

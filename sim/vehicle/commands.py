@@ -3,10 +3,12 @@ and mission services.
 
 Commands follow GCS_MAVLINK(_Copter)::handle_command_int_packet: a COMMAND_LONG is run as the
 equivalent COMMAND_INT, each gets one COMMAND_ACK on the link it came from, and unknown
-commands are MAV_RESULT_UNSUPPORTED. Like ArduPilot, a command is normally simply run again
-when it is retransmitted; in addition, a COMMAND_LONG retransmission (confirmation > 0) that
-repeats the last command of that client is answered with the first answer without running it
-twice, so a retry after a lost ACK cannot, say, restart a takeoff.
+commands are MAV_RESULT_UNSUPPORTED. ArduPilot never reads COMMAND_LONG.confirmation
+(GCS_MAVLINK::handle_command_long), so a retransmission is run again exactly like the first
+transmission, with whatever effect and result that has now: on SITL a DO_SEND_BANNER sent
+again with confirmation 1 prints the banner twice, and a NAV_TAKEOFF repeated during the
+spool-up is ACCEPTED again and restarts the takeoff. A sender that retries must therefore only
+retry what is safe to run twice.
 
 Messages addressed to another system or component are ignored, as MAVLink routing does.
 """
@@ -17,10 +19,9 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from firmware_bridge.dialect import MAVLinkMessage, mavlink
-
 from . import telemetry
-from .controllers import PositionTarget, Takeoff, VelocityTarget
+from .controllers import GuidedPosition, Takeoff, VelocityTarget
+from .dialect import MAVLinkMessage, mavlink
 from .modes import USER_TAKEOFF, Mode
 
 if TYPE_CHECKING:
@@ -37,6 +38,11 @@ _MISSION_MESSAGES = frozenset(
     }
 )  # fmt: skip
 _PARAM_MESSAGES = frozenset({"PARAM_REQUEST_LIST", "PARAM_REQUEST_READ", "PARAM_SET"})
+_SPEED_TYPES = frozenset(
+    {C.SPEED_TYPE_AIRSPEED, C.SPEED_TYPE_GROUNDSPEED, C.SPEED_TYPE_CLIMB_SPEED,
+     C.SPEED_TYPE_DESCENT_SPEED}
+)  # fmt: skip
+LOCATION_ALT_MAX_M = 83000  # AP_Common/Location.h: what Location's altitude field can hold
 _POS_IGNORE = 0b111
 _VEL_IGNORE = 0b111000
 _ABSOLUTE_FRAMES = (C.MAV_FRAME_GLOBAL, C.MAV_FRAME_GLOBAL_INT)
@@ -81,7 +87,8 @@ def handle(c: Copter, msg: MAVLinkMessage, client: int) -> None:
     if kind == "BAD_DATA" or _addressed_elsewhere(c, msg):
         return
     if kind in ("COMMAND_LONG", "COMMAND_INT"):
-        _command(c, msg, client)
+        if not c.faults.drop_command(msg.command):
+            _command(c, msg, client)
     elif kind in _MISSION_MESSAGES:
         c.missions.handle(msg, client, c.time)
     elif kind in _PARAM_MESSAGES:
@@ -95,9 +102,11 @@ def handle(c: Copter, msg: MAVLinkMessage, client: int) -> None:
     elif kind == "SET_MODE":
         _set_mode_common(c, msg.base_mode, msg.custom_mode)
     elif kind == "SET_POSITION_TARGET_GLOBAL_INT":
-        _position_target_global(c, msg)
+        if not c.faults.drop_setpoint():
+            _position_target_global(c, msg)
     elif kind == "SET_POSITION_TARGET_LOCAL_NED":
-        _position_target_local(c, msg)
+        if not c.faults.drop_setpoint():
+            _position_target_local(c, msg)
     elif kind == "REQUEST_DATA_STREAM":
         _request_data_stream(c, msg, client)
     elif kind == "TIMESYNC" and msg.tc1 == 0:
@@ -107,14 +116,8 @@ def handle(c: Copter, msg: MAVLinkMessage, client: int) -> None:
 # ---- commands -------------------------------------------------------------------------------
 def _command(c: Copter, msg: MAVLinkMessage, client: int) -> None:
     cmd = Command(msg)
-    key = (cmd.command, cmd.params, cmd.x, cmd.y, cmd.z)
-    cached = c.command_cache.get(client)
-    if cmd.is_long and msg.confirmation > 0 and cached is not None and cached[0] == key:
-        result = cached[1]
-    else:
-        handler = HANDLERS.get(cmd.command)
-        result = handler(c, cmd, client) if handler else C.MAV_RESULT_UNSUPPORTED
-        c.command_cache[client] = (key, result)
+    handler = HANDLERS.get(cmd.command)
+    result = handler(c, cmd, client) if handler else C.MAV_RESULT_UNSUPPORTED
     ack = C.MAVLink_command_ack_message(
         cmd.command, result, 0, 0, msg.get_srcSystem(), msg.get_srcComponent()
     )
@@ -179,43 +182,76 @@ def _mission_start(c: Copter, cmd: Command, client: int) -> int:
 
 
 def _change_speed(c: Copter, cmd: Command, client: int) -> int:
-    speed_type, speed = int(cmd.params[0]), cmd.params[1]
-    if speed <= 0 or not 0 <= speed_type < C.SPEED_TYPE_ENUM_END:
+    """GCS_MAVLINK_Copter::handle_MAV_CMD_DO_CHANGE_SPEED: a speed that is not positive and
+    SPEED_TYPE_ENUM_END are DENIED; any other speed type that is not one of the four, and every
+    mode but AUTO, GUIDED and RTL (the modes with set_speed_*_cms), FAILED. Checked on SITL."""
+    speed_type, speed = cmd.params[0], cmd.params[1]
+    if not speed > 0 or speed_type == C.SPEED_TYPE_ENUM_END:
         return C.MAV_RESULT_DENIED
+    if math.isnan(speed_type) or int(speed_type) not in _SPEED_TYPES:
+        return C.MAV_RESULT_FAILED
     if c.mode not in (Mode.GUIDED, Mode.AUTO, Mode.RTL):
         return C.MAV_RESULT_FAILED
-    c.set_speed(speed_type, speed)
+    c.set_speed(int(speed_type), speed)
     return C.MAV_RESULT_ACCEPTED
 
 
-def _guided_destination(c: Copter, north: float, east: float, alt: float) -> bool:
-    """ModeGuided::set_destination: refused outside the fence; ignored on the ground."""
-    if not c.destination_in_fence(north, east, alt):
-        return False
-    if c.armed and not c.landed:
-        c.controller = PositionTarget(north, east, alt)
-    return True
+def _accepts_destination(c: Copter, north: float, east: float, alt: float) -> bool:
+    """ModeGuided::set_destination's refusal: a destination outside the fence
+    (AC_Fence::check_destination_within_fence), or any while `refuse_targets` is injected."""
+    return not c.faults.faults.refuse_targets and c.destination_in_fence(north, east, alt)
+
+
+def _set_guided_position(c: Copter, north: float, east: float, alt: float) -> None:
+    """Fly GUIDED to a destination. Starting position control from another GUIDED submode
+    (takeoff, velocity, or GUIDED just entered) resets the speeds to WPNAV_* as
+    ModeGuided::pva_control_start does, dropping an earlier DO_CHANGE_SPEED: on SITL a
+    DO_CHANGE_SPEED 4 sent after the takeoff and before the first goto leaves the goto at
+    10 m/s, while one sent during a goto holds for the next goto too."""
+    if not isinstance(c.controller, GuidedPosition):
+        c.speed_override.clear()
+    c.controller = GuidedPosition(north, east, alt)
+
+
+def _check_latlng(lat: float, lon: float) -> bool:
+    """AP_Common check_latlng: within ±90° latitude and ±180° longitude."""
+    return abs(lat) <= 900_000_000 and abs(lon) <= 1_800_000_000
 
 
 def _reposition(c: Copter, cmd: Command, client: int) -> int:
-    """COMMAND_INT only, as ArduPilot: a COMMAND_LONG has no frame for the location."""
+    """GCS_MAVLINK_Copter::handle_command_int_do_reposition, results checked on SITL.
+
+    COMMAND_LONG: UNSUPPORTED (it has no frame for the location). Outside GUIDED without
+    MAV_DO_REPOSITION_FLAGS_CHANGE_MODE, a latitude/longitude out of range, an altitude that
+    is NaN or too large, a frame that is not global (SITL also says "Unknown mavlink coordinate
+    frame N"), and what Location::sanitize would change (lat = lon = 0, relative altitude 0):
+    DENIED. A destination ModeGuided::set_destination refuses (outside the fence): FAILED,
+    before any mode change. Otherwise GUIDED (if need be) and ACCEPTED. An absolute altitude
+    of 0 is not sanitized: it is a target at sea level."""
     if cmd.is_long:
         return C.MAV_RESULT_UNSUPPORTED
     change_mode = int(cmd.params[1]) & C.MAV_DO_REPOSITION_FLAGS_CHANGE_MODE
     if c.mode != Mode.GUIDED and not change_mode:
         return C.MAV_RESULT_DENIED
-    if abs(cmd.x) > 900_000_000 or abs(cmd.y) > 1_800_000_000 or cmd.frame not in _GLOBAL_FRAMES:
+    if not _check_latlng(cmd.x, cmd.y):
         return C.MAV_RESULT_DENIED
-    if cmd.x == 0 and cmd.y == 0:
-        north, east = c.body.north, c.body.east
-    else:
-        north, east = c.to_ne(int(cmd.x), int(cmd.y))
-    alt = c.body.alt if math.isnan(cmd.z) else c.relative_alt(cmd.z, cmd.frame)
+    if math.isnan(cmd.z) or abs(cmd.z) > LOCATION_ALT_MAX_M:
+        return C.MAV_RESULT_DENIED
+    if cmd.frame not in _GLOBAL_FRAMES:
+        c.out.text(C.MAV_SEVERITY_INFO, f"Unknown mavlink coordinate frame {cmd.frame}")
+        return C.MAV_RESULT_DENIED
+    if (cmd.x == 0 and cmd.y == 0) or (cmd.z == 0 and cmd.frame not in _ABSOLUTE_FRAMES):
+        return C.MAV_RESULT_DENIED
+    north, east = c.to_ne(int(cmd.x), int(cmd.y))
+    alt = c.relative_alt(cmd.z, cmd.frame)
+    if not _accepts_destination(c, north, east, alt):
+        return C.MAV_RESULT_FAILED
+    if c.faults.faults.ignore_targets:
+        return C.MAV_RESULT_ACCEPTED
     if c.mode != Mode.GUIDED and not c.set_mode(Mode.GUIDED):
         return C.MAV_RESULT_FAILED
-    return (
-        C.MAV_RESULT_ACCEPTED if _guided_destination(c, north, east, alt) else C.MAV_RESULT_FAILED
-    )
+    _set_guided_position(c, north, east, alt)
+    return C.MAV_RESULT_ACCEPTED
 
 
 def _gripper(c: Copter, cmd: Command, client: int) -> int:
@@ -350,7 +386,7 @@ def _position_target_global(c: Copter, msg: MAVLinkMessage) -> None:
         if abs(msg.lat_int) > 900_000_000 or abs(msg.lon_int) > 1_800_000_000:
             return
         north, east = c.to_ne(msg.lat_int, msg.lon_int)
-        _guided_destination(c, north, east, c.relative_alt(msg.alt, msg.coordinate_frame))
+        _position_setpoint(c, north, east, c.relative_alt(msg.alt, msg.coordinate_frame))
     elif mask & _VEL_IGNORE != _VEL_IGNORE:
         _guided_velocity(c, msg.vx, msg.vy, msg.vz)
 
@@ -377,15 +413,24 @@ def _position_target_local(c: Copter, msg: MAVLinkMessage) -> None:
             north, east, alt = dn, de, -msg.z
         else:
             north, east, alt = c.body.north + dn, c.body.east + de, c.body.alt - msg.z
-        _guided_destination(c, north, east, alt)
+        _position_setpoint(c, north, east, alt)
     elif mask & _VEL_IGNORE != _VEL_IGNORE:
         vn, ve = rotate(msg.vx, msg.vy)
         _guided_velocity(c, vn, ve, msg.vz)
 
 
+def _position_setpoint(c: Copter, north: float, east: float, alt: float) -> None:
+    """A position setpoint: set_destination, silently ignored when refused (no ACK exists)."""
+    if _accepts_destination(c, north, east, alt) and not c.faults.faults.ignore_targets:
+        _set_guided_position(c, north, east, alt)
+
+
 def _guided_velocity(c: Copter, vn: float, ve: float, vd: float) -> None:
-    if c.armed and not c.landed:
-        c.controller = VelocityTarget((vn, ve), -vd, c.time)
+    """ModeGuided::set_velocity: entering velocity control from another submode resets the
+    speeds as position control does. On the ground it is stored and nothing moves."""
+    if not isinstance(c.controller, VelocityTarget):
+        c.speed_override.clear()
+    c.controller = VelocityTarget((vn, ve), -vd, c.time)
 
 
 def _request_data_stream(c: Copter, msg: MAVLinkMessage, client: int) -> None:

@@ -76,9 +76,14 @@ class Controller:
     def ground_step(self, c: Copter, dt: float) -> None:
         """One control step while landed."""
 
+    def target(self) -> tuple[float, float, float] | None:
+        """The waypoint the mode reports (Mode::get_wp), north/east/alt above home, or None
+        where ArduCopter has none (takeoff, velocity control, loiter, landing)."""
+        return None
+
 
 class PositionTarget(Controller):
-    """Fly to and hold a point: GUIDED goto, LOITER/POSHOLD hold, any hover."""
+    """Fly to and hold a point: LOITER/POSHOLD hold, any hover."""
 
     def __init__(self, north: float, east: float, alt: float) -> None:
         self.north, self.east, self.alt = north, east, alt
@@ -88,8 +93,18 @@ class PositionTarget(Controller):
         c.body.command_altitude(self.alt, lim, dt)
 
 
+class GuidedPosition(PositionTarget):
+    """GUIDED position control (ModeGuided SubMode::Pos): a destination from DO_REPOSITION or
+    a position setpoint, reported by POSITION_TARGET_GLOBAL_INT. On the ground it is stored
+    and nothing moves (pos_control_run's ground handling)."""
+
+    def target(self) -> tuple[float, float, float] | None:
+        return self.north, self.east, self.alt
+
+
 class VelocityTarget(Controller):
-    """GUIDED velocity control; stops if not refreshed within GUID_TIMEOUT."""
+    """GUIDED velocity control (SubMode::VelAccel), also what GUIDED starts in (zero velocity:
+    the vehicle stops and stays); stops if not refreshed within GUID_TIMEOUT."""
 
     def __init__(self, vel: tuple[float, float], climb: float, now: float) -> None:
         self.vel, self.climb, self.set_at = vel, climb, now
@@ -190,7 +205,7 @@ class Rtl(Controller):
         north, east, _ = c.body.stopping_point(lim)
         self.origin = (north, east)
         tgt_north, tgt_east, rally_alt = c.return_point()
-        self.target = (tgt_north, tgt_east)
+        self.target_ne = (tgt_north, tgt_east)
         curr_alt = c.body.alt
         min_alt = max(RTL_ALT_MIN, curr_alt + max(0.0, p["RTL_CLIMB_MIN"] / 100.0))
         alt = max(max(rally_alt, 0.0), p["RTL_ALT"] / 100.0, min_alt)
@@ -208,6 +223,15 @@ class Rtl(Controller):
     def landing(self) -> bool:
         return self.stage == self.LAND
 
+    def target(self) -> tuple[float, float, float] | None:
+        """ModeRTL::get_wp: the climb target, then the return point at the return altitude
+        (also while loitering and descending over it); none once landing."""
+        if self.stage == self.CLIMB:
+            return (*self.origin, self.return_alt)
+        if self.stage == self.LAND:
+            return None
+        return (*self.target_ne, self.return_alt)
+
     def _next(self, c: Copter, stage: int) -> None:
         self.stage = stage
         self.stage_start = c.time
@@ -224,12 +248,12 @@ class Rtl(Controller):
             ):
                 self._next(c, self.RETURN)
         elif self.stage == self.RETURN:
-            body.command_position_xy(*self.target, lim, dt)
+            body.command_position_xy(*self.target_ne, lim, dt)
             body.command_altitude(self.return_alt, lim, dt)
-            if arrived(c, *self.target):
+            if arrived(c, *self.target_ne):
                 self._next(c, self.LOITER)
         elif self.stage == self.LOITER:
-            body.command_position_xy(*self.target, lim, dt)
+            body.command_position_xy(*self.target_ne, lim, dt)
             body.command_altitude(self.return_alt, lim, dt)
             if c.time - self.stage_start >= c.params["RTL_LOIT_TIME"] / 1000.0:
                 final = c.params["RTL_ALT_FINAL"] / 100.0
@@ -237,7 +261,7 @@ class Rtl(Controller):
                 if self.stage == self.LAND:
                     self._land = Land(c)
         elif self.stage == self.DESCENT:
-            body.command_position_xy(*self.target, lim, dt)
+            body.command_position_xy(*self.target_ne, lim, dt)
             body.command_altitude(c.params["RTL_ALT_FINAL"] / 100.0, lim, dt)
         elif self._land is not None:
             self._land.step(c, dt, lim)

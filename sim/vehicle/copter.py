@@ -18,8 +18,6 @@ import math
 import time
 from dataclasses import dataclass
 
-from firmware_bridge.dialect import MAVLinkMessage, mavlink
-
 from . import commands
 from .auto_mission import AutoMission
 from .battery import DISARMED_CURRENT_A, GRAVITY, GROUND_IDLE_CURRENT_A, Battery, flight_current
@@ -31,8 +29,11 @@ from .controllers import (
     Manual,
     PositionTarget,
     Rtl,
+    VelocityTarget,
 )
+from .dialect import MAVLinkMessage, mavlink
 from .failsafes import FailsafeRules
+from .faults import Faults, FaultState
 from .fence import ALT_MAX, CIRCLE, POLYGON, Fence
 from .geo import ne_offset, offset_latlon
 from .gripper import CHANNEL as GRIPPER_CHANNEL
@@ -101,12 +102,13 @@ class Copter(FailsafeRules):
         self.time = 0.0
         # UTC (Unix seconds) at simulated time 0: the vehicle's GPS time runs with its own
         # clock, so SYSTEM_TIME and a simulated companion receiver stay in step at any speed.
+        # The server resets it when simulated time actually starts (`start_clock`).
         self.utc_at_boot = time.time()
         self.params = params
         self.sysid = int(params["SYSID_THISMAV"])
         self.streams: dict[int, StreamSchedule] = {}
-        self.command_cache: dict[int, tuple[tuple[object, ...], int]] = {}
         self.param_server = ParamServer(params)
+        self.faults = FaultState(Faults())
         self.out = Outbox()
         self.origin = (round(home[0] * 1e7), round(home[1] * 1e7), float(home[2]))
         self.ready_delay = DEFAULT_READY_DELAY_S if ready_delay_s is None else ready_delay_s
@@ -141,6 +143,11 @@ class Copter(FailsafeRules):
         self._last_battery_check = -math.inf
         self._low_voltage_since: float | None = None
         self._last_prearm_display = 0.0
+
+    def start_clock(self, utc_now: float) -> None:
+        """Simulated time starts now (the first client connected): UTC at time 0 is `utc_now`,
+        so that SYSTEM_TIME matches real UTC however long the vehicle waited for a client."""
+        self.utc_at_boot = utc_now - self.time
 
     # ---- start-up time line ---------------------------------------------------------------
     @property
@@ -511,6 +518,8 @@ class Copter(FailsafeRules):
             return Brake(body.stopping_point(lim)[2])
         if mode in MANUAL_THROTTLE or mode == Mode.ALT_HOLD:
             return Manual(body.alt)
+        if mode == Mode.GUIDED:
+            return VelocityTarget((0.0, 0.0), 0.0, self.time)  # ModeGuided::init
         return PositionTarget(*body.stopping_point(lim))
 
     # ---- mission ------------------------------------------------------------------------
@@ -589,7 +598,6 @@ class Copter(FailsafeRules):
     def client_disconnected(self, client: int) -> None:
         """A link closed."""
         self.streams.pop(client, None)
-        self.command_cache.pop(client, None)
 
     def handle(self, msg: MAVLinkMessage, client: int) -> None:
         """Process one message from `client`; replies go to `out`."""

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import math
 
-from firmware_bridge.dialect import mavlink
-
-from .fence import ALT_MAX, CIRCLE, POLYGON, describe
+from .dialect import mavlink
+from .fence import ALT_MAX, ALT_MIN, CIRCLE, POLYGON, describe
 from .modes import Mode
 
 C = mavlink
@@ -76,12 +75,14 @@ class FailsafeRules:
                 self.out.text(C.MAV_SEVERITY_CRITICAL, "SCW: companion heartbeat back")
 
     def _companion_watchdog_check(self) -> None:
-        """What companion_watchdog.lua does on the flight controller: once the companion has
-        been heard, its silence for SCW_TIMEOUT while armed in GUIDED or AUTO switches to
-        mode SCW_ACTION (RTL)."""
+        """What companion_watchdog.lua does on the flight controller (where it runs with
+        SCR_ENABLE 1): once the companion has been heard, its silence for SCW_TIMEOUT while
+        armed in GUIDED or AUTO switches to mode SCW_ACTION (RTL)."""
         p = self.params
         last = self.last_companion_heartbeat
-        if p["SCW_ENABLE"] != 1 or last is None or self.companion_watchdog_tripped:
+        if p["SCR_ENABLE"] != 1 or p["SCW_ENABLE"] != 1:
+            return  # the script does not run, or is switched off
+        if last is None or self.companion_watchdog_tripped:
             return
         if not self.armed or self.mode not in (Mode.GUIDED, Mode.AUTO):
             return
@@ -186,6 +187,23 @@ class FailsafeRules:
         if not self.fence.has_polygon_items():
             enabled &= ~POLYGON
         return enabled
+
+    def fence_sys_status(self) -> tuple[bool, bool, bool]:
+        """SYS_STATUS's geofence bits as (present, enabled, failed): AC_Fence's
+        sys_status_present (a configured fence type exists; the polygon only with items),
+        sys_status_enabled (present, FENCE_ENABLE on and FENCE_ACTION not report-only) and
+        sys_status_failed (present and breached). SITL with SkyCourier's parameters sends all
+        three bits set (present, enabled, healthy) on the ground and in flight inside the fence;
+        with stock ArduCopter's (FENCE_ENABLE 0) present and healthy but not enabled."""
+        p = self.params
+        configured = int(p["FENCE_TYPE"]) & (ALT_MAX | CIRCLE | POLYGON | ALT_MIN)
+        if not self.fence.has_polygon_items():
+            configured &= ~POLYGON
+        present = configured != 0
+        enabled_types = int(p["FENCE_TYPE"]) & ~ALT_MIN if p["FENCE_ENABLE"] == 1 else 0
+        enabled = present and p["FENCE_ACTION"] != 0 and enabled_types != 0
+        failed = present and self.fence_breaches != 0
+        return present, enabled, failed
 
     def destination_in_fence(self, north: float, east: float, alt: float) -> bool:
         """AC_Fence::check_destination_within_fence: GUIDED refuses targets outside."""

@@ -12,14 +12,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from firmware_bridge.dialect import mavlink
-
+from .dialect import mavlink
 from .geo import point_in_polygon
 from .mission_store import Item
 
 ALT_MAX = 1
 CIRCLE = 2
 POLYGON = 4
+ALT_MIN = 8  # configurable and reported as present, never enforced here (see above)
 NAMES = ((ALT_MAX, "Max Alt"), (CIRCLE, "Circle"), (POLYGON, "Polygon"))
 
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from firmware_bridge.dialect import mavlink
-
+from .dialect import mavlink
 from .outbox import Outbox
 
 ACTUATION_S = 0.5  # AP_Gripper_Servo SERVO_ACTUATION_TIME

@@ -27,8 +27,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from firmware_bridge.dialect import MAVLinkMessage, mavlink
-
+from .dialect import MAVLinkMessage, mavlink
 from .outbox import Outbox
 
 MISSION = mavlink.MAV_MISSION_TYPE_MISSION

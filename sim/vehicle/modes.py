@@ -1,15 +1,46 @@
 """ArduCopter flight modes: the custom_mode numbers of Mode::Number and the per-mode traits
 (ArduCopter/mode.h) that decide arming, GPS needs and takeoff, so that mode changes are
-accepted or refused the way ArduCopter does it."""
+accepted or refused the way ArduCopter does it.
+
+The numbers are transcribed here from mode.h rather than taken from the bridge's table: the
+vehicle emulates the autopilot, so a wrong number in the bridge must show up as a mismatch,
+not be mirrored. A test checks both tables against pymavlink's mode_mapping_acm.
+"""
 
 from __future__ import annotations
 
 from enum import IntEnum
 
-from firmware_bridge.modes import COPTER_MODES
 
-#: ArduCopter's custom_mode numbers (HEARTBEAT.custom_mode), from the bridge's one table.
-Mode = IntEnum("Mode", COPTER_MODES)
+class Mode(IntEnum):
+    """ArduCopter's Mode::Number (HEARTBEAT.custom_mode), ArduCopter/mode.h."""
+
+    STABILIZE = 0
+    ACRO = 1
+    ALT_HOLD = 2
+    AUTO = 3
+    GUIDED = 4
+    LOITER = 5
+    RTL = 6
+    CIRCLE = 7
+    LAND = 9
+    DRIFT = 11
+    SPORT = 13
+    FLIP = 14
+    AUTOTUNE = 15
+    POSHOLD = 16
+    BRAKE = 17
+    THROW = 18
+    AVOID_ADSB = 19
+    GUIDED_NOGPS = 20
+    SMART_RTL = 21
+    FLOWHOLD = 22
+    FOLLOW = 23
+    ZIGZAG = 24
+    SYSTEMID = 25
+    AUTOROTATE = 26
+    AUTO_RTL = 27
+    TURTLE = 28
 
 
 # Modes this vehicle flies. Others exist on ArduCopter but need a pilot, a rangefinder, a

@@ -7,7 +7,7 @@ carries its destination: a client id, or None for every connected client.
 
 from __future__ import annotations
 
-from firmware_bridge.dialect import MAVLinkMessage, mavlink
+from .dialect import MAVLinkMessage, mavlink
 
 STATUSTEXT_LEN = 50
 

@@ -1,9 +1,16 @@
 """The vehicle's parameter table and the MAVLink parameter protocol, server side.
 
-Names, types and defaults are ArduCopter's for everything the bridge and the built-in vehicle
-use. One deliberate difference: the gripper is configured (GRIP_ENABLE=1, GRIP_TYPE=1,
-SERVO8_FUNCTION=28), the setup a delivery drone flies with; stock ArduCopter ships it disabled
-and then refuses MAV_CMD_DO_GRIPPER with FAILED, which setting GRIP_ENABLE=0 reproduces here.
+Names, types and defaults are ArduCopter's (stock firmware, before any parameter file) for
+everything the bridge, the built-in vehicle and SkyCourier's parameter files use; the server
+then loads the shipped files (parm_file.SHIPPED_PARAM_FILES) over them, as a SkyCourier flight
+controller is set up. Two exceptions to "ArduCopter's default": BATT_MONITOR is 4 (SITL's
+copter.parm; the simulated battery is always there) and the SCW_* parameters of our
+companion_watchdog.lua, which exist on ArduPilot only while that script runs.
+
+Some parameters are only stored, so that a parameter file or the companion's read-back finds
+them, and change nothing here: SERIAL2_PROTOCOL, SERIAL2_BAUD, SIM_GRPS_ENABLE, SIM_GRPS_PIN
+(the parcel is simulated whatever they say), GRIP_NEUTRAL and BATT_MONITOR. SCR_ENABLE only
+switches the emulated companion watchdog script on and off.
 
 Wire behaviour follows GCS_Param.cpp: PARAM_VALUE carries the value C-cast to float whatever
 its type; integers are stored after ArduPilot's +0.01 rounding and clamping to the type's
@@ -16,10 +23,12 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from firmware_bridge.dialect import MAVLinkMessage, mavlink
+from .dialect import MAVLinkMessage, mavlink
+from .parm_file import ParmFileError, read_parm_file
 
 INT8 = mavlink.MAV_PARAM_TYPE_INT8
 INT16 = mavlink.MAV_PARAM_TYPE_INT16
@@ -63,11 +72,11 @@ DEFAULTS: tuple[ParamSpec, ...] = (
     ParamSpec("FS_GCS_ENABLE", 0, INT8),
     ParamSpec("FS_GCS_TIMEOUT", 5.0, REAL32),
     ParamSpec("FS_OPTIONS", 16, INT32),
-    ParamSpec("GRIP_ENABLE", 1, INT8),
+    ParamSpec("GRIP_ENABLE", 0, INT8),
     ParamSpec("GRIP_GRAB", 1900, INT16),
     ParamSpec("GRIP_NEUTRAL", 1500, INT16),
     ParamSpec("GRIP_RELEASE", 1100, INT16),
-    ParamSpec("GRIP_TYPE", 1, INT8),
+    ParamSpec("GRIP_TYPE", 0, INT8),
     ParamSpec("GUID_TIMEOUT", 3.0, REAL32),
     ParamSpec("LAND_ALT_LOW", 1000, INT16),
     ParamSpec("LAND_SPEED", 50, INT16),
@@ -81,12 +90,18 @@ DEFAULTS: tuple[ParamSpec, ...] = (
     ParamSpec("RTL_LOIT_TIME", 5000, INT32),
     ParamSpec("RTL_SPEED", 0, INT16),
     # The companion watchdog (firmware_bridge/autopilot/scripts/companion_watchdog.lua),
-    # which the built-in vehicle runs as a flight controller set up for SkyCourier would.
+    # which the built-in vehicle runs, while SCR_ENABLE is 1, as a flight controller set up
+    # for SkyCourier does.
+    ParamSpec("SCR_ENABLE", 0, INT8),
     ParamSpec("SCW_ACTION", 6, REAL32),
     ParamSpec("SCW_COMPID", 191, REAL32),
     ParamSpec("SCW_ENABLE", 1, REAL32),
     ParamSpec("SCW_TIMEOUT", 5.0, REAL32),
-    ParamSpec("SERVO8_FUNCTION", 28, INT16),
+    ParamSpec("SERIAL2_BAUD", 57, INT32),
+    ParamSpec("SERIAL2_PROTOCOL", 2, INT8),
+    ParamSpec("SERVO8_FUNCTION", 0, INT16),
+    ParamSpec("SIM_GRPS_ENABLE", 0, INT8),
+    ParamSpec("SIM_GRPS_PIN", -1, INT8),
     ParamSpec("SIM_WIND_DIR", 180.0, REAL32),
     ParamSpec("SIM_WIND_SPD", 0.0, REAL32),
     ParamSpec("SYSID_MYGCS", 255, INT16),
@@ -115,12 +130,25 @@ def coerce(value: float, ptype: int) -> float:
 
 
 class ParamTable:
-    """Current values by name, in a fixed order that gives each its param_index."""
+    """Current values by name, in a fixed order that gives each its param_index.
 
-    def __init__(self, overrides: Mapping[str, float] | None = None) -> None:
+    Built from the defaults, then each of `files` in order (ArduPilot's --defaults), then
+    `overrides`; a name the table does not have is a ValueError (ParmFileError for a file,
+    naming it and the line)."""
+
+    def __init__(
+        self,
+        overrides: Mapping[str, float] | None = None,
+        files: Sequence[Path | str] = (),
+    ) -> None:
         self._specs = {spec.name: spec for spec in DEFAULTS}
         self._order = sorted(self._specs)
         self._values = {spec.name: coerce(spec.default, spec.ptype) for spec in DEFAULTS}
+        for path in files:
+            for name, value, line in read_parm_file(path):
+                if name not in self._specs:
+                    raise ParmFileError(f"{path}:{line}: unknown parameter {name}")
+                self.set(name, value)
         for name, value in (overrides or {}).items():
             if name not in self._specs:
                 raise ValueError(f"unknown parameter {name!r}")

@@ -9,7 +9,15 @@ fast as it can: simulated time never jumps, it only falls behind the requested s
 
 Several clients may connect at once; each is a separate MAVLink link with its own sequence
 numbers and stream rates. `set_link_blocked(True)` cuts every link like a pulled cable: the
-sockets stay open but nothing goes either way.
+sockets stay open but nothing goes either way. `set_faults` injects the faults of
+`faults.Faults` (lost commands and setpoints, refused or ignored targets).
+
+Lockstep: a step gate, `gate(t_next) -> bool`, is asked before each control step (in this
+thread, outside the lock) whether simulated time may advance to `t_next`. While it says no,
+no step is taken but the links are still served: messages are read and handled (commands
+ACKed, parameters answered) and the replies sent, and the gate is asked again every
+GATE_POLL_S. When it opens, the step is taken at once and the wall-clock schedule restarts
+from then, so simulated time never races ahead to make up for the hold.
 """
 
 from __future__ import annotations
@@ -19,13 +27,16 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import TracebackType
-
-from firmware_bridge.dialect import MAVLinkMessage, mavlink
 
 from . import telemetry
 from .copter import Copter, VehicleSnapshot
+from .dialect import MAVLinkMessage, mavlink
+from .faults import Faults, FaultState
 from .params import ParamTable
+from .parm_file import SHIPPED_PARAM_FILES
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +46,10 @@ COMPONENT_ID = 1
 MAX_LAG_S = 0.25  # wall seconds of backlog caught up before giving up on the speed-up
 MAX_OUTPUT_BYTES = 8 << 20  # a client that stops reading this much is dropped
 IDLE_WAIT_S = 0.2
+GATE_POLL_S = 0.001  # how often a closed step gate is asked again
+
+#: Asked before each control step with the simulated time after it; False holds time there.
+StepGate = Callable[[float], bool]
 
 
 class _Client:
@@ -61,7 +76,10 @@ WATCHDOG_WALL_S = 2.0
 class VehicleServer:
     """The built-in ArduCopter-like vehicle listening for MAVLink over TCP.
 
-    `params` overrides parameter defaults (unknown names raise ValueError); `wind` is
+    Parameters are ArduCopter's defaults, then the `param_files` in order (default: the files
+    SkyCourier ships for its flight controller on SITL's quad, `SHIPPED_PARAM_FILES`: fence
+    on, capacity failsafes, gripper configured; [] flies stock ArduCopter's defaults), then
+    `params` (unknown names raise ValueError, in a file ParmFileError); `wind` is
     (speed m/s, direction it blows from in degrees) and sets SIM_WIND_SPD/SIM_WIND_DIR;
     `ready_delay_s` is the simulated time from first connection until the vehicle can arm in
     GUIDED (default 5 s; SITL takes ~42 s).
@@ -82,6 +100,9 @@ class VehicleServer:
         wind: tuple[float, float] | None = None,
         system_id: int = 1,
         ready_delay_s: float | None = None,
+        param_files: Sequence[Path | str] | None = None,
+        faults: Faults | None = None,
+        step_gate: StepGate | None = None,
     ) -> None:
         if not speedup > 0:
             raise ValueError(f"speedup must be positive, got {speedup}")
@@ -92,7 +113,10 @@ class VehicleServer:
         if wind is not None:
             overrides["SIM_WIND_SPD"], overrides["SIM_WIND_DIR"] = wind
         overrides.update(params or {})
-        self._copter = Copter(home, ParamTable(overrides), ready_delay_s)
+        files = SHIPPED_PARAM_FILES if param_files is None else param_files
+        self._copter = Copter(home, ParamTable(overrides, files), ready_delay_s)
+        self._copter.faults = FaultState(faults or Faults())
+        self._step_gate = step_gate
         self._speedup = float(speedup)
         self._address = (host, port)
         self._lock = threading.Lock()
@@ -163,16 +187,36 @@ class VehicleServer:
         """UTC (Unix seconds) at simulated time 0; SYSTEM_TIME is this plus `sim_time`."""
         return self._copter.utc_at_boot
 
+    def param(self, name: str) -> float:
+        """A parameter's current value, as PARAM_VALUE would carry it (KeyError if unknown)."""
+        with self._lock:
+            return self._copter.params[name]
+
     @property
     def state(self) -> VehicleSnapshot:
         """A consistent copy of the vehicle state."""
         with self._lock:
             return self._copter.snapshot()
 
+    @property
+    def link_blocked(self) -> bool:
+        """True while `set_link_blocked` has cut the links."""
+        with self._lock:
+            return self._blocked
+
     def set_link_blocked(self, blocked: bool) -> None:
         """Cut (True) or restore (False) all traffic both ways, sockets left open."""
         with self._lock:
             self._blocked = blocked
+
+    def set_faults(self, faults: Faults) -> None:
+        """Replace the injected faults (Faults() for none); losses restart from its seed."""
+        with self._lock:
+            self._copter.faults = FaultState(faults)
+
+    def set_step_gate(self, gate: StepGate | None) -> None:
+        """Install (or with None remove) the lockstep gate; see the module docstring."""
+        self._step_gate = gate
 
     # ---- the thread -----------------------------------------------------------------------
     def _run(self) -> None:
@@ -186,17 +230,41 @@ class VehicleServer:
             if due is None:
                 if self._clients:
                     due = time.monotonic()
+                    with self._lock:
+                        self._copter.start_clock(time.time())
                 continue
             now = time.monotonic()
             if now - due > MAX_LAG_S:
                 due = now - MAX_LAG_S
             steps = 0
+            held = False
             while due <= now and steps < 50:
+                if not self._gate_open(dt):
+                    held = True
+                    break
                 self._step(dt)
                 due += wall_step
                 steps += 1
             if steps:
                 self._flush()
+            if held and self._hold_until_gate_opens(dt):
+                self._step(dt)
+                self._flush()
+                due = time.monotonic() + wall_step
+
+    def _gate_open(self, dt: float) -> bool:
+        """Whether the step gate lets the next step (to time + dt) happen. Only this thread
+        changes the time, so it is read without the lock, and the gate is called outside it."""
+        gate = self._step_gate
+        return gate is None or gate(self._copter.time + dt)
+
+    def _hold_until_gate_opens(self, dt: float) -> bool:
+        """Serve the links while the gate is closed; True once it opens, False on stop."""
+        while not self._stop.is_set():
+            self._io(GATE_POLL_S)
+            if self._gate_open(dt):
+                return True
+        return False
 
     def _io(self, timeout: float) -> None:
         assert self._listener is not None

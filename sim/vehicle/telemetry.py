@@ -8,7 +8,10 @@ wall time.
 Each builder fills its message the way ArduPilot's GCS_MAVLINK::send_* does for a copter:
 before the EKF has an origin GLOBAL_POSITION_INT carries zeros, GPS_RAW_INT says NO_FIX until
 the fix, the SYS_STATUS pre-arm bit reflects the checks of the *current* mode (so it is set in
-STABILIZE long before GUIDED can arm, as on SITL), and HOME_POSITION exists once home is set.
+STABILIZE long before GUIDED can arm, as on SITL), its geofence bit is healthy unless a fence is
+breached, even with no fence at all (as GCS_MAVLINK::update_sensor_status_flags sets it; a
+ground station such as MAVProxy reads a clear health bit as "fence breach"), and HOME_POSITION
+exists once home is set.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from firmware_bridge.dialect import MAVLinkMessage, mavlink
-
+from .dialect import MAVLinkMessage, mavlink
+from .geo import offset_latlon
 from .mission_store import MISSION
 from .modes import POSITION_CONTROLLED, Mode
 
@@ -62,6 +65,7 @@ DATA_STREAMS: dict[int, tuple[int, ...]] = {
     C.MAV_DATA_STREAM_EXTENDED_STATUS: (
         C.MAVLINK_MSG_ID_SYS_STATUS, C.MAVLINK_MSG_ID_GPS_RAW_INT,
         C.MAVLINK_MSG_ID_MISSION_CURRENT, C.MAVLINK_MSG_ID_FENCE_STATUS,
+        C.MAVLINK_MSG_ID_POSITION_TARGET_GLOBAL_INT,
     ),
     C.MAV_DATA_STREAM_POSITION: (C.MAVLINK_MSG_ID_GLOBAL_POSITION_INT,),
     C.MAV_DATA_STREAM_RC_CHANNELS: (C.MAVLINK_MSG_ID_SERVO_OUTPUT_RAW,),
@@ -198,10 +202,13 @@ def sys_status(c: Copter) -> MAVLinkMessage:
     present = SENSORS
     enabled = SENSORS
     health = SENSORS
-    if c.fence_enabled_types() or c.params["FENCE_ENABLE"]:
+    fence_present, fence_enabled, fence_failed = c.fence_sys_status()
+    if fence_present:
         present |= C.MAV_SYS_STATUS_GEOFENCE
+    if fence_enabled:
         enabled |= C.MAV_SYS_STATUS_GEOFENCE
-        health |= 0 if c.fence_breaches else C.MAV_SYS_STATUS_GEOFENCE
+    if not fence_failed:
+        health |= C.MAV_SYS_STATUS_GEOFENCE
     if not c.gps_fix:
         health &= ~C.MAV_SYS_STATUS_SENSOR_GPS
     if not c.attitude_ok:
@@ -303,6 +310,33 @@ def fence_status(c: Copter) -> MAVLinkMessage | None:
     )
 
 
+# GCS_MAVLINK_Copter::send_position_target_global_int: everything but the position ignored,
+# plus the top four bits that ArduPilot sets (POSITION_TARGET_TYPEMASK_LAST_BYTE); SITL: 0xFDF8
+POSITION_TARGET_MASK = (
+    C.POSITION_TARGET_TYPEMASK_VX_IGNORE | C.POSITION_TARGET_TYPEMASK_VY_IGNORE
+    | C.POSITION_TARGET_TYPEMASK_VZ_IGNORE | C.POSITION_TARGET_TYPEMASK_AX_IGNORE
+    | C.POSITION_TARGET_TYPEMASK_AY_IGNORE | C.POSITION_TARGET_TYPEMASK_AZ_IGNORE
+    | C.POSITION_TARGET_TYPEMASK_YAW_IGNORE | C.POSITION_TARGET_TYPEMASK_YAW_RATE_IGNORE
+    | 0xF000
+)  # fmt: skip
+
+
+def position_target_global_int(c: Copter) -> MAVLinkMessage | None:
+    """The current waypoint (Mode::get_wp) in MAV_FRAME_GLOBAL, altitude AMSL; nothing when
+    the mode has none. On SITL in GUIDED: none during the takeoff or velocity control, the
+    destination exactly once a goto or DO_REPOSITION is under way; also RTL's and AUTO's
+    waypoints; none in LOITER. Requestable with SET_MESSAGE_INTERVAL (not sent by default)."""
+    target = c.controller.target()
+    if target is None:
+        return None
+    north, east, alt = target
+    lat, lon = offset_latlon(c.origin[0], c.origin[1], north, east)
+    return C.MAVLink_position_target_global_int_message(
+        _boot_ms(c), C.MAV_FRAME_GLOBAL, POSITION_TARGET_MASK, lat, lon, c.origin[2] + alt,
+        0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+    )  # fmt: skip
+
+
 def autopilot_version(c: Copter) -> MAVLinkMessage:
     return C.MAVLink_autopilot_version_message(
         CAPABILITIES, FIRMWARE_VERSION, 0, 0, 0, b"skysim\0\0", [0] * 8, [0] * 8, 0, 0, 0
@@ -324,6 +358,7 @@ BUILDERS: dict[int, Callable[[Copter], MAVLinkMessage | None]] = {
     C.MAVLINK_MSG_ID_MISSION_CURRENT: mission_current,
     C.MAVLINK_MSG_ID_SERVO_OUTPUT_RAW: servo_output_raw,
     C.MAVLINK_MSG_ID_FENCE_STATUS: fence_status,
+    C.MAVLINK_MSG_ID_POSITION_TARGET_GLOBAL_INT: position_target_global_int,
     C.MAVLINK_MSG_ID_AUTOPILOT_VERSION: autopilot_version,
 }
 
