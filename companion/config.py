@@ -190,6 +190,21 @@ class FlightConfig(_Section):
         description="Longest total hold for someone in the descent cone at the hand-over before "
         "the delivery is aborted and the drone flies home with the parcel.",
     )
+    no_progress_s: float = Field(
+        4.0,
+        gt=0,
+        le=60,
+        description="Abort a leg when the drone has not come closer to its target for this "
+        "long (the target is sent once more after half of it): a target the autopilot "
+        "ignored or lost becomes a named abort instead of a hover.",
+    )
+    camera_max_age_s: float = Field(
+        1.0,
+        gt=0,
+        le=10,
+        description="With a descent-cone camera, the descent and the release hold unless its "
+        "newest frame is at most this old (autopilot seconds): a stale frame is no frame.",
+    )
 
     @field_validator("cruise_alt_m")
     @classmethod

@@ -95,10 +95,10 @@ class MavLink:
         opener: Callable[[Endpoint, float], Transport | DatagramTransport] = open_transport,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`clock` times the protocol transactions' retransmissions and timeouts: the
-        monotonic clock, or under simulation the simulated autopilot's clock, so that a
-        command timeout lasts as long in the autopilot's time at any speed-up (the heartbeat
-        timeout of the link itself stays on the monotonic clock: it watches the connection)."""
+        """`clock` times the heartbeat timeout and the protocol transactions' retransmissions
+        and timeouts: the monotonic clock, or under simulation the simulated autopilot's
+        clock, so that they last as long in the autopilot's time at any speed-up (and a
+        simulator paused in lockstep does not look like a dead autopilot)."""
         self.endpoint = endpoint if isinstance(endpoint, Endpoint) else parse_endpoint(endpoint)
         self.target_system = target_system
         self.target_component = target_component
@@ -125,7 +125,7 @@ class MavLink:
         self._listeners_lock = threading.Lock()
         self._closing = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._last_heartbeat = 0.0
+        self._last_heartbeat: float | None = None
         self._up = False
         self._up_changed = threading.Condition()
 
@@ -188,7 +188,8 @@ class MavLink:
 
     def heartbeat_age(self) -> float:
         """Seconds since the autopilot's last heartbeat (inf before the first)."""
-        return time.monotonic() - self._last_heartbeat if self._last_heartbeat else float("inf")
+        last = self._last_heartbeat
+        return float("inf") if last is None else self._clock() - last
 
     def wait_up(self, timeout: float) -> bool:
         """Wait until the link is up; False if it is not within `timeout` seconds."""
@@ -382,7 +383,7 @@ class MavLink:
             self.stats.messages_in += 1
             self.stats.by_type[kind] = self.stats.by_type.get(kind, 0) + 1
             if self._is_target_heartbeat(msg):
-                self._last_heartbeat = time.monotonic()
+                self._last_heartbeat = self._clock()
                 self._set_up(True, "")
             with self._listeners_lock:
                 listeners = list(self._listeners.values())

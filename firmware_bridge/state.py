@@ -50,7 +50,9 @@ class VehicleState:
     `boot_time_s` is the autopilot's own clock (time_boot_ms of the latest message that carries
     it): under simulation it runs faster than the wall clock, so flight timing is measured with
     it, never with the companion's clock. `utc_time_s` is the autopilot's UTC (SYSTEM_TIME,
-    from its GPS) as Unix seconds, read at monotonic time `utc_received_at`.
+    from its GPS) as Unix seconds, read at monotonic time `utc_received_at`. `mode`,
+    `armed` and `system_status` come from the HEARTBEAT, which ArduPilot sends at 1 Hz:
+    `heartbeats` counts them.
     """
 
     wall_time: float
@@ -70,6 +72,9 @@ class VehicleState:
     mission_seq: int | None = None
     utc_time_s: float | None = None
     utc_received_at: float | None = None
+    #: Heartbeats received from the autopilot so far: a newer count means `mode` and `armed`
+    #: were just confirmed by the autopilot itself.
+    heartbeats: int = 0
 
     @property
     def ground_speed_mps(self) -> float | None:

@@ -105,6 +105,7 @@ class StateTracker:
             "armed": bool(msg.base_mode & mavlink.MAV_MODE_FLAG_SAFETY_ARMED),
             "mode": mode_name(msg.custom_mode),
             "system_status": msg.system_status,
+            "heartbeats": self._state.heartbeats + 1,
         }
 
     def _global_position(self, msg: MAVLinkMessage) -> dict:

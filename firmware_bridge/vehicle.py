@@ -10,6 +10,7 @@ every wait is bounded.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 
@@ -49,16 +50,6 @@ DEFAULT_STREAMS: dict[int, float] = {
 #: so that nothing can hang a caller even if a transaction misbehaves.
 _COMMAND_BACKSTOP_S = 120.0
 _ARM_FORCE_MAGIC = 21196  # ArduPilot: param2 of ARM_DISARM that skips the pre-arm checks
-_POSITION_ONLY = (
-    mavlink.POSITION_TARGET_TYPEMASK_VX_IGNORE
-    | mavlink.POSITION_TARGET_TYPEMASK_VY_IGNORE
-    | mavlink.POSITION_TARGET_TYPEMASK_VZ_IGNORE
-    | mavlink.POSITION_TARGET_TYPEMASK_AX_IGNORE
-    | mavlink.POSITION_TARGET_TYPEMASK_AY_IGNORE
-    | mavlink.POSITION_TARGET_TYPEMASK_AZ_IGNORE
-    | mavlink.POSITION_TARGET_TYPEMASK_YAW_IGNORE
-    | mavlink.POSITION_TARGET_TYPEMASK_YAW_RATE_IGNORE
-)
 
 
 class Vehicle:
@@ -97,7 +88,11 @@ class Vehicle:
         streams: dict[int, float] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> Vehicle:
-        """Open the link, wait for the autopilot, and ask for the telemetry streams."""
+        """Open the link, wait for the autopilot, and ask for the telemetry streams.
+
+        `clock` is the companion's idea of the autopilot's pace: the monotonic clock on a
+        drone; a simulator's clock under simulation, so that command timeouts and retries
+        last as long in the autopilot's time at any speed-up."""
         link = MavLink(
             endpoint,
             target_system=target_system,
@@ -108,6 +103,7 @@ class Vehicle:
             heartbeat_timeout_s=heartbeat_timeout_s,
             heartbeat_interval_s=heartbeat_interval_s,
             publish=publish,
+            clock=clock,
         )
         vehicle = cls(
             link,
@@ -237,11 +233,12 @@ class Vehicle:
                 mavlink.MAV_CMD_COMPONENT_ARM_DISARM, 1, _ARM_FORCE_MAGIC if force else 0
             )
         except CommandError as exc:
-            raise ArmingRefused(self._arming_texts(started) or [str(exc)]) from exc
+            raise ArmingRefused(self.arming_texts(started) or [str(exc)]) from exc
         self.wait_until(lambda s: s.armed, timeout, "the vehicle to report armed")
 
-    def _arming_texts(self, since: float) -> list[str]:
-        """The pre-arm texts the autopilot sent with a refusal (they may trail the ACK)."""
+    def arming_texts(self, since: float) -> list[str]:
+        """The pre-arm texts the autopilot sent with a refusal since wall time `since` (they
+        may trail the ACK by a little: waits up to half a second for them)."""
         deadline = time.time() + 0.5
         while True:
             texts = [
@@ -264,34 +261,23 @@ class Vehicle:
         self.command_long(mavlink.MAV_CMD_NAV_TAKEOFF, 0, 0, 0, 0, 0, 0, alt_m)
 
     def goto(self, lat: float, lon: float, alt_rel_m: float) -> None:
-        """Fly to a point (GUIDED) with SET_POSITION_TARGET_GLOBAL_INT, altitude above home."""
-        self.link.require_up()
-        if self.state.mode != "GUIDED":
-            raise CommandError("goto", "not in GUIDED", f"vehicle is in {self.state.mode}")
-        self.link.send(
-            mavlink.MAVLink_set_position_target_global_int_message(
-                0,
-                self.link.target_system,
-                self.link.target_component,
-                mavlink.MAV_FRAME_GLOBAL_RELATIVE_ALT_INT,
-                _POSITION_ONLY,
-                round(lat * 1e7),
-                round(lon * 1e7),
-                alt_rel_m,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-            )
+        """Fly to a point in GUIDED, altitude above home: MAV_CMD_DO_REPOSITION as COMMAND_INT,
+        which ArduCopter acknowledges (DENIED outside GUIDED, FAILED for a destination it
+        refuses, e.g. outside the fence), so a lost or refused target is an error here, not a
+        hover. The yaw is left to the autopilot (NaN) and the mode is never changed by it."""
+        self.command_int(
+            mavlink.MAV_CMD_DO_REPOSITION,
+            mavlink.MAV_FRAME_GLOBAL_RELATIVE_ALT_INT,
+            (-1.0, 0.0, 0.0, math.nan),
+            round(lat * 1e7),
+            round(lon * 1e7),
+            alt_rel_m,
         )
 
-    def set_speed(self, ground_speed_mps: float) -> None:
-        """Change the horizontal speed of GUIDED/AUTO flight (MAV_CMD_DO_CHANGE_SPEED)."""
-        self.command_long(mavlink.MAV_CMD_DO_CHANGE_SPEED, 1, ground_speed_mps, -1)
+    def set_speed(self, mps: float, speed_type: int = mavlink.SPEED_TYPE_GROUNDSPEED) -> None:
+        """Change a speed of GUIDED/AUTO flight (MAV_CMD_DO_CHANGE_SPEED): ground speed by
+        default, or SPEED_TYPE_CLIMB_SPEED / SPEED_TYPE_DESCENT_SPEED."""
+        self.command_long(mavlink.MAV_CMD_DO_CHANGE_SPEED, speed_type, mps, -1)
 
     def land(self) -> None:
         """Land where the vehicle is."""

@@ -60,20 +60,20 @@ def test_detector_finds_the_person_in_the_cone_at_handover_then_nobody(detector,
     before = camera.frame(HANDOVER_ALT, 1.0)
     assert people(detector, before) == []
     guard.update(detector.detect(before), (GEOMETRY.width, GEOMETRY.height), t=1.0)
-    assert guard.hold_reason(None) is None
+    assert guard.reason is None
 
     standing = camera.frame(HANDOVER_ALT, 6.0)
     found = people(detector, standing)
     assert len(found) == 1 and found[0].score > 0.5
     guard.update(detector.detect(standing), (GEOMETRY.width, GEOMETRY.height), t=6.0)
-    reason = guard.hold_reason(None)
+    reason = guard.reason
     assert reason is not None and reason.startswith("person inside the descent cone")
 
     for t in (20.0, 21.5):  # walked off well out of view
         frame = camera.frame(HANDOVER_ALT, t)
         assert people(detector, frame) == []
         guard.update(detector.detect(frame), (GEOMETRY.width, GEOMETRY.height), t=t)
-    assert guard.hold_reason(None) is None
+    assert guard.reason is None
     assert guard.holds == 1
 
 

@@ -1,9 +1,10 @@
-"""The descent-cone guard: hold the hand-over while a person or vehicle is below the drone.
+"""The descent-cone guard: is a person or vehicle below the drone at the hand-over?
 
-It implements the mission's `ObstacleMonitor` seam (`hold_reason(state)`, in
-`companion.mission.delivery`): the vision loop calls `update(detections, ...)` with each
-frame's detections, and the mission asks `hold_reason(state)` as it flies; a reason means
-"hold position".
+The vision loop feeds it each frame's detections with the frame's time (`update`); `reason`
+is then why the hand-over must hold (None: the cone is clear). The mission does not ask the
+guard: whoever runs the camera turns each frame into a `ConeVerdict` stamped with the frame's
+autopilot time, and the mission core judges that time, so a camera that stops or lags
+(no fresh frame) holds the descent instead of counting as clear.
 
 Geometry assumption: the camera looks down (`CameraGeometry.pitch_down_deg`, 90 = straight
 down, the usual mount of a delivery drone's hand-over camera; a forward camera pitched 45 to
@@ -14,8 +15,8 @@ ground within ``altitude x tan(half_angle)`` of the point below the drone. The b
 nearest to the nadir pixel is tested, so a person at the edge of the cone counts.
 
 Hysteresis: a hold starts on the first frame with an intruder; it ends only after frames
-have shown the cone clear for `clear_time_s` (a stale or dead camera does not count as
-clear: the hold stays until frames say so, or until the guard is not `active`).
+have shown the cone clear for `clear_time_s` of frame time (time alone, without frames,
+never clears it).
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from companion.vision.detector import Detection
@@ -81,13 +81,10 @@ def cone_intrusions(
 
 
 class DescentGuard:
-    """`ObstacleMonitor` for the hand-over: holds while people or vehicles are in the cone.
+    """Holds the hand-over while people or vehicles are in the descent cone.
 
     `geometry`: the downward camera; `half_angle_deg`: the cone; `clear_time_s`: how long
-    frames must show the cone clear before the descent resumes; `active_below_m`: only guard
-    at or below this altitude above home (None: always, e.g. when the caller asks only during
-    descent and hand-over); `clock`: the time base of `update` and `hold_reason` (the
-    simulator passes its vehicle clock).
+    frames must show the cone clear before the hold ends; `classes`, `min_score`: what counts.
     """
 
     def __init__(
@@ -98,8 +95,6 @@ class DescentGuard:
         clear_time_s: float = 2.0,
         classes: Iterable[str] = DEFAULT_GUARD_CLASSES,
         min_score: float = 0.3,
-        active_below_m: float | None = None,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 0.0 < half_angle_deg < 90.0:
             raise ValueError(f"half_angle_deg must lie in (0, 90), got {half_angle_deg}")
@@ -110,12 +105,9 @@ class DescentGuard:
         self.clear_time_s = clear_time_s
         self.classes = frozenset(classes)
         self.min_score = min_score
-        self.active_below_m = active_below_m
-        self._clock = clock
         self._lock = threading.Lock()
         self._intrusions: list[ConeIntrusion] = []
-        self._last_seen: float | None = None  # last frame with an intruder
-        self._clear_since: float | None = None  # first clear frame after it
+        self._clear_since: float | None = None  # first clear frame after an intruder
         self._holding = False
         self.holds = 0  # how many holds have started
         self.frames = 0
@@ -123,21 +115,19 @@ class DescentGuard:
     def update(
         self,
         detections: Iterable[Detection],
-        frame_size: tuple[int, int] | None = None,
-        t: float | None = None,
+        frame_size: tuple[int, int] | None,
+        t: float,
     ) -> list[ConeIntrusion]:
-        """Feed one frame's detections (`frame_size` = width, height of that frame);
-        returns the intruders found in it."""
+        """Feed one frame's detections (`frame_size` = width, height of that frame; `t` its
+        time); returns the intruders found in it."""
         geometry = self.geometry.resized(*frame_size) if frame_size else self.geometry
         found = cone_intrusions(
             detections, geometry, self.half_angle_deg, self.classes, self.min_score
         )
-        now = self._clock() if t is None else t
         with self._lock:
             self.frames += 1
             if found:
                 self._intrusions = found
-                self._last_seen = now
                 self._clear_since = None
                 if not self._holding:
                     self._holding = True
@@ -145,8 +135,8 @@ class DescentGuard:
                     log.info("descent cone: %s", _describe(found))
             elif self._holding:
                 if self._clear_since is None:
-                    self._clear_since = now
-                if now - self._clear_since >= self.clear_time_s:
+                    self._clear_since = t
+                if t - self._clear_since >= self.clear_time_s:
                     self._holding = False
                     self._intrusions = []
                     self._clear_since = None
@@ -155,17 +145,13 @@ class DescentGuard:
 
     @property
     def holding(self) -> bool:
-        """True while the guard asks for a hold (ignoring `active_below_m`)."""
+        """True while the frames so far ask for a hold."""
         with self._lock:
             return self._holding
 
-    def hold_reason(self, state: object) -> str | None:
-        """The mission seam: why to hold (None: carry on). `state` is the VehicleState; the
-        guard is idle above `active_below_m`."""
-        if self.active_below_m is not None:
-            position = getattr(state, "position", None)
-            if position is None or position.alt_rel_m > self.active_below_m:
-                return None
+    @property
+    def reason(self) -> str | None:
+        """Why to hold after the frames so far (None: clear)."""
         with self._lock:
             if not self._holding:
                 return None

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from companion.config import load_config
+from companion.mission.journal import JournalError
 from firmware_bridge.errors import BridgeError
 
 
@@ -63,12 +64,13 @@ def _sim(args: argparse.Namespace) -> int:
             sitl_defaults=[Path(p) for p in args.sitl_defaults.split(",")]
             if args.sitl_defaults
             else None,
+            autopilot_params=dict(args.param) or None,
             show_progress=not args.quiet,
             broker=broker,
             lte_outage_s=args.lte_outage,
             on_broker=announce,
         )
-    except (BridgeError, SitlError) as exc:
+    except (BridgeError, SitlError, JournalError) as exc:
         print(f"skycourier sim: {exc}", file=sys.stderr)
         return 1
     print(_summary(report))
@@ -151,6 +153,16 @@ def _gps_summary(gps: dict) -> str:
     )
 
 
+def _param(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    try:
+        if not sep or not name.strip():
+            raise ValueError
+        return name.strip().upper(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--param wants NAME=NUMBER, got {text!r}") from None
+
+
 def register_sim(sub: argparse._SubParsersAction) -> None:
     """Add `skycourier sim`."""
     sim = sub.add_parser("sim", help="fly a whole simulated delivery and write a flight report")
@@ -178,6 +190,15 @@ def register_sim(sub: argparse._SubParsersAction) -> None:
         default=0.0,
         metavar="SECONDS",
         help="cut LTE coverage for this many simulated seconds from the start of the cruise",
+    )
+    sim.add_argument(
+        "--param",
+        type=_param,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set an autopilot parameter over the shipped ones (repeatable), e.g. "
+        "FENCE_RADIUS=300 to see the preflight refuse the default drop",
     )
     sim.add_argument("--quiet", action="store_true", help="no progress display")
     sim.set_defaults(func=_sim)

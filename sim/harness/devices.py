@@ -125,7 +125,7 @@ def own_broker(stack: ExitStack) -> tuple[str, int]:
     return broker.host, broker.port
 
 
-def telemetry_link(
+def telemetry_uplink(
     stack: ExitStack,
     config: Config,
     bus: Bus,

@@ -21,9 +21,10 @@ from companion.bus import Bus
 from companion.config import Config
 from companion.geo import distance_m, offset
 from companion.gps.flight_summary import GpsFlightSummary
-from companion.mission.delivery import DeliveryMission, DeliveryPlan
 from companion.mission.events import MissionEvent
 from companion.mission.journal import Journal
+from companion.mission.plan import delivery_plan
+from companion.mission.runner import MissionRunner
 from companion.progress import DeliveryProgress
 from companion.report import FlightRecorder, build_report, write_report
 from firmware_bridge.state import VehicleState
@@ -33,11 +34,13 @@ from sim.harness.devices import (
     own_broker,
     schedule_outage,
     sim_time_of,
-    telemetry_link,
+    telemetry_uplink,
 )
+from sim.harness.lockstep import Lockstep
 from sim.harness.vision import SimVision
 from sim.sitl import SitlProcess
 from sim.vehicle import VehicleServer
+from sim.vehicle.faults import Faults
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +100,13 @@ def load_order(path: Path, config: Config) -> Order:
     return Order(str(data.get("mission_id") or f"order-{uuid.uuid4().hex[:8]}"), lat, lon)
 
 
+#: What a run writes into its report folder; a new run into the same folder starts afresh.
+RUN_OUTPUTS = (
+    "report.json", "flight.png", "journal.db", "journal.db-wal", "journal.db-shm",
+    "telemetry.db", "telemetry.db-wal", "telemetry.db-shm",
+)  # fmt: skip
+
+
 def run_simulation(
     config: Config,
     order: Order,
@@ -104,6 +114,8 @@ def run_simulation(
     *,
     sitl_binary: Path | None = None,
     sitl_defaults: list[Path] | None = None,
+    autopilot_params: dict[str, float] | None = None,
+    faults: Faults | None = None,
     show_progress: bool = True,
     broker: tuple[str, int] | None = None,
     lte_outage_s: float = 0.0,
@@ -112,42 +124,50 @@ def run_simulation(
     """Fly `order` in simulation, write report.json and flight.png to `out_dir`, return the
     report.
 
-    Telemetry goes through the A7670 emulator on a pty to an MQTT broker: `broker` (host,
-    port), or one started here (mosquitto if installed, else the embedded one), announced
-    through `on_broker`. `lte_outage_s` cuts the LTE coverage for that many simulated
-    seconds from the start of the cruise."""
+    The autopilot flies the shipped parameters (delivery-copter.parm and the SITL airframe
+    overlay); `autopilot_params` overrides some of them (e.g. a smaller FENCE_RADIUS), and
+    `faults` injects faults into the built-in vehicle. Telemetry goes through the A7670
+    emulator on a pty to an MQTT broker: `broker` (host, port), or one started here
+    (mosquitto if installed, else the embedded one), announced through `on_broker`.
+    `lte_outage_s` cuts the LTE coverage for that many simulated seconds from the start of
+    the cruise."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    for name in RUN_OUTPUTS:
+        (out_dir / name).unlink(missing_ok=True)
     sim = config.sim
     home = sim.home
     bus = Bus()
     wall_start = time.monotonic()
     gps_summary = GpsFlightSummary()
     gps_summary.attach(bus)
+    drop = (order.drop_lat, order.drop_lon)
     with ExitStack() as stack:
+        server: VehicleServer | None = None
         if sitl_binary is not None:
             sitl = SitlProcess(
                 sitl_binary,
                 home=(*home, 0.0),
                 speedup=sim.speedup,
                 defaults=sitl_defaults,
+                params=autopilot_params or {},
                 workdir=out_dir / "sitl",
             )
             stack.callback(sitl.stop)
             sitl.start()
             connection = sitl.connection
-            server = None
             clock: Callable[[], float] = SpeedupClock(sim.speedup)
         else:
-            server = VehicleServer(home, speedup=sim.speedup, port=0, wind=sim.wind)
+            server = VehicleServer(
+                home, speedup=sim.speedup, port=0, wind=sim.wind, params=autopilot_params,
+                faults=faults,
+            )  # fmt: skip
             server.start()
             stack.callback(server.stop)
             connection = f"tcp:127.0.0.1:{server.port}"
             clock = sim_time_of(server)
         recorder = FlightRecorder()
         recorder.attach(bus)
-        progress = DeliveryProgress(
-            (order.drop_lat, order.drop_lon), (home[0], home[1]), enabled=show_progress
-        )
+        progress = DeliveryProgress(drop, (home[0], home[1]), enabled=show_progress)
         bus.subscribe(VehicleState, progress.on_state)
         bus.subscribe(MissionEvent, progress.on_event)
         vehicle = connect_autopilot(
@@ -163,37 +183,28 @@ def run_simulation(
         host, port = broker or own_broker(stack)
         if on_broker is not None:
             on_broker(host, port)
-        link, modem = telemetry_link(stack, config, bus, out_dir, clock, (host, port))
+        uplink, modem = telemetry_uplink(stack, config, bus, out_dir, clock, (host, port))
         if lte_outage_s > 0:
             schedule_outage(bus, modem, clock, lte_outage_s)
         journal = Journal(out_dir / "journal.db")
         stack.callback(journal.close)
-        fl = config.flight
-        plan = DeliveryPlan(
-            mission_id=order.mission_id,
-            drop_lat=order.drop_lat,
-            drop_lon=order.drop_lon,
-            cruise_alt_m=fl.cruise_alt_m,
-            handover_alt_m=fl.handover_alt_m,
-            arrival_radius_m=fl.arrival_radius_m,
-            release_hold_s=fl.release_hold_s,
-            min_battery_pct=fl.min_battery_pct,
-            preflight_timeout_s=fl.preflight_timeout_s,
-            phase_timeout_s=fl.phase_timeout_s,
-            link_loss_grace_s=fl.link_loss_grace_s,
-            max_hold_s=fl.max_hold_s,
-        )
-        vision = SimVision(bus, clock, (order.drop_lat, order.drop_lon))
-        vision.start()
+        vision = SimVision(bus, drop)
         stack.callback(vision.stop)
-        mission = DeliveryMission(
-            vehicle, plan, journal, bus.publish, obstacle_monitor=vision.guard
-        )
+        plan = delivery_plan(order.mission_id, drop, config.flight, camera_required=vision.enabled)
+        runner = MissionRunner(vehicle, journal, bus)
+        lockstep = None
+        if server is not None:
+            lockstep = Lockstep(server, runner, vision)
+            server.set_step_gate(lockstep.gate)
+            stack.callback(server.set_step_gate, None)
+            vision.start_lockstep(runner)
+        else:
+            vision.start_free(clock)
         with progress:
-            outcome = mission.run()
+            outcome = runner.run(plan)
         # Everything queued in flight reaches the broker before the run ends.
-        link.drain(timeout_s=60.0)
-        telemetry = link.summary()
+        uplink.drain(timeout_s=60.0)
+        telemetry = uplink.summary()
         telemetry["broker"] = f"{host}:{port}"
     report = build_report(
         recorder,
@@ -201,12 +212,13 @@ def run_simulation(
         config=config,
         mission_id=order.mission_id,
         home=home,
-        drop=(order.drop_lat, order.drop_lon),
+        drop=drop,
         wall_duration_s=time.monotonic() - wall_start,
         autopilot="ArduCopter SITL" if sitl_binary else "built-in vehicle",
     )
     report["companion_gps"] = gps_summary.as_dict(gps)
     report["telemetry"] = telemetry
     report["vision"] = vision.summary()
+    report["lockstep_stalls"] = None if lockstep is None else lockstep.stalls
     write_report(out_dir, report, recorder)
     return report

@@ -1,0 +1,281 @@
+"""Preflight: the autopilot's own limits against the plan, before the motors spin.
+
+The autopilot stays in charge of flight safety (its fences, failsafes and gripper act even if
+the companion dies), so a plan it would stop or could not fly must be refused on the ground,
+not discovered in the air: a drop beyond FENCE_RADIUS is a GUIDED target ArduCopter refuses
+(the drone would hover over home until its battery ran low); a ceiling above the legal limit is
+one the autopilot would not hold; a gripper that is not configured answers MAV_CMD_DO_GRIPPER
+with FAILED over the recipient's garden. Each check names the parameter, its value and the
+value it needs.
+
+`check_autopilot` is a pure function of the parameters, the plan and home; `arming_refusal_is_
+transient` sorts the autopilot's pre-arm texts into those that waiting fixes (sensors settling,
+GPS, EKF) and those it does not (a low battery, a fence, a missing gripper).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from companion.mission.plan import MissionPlan
+
+#: FENCE_TYPE bits (AC_Fence): 1 maximum altitude, 2 circle around home, 4 polygons.
+FENCE_ALT_MAX_BIT = 1
+FENCE_CIRCLE_BIT = 2
+#: SERVOn_FUNCTION of a gripper output (SRV_Channel::k_gripper).
+SERVO_FUNCTION_GRIPPER = 28
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One preflight check that failed: the parameter, what it is, what it must be."""
+
+    param: str
+    problem: str
+
+    def __str__(self) -> str:
+        return self.problem
+
+
+def check_autopilot(
+    params: Mapping[str, float],
+    plan: MissionPlan,
+    home: tuple[float, float],
+    battery_pct: int | None,
+) -> list[Finding]:
+    """Every reason the autopilot (with these parameters, at this battery level) would stop
+    or could not fly `plan` from `home`; empty when it can."""
+    findings: list[Finding] = []
+    for check in (_fence, _rtl, _battery_failsafes, _watchdog, _gripper):
+        findings += check(params, plan, home)
+    findings += _battery_level(battery_pct, plan)
+    return findings
+
+
+def _get(params: Mapping[str, float], name: str) -> float | None:
+    value = params.get(name)
+    return None if value is None else float(value)
+
+
+def _missing(name: str, what: str) -> Finding:
+    return Finding(name, f"{name} is missing from the autopilot's parameters ({what})")
+
+
+def _fence(
+    params: Mapping[str, float], plan: MissionPlan, home: tuple[float, float]
+) -> list[Finding]:
+    findings: list[Finding] = []
+    ceiling = plan.limits.altitude_ceiling_m
+    enable = _get(params, "FENCE_ENABLE")
+    if enable is None:
+        return [_missing("FENCE_ENABLE", "a geofence is needed to hold the ceiling")]
+    if enable != 1:
+        return [
+            Finding(
+                "FENCE_ENABLE",
+                f"FENCE_ENABLE is {enable:g}: the autopilot enforces no altitude ceiling or "
+                "geofence; set FENCE_ENABLE 1",
+            )
+        ]
+    types = int(_get(params, "FENCE_TYPE") or 0)
+    margin = _get(params, "FENCE_MARGIN") or 0.0
+    alt_max = _get(params, "FENCE_ALT_MAX")
+    if not types & FENCE_ALT_MAX_BIT or alt_max is None:
+        findings.append(
+            Finding(
+                "FENCE_TYPE",
+                f"FENCE_TYPE {types} has no altitude fence (bit {FENCE_ALT_MAX_BIT}): the "
+                f"autopilot would not hold the {ceiling:g} m ceiling; set FENCE_TYPE "
+                f"{types | FENCE_ALT_MAX_BIT}",
+            )
+        )
+    else:
+        if alt_max > ceiling:
+            findings.append(
+                Finding(
+                    "FENCE_ALT_MAX",
+                    f"FENCE_ALT_MAX is {alt_max:g} m, above the legal ceiling of {ceiling:g} m "
+                    f"(flight.altitude_ceiling_m): set FENCE_ALT_MAX to {ceiling:g} or less",
+                )
+            )
+        highest = plan.highest_m()
+        if highest + margin > alt_max:
+            findings.append(
+                Finding(
+                    "FENCE_ALT_MAX",
+                    f"FENCE_ALT_MAX is {alt_max:g} m: the plan flies at {highest:g} m, which "
+                    f"with FENCE_MARGIN {margin:g} m needs FENCE_ALT_MAX of at least "
+                    f"{highest + margin:g}",
+                )
+            )
+    if types & FENCE_CIRCLE_BIT:
+        radius = _get(params, "FENCE_RADIUS")
+        reach = plan.farthest_from(*home)
+        if radius is None:
+            findings.append(_missing("FENCE_RADIUS", "FENCE_TYPE has the circle fence"))
+        elif reach + margin > radius:
+            findings.append(
+                Finding(
+                    "FENCE_RADIUS",
+                    f"FENCE_RADIUS is {radius:g} m but the plan goes {reach:.0f} m from home: "
+                    "the autopilot would refuse the target; set FENCE_RADIUS to at least "
+                    f"{_ceil(reach + margin)} (distance + FENCE_MARGIN {margin:g} m)",
+                )
+            )
+    return findings
+
+
+def _rtl(
+    params: Mapping[str, float], plan: MissionPlan, home: tuple[float, float]
+) -> list[Finding]:
+    ceiling = plan.limits.altitude_ceiling_m
+    rtl_cm = _get(params, "RTL_ALT")
+    if rtl_cm is None:
+        return [_missing("RTL_ALT", "the return altitude")]
+    if rtl_cm / 100.0 > ceiling:
+        return [
+            Finding(
+                "RTL_ALT",
+                f"RTL_ALT is {rtl_cm:g} cm ({rtl_cm / 100:g} m), above the legal ceiling of "
+                f"{ceiling:g} m: set RTL_ALT to {ceiling * 100:g} or less",
+            )
+        ]
+    return []
+
+
+def _battery_failsafes(
+    params: Mapping[str, float], plan: MissionPlan, home: tuple[float, float]
+) -> list[Finding]:
+    findings: list[Finding] = []
+    for level, action_name, volt_name, mah_name, wanted in (
+        ("low", "BATT_FS_LOW_ACT", "BATT_LOW_VOLT", "BATT_LOW_MAH", "2 (RTL)"),
+        ("critical", "BATT_FS_CRT_ACT", "BATT_CRT_VOLT", "BATT_CRT_MAH", "1 (LAND)"),
+    ):
+        action = _get(params, action_name)
+        if not action:
+            findings.append(
+                Finding(
+                    action_name,
+                    f"{action_name} is {0 if action is None else action:g}: the autopilot "
+                    f"takes no action on a {level} battery; set {action_name} {wanted}",
+                )
+            )
+        elif not (_get(params, volt_name) or _get(params, mah_name)):
+            findings.append(
+                Finding(
+                    volt_name,
+                    f"{volt_name} and {mah_name} are both 0: the {level}-battery failsafe "
+                    f"never triggers; set the airframe's thresholds (airframes/*.parm)",
+                )
+            )
+    return findings
+
+
+def _watchdog(
+    params: Mapping[str, float], plan: MissionPlan, home: tuple[float, float]
+) -> list[Finding]:
+    if _get(params, "SCW_ENABLE") is None:
+        return [
+            Finding(
+                "SCW_ENABLE",
+                "the companion watchdog is not running on the flight controller (no SCW_ENABLE "
+                "parameter): copy companion_watchdog.lua to its APM/scripts/ folder, set "
+                "SCR_ENABLE 1 and reboot it",
+            )
+        ]
+    if _get(params, "SCW_ENABLE") != 1:
+        return [
+            Finding(
+                "SCW_ENABLE",
+                "SCW_ENABLE is 0: nothing would return the drone if the companion died; set "
+                "SCW_ENABLE 1",
+            )
+        ]
+    return []
+
+
+def _gripper(
+    params: Mapping[str, float], plan: MissionPlan, home: tuple[float, float]
+) -> list[Finding]:
+    if not plan.drops():
+        return []
+    if _get(params, "GRIP_ENABLE") != 1:
+        return [
+            Finding(
+                "GRIP_ENABLE",
+                "GRIP_ENABLE is not 1: MAV_CMD_DO_GRIPPER would fail at the drop; set "
+                "GRIP_ENABLE 1, GRIP_TYPE 1 and a SERVOn_FUNCTION 28, then reboot",
+            )
+        ]
+    if not _get(params, "GRIP_TYPE"):
+        return [
+            Finding(
+                "GRIP_TYPE",
+                "GRIP_TYPE is 0 (none): the gripper would not move; set GRIP_TYPE 1 (servo) "
+                "or 2 (EPM) and reboot",
+            )
+        ]
+    outputs = [
+        name
+        for name, value in params.items()
+        if re.fullmatch(r"SERVO\d+_FUNCTION", name) and value == SERVO_FUNCTION_GRIPPER
+    ]
+    if not outputs:
+        return [
+            Finding(
+                "SERVO8_FUNCTION",
+                "no servo output drives the gripper: set SERVOn_FUNCTION 28 on its output "
+                "(SERVO8_FUNCTION 28 in delivery-copter.parm)",
+            )
+        ]
+    return []
+
+
+def _battery_level(battery_pct: int | None, plan: MissionPlan) -> list[Finding]:
+    needed = plan.limits.min_battery_pct
+    if battery_pct is None:
+        return [
+            Finding(
+                "BATT_MONITOR",
+                "the autopilot reports no battery level (BATT_MONITOR): cannot tell whether "
+                "the flight fits the battery",
+            )
+        ]
+    if battery_pct < needed:
+        return [
+            Finding(
+                "battery",
+                f"battery {battery_pct}% is below the {needed:g}% needed to start "
+                "(flight.min_battery_pct)",
+            )
+        ]
+    return []
+
+
+def _ceil(value: float) -> int:
+    return int(-(-value // 1))
+
+
+#: Pre-arm failures that go away by themselves while the vehicle starts up: sensors settling,
+#: GPS and EKF converging, home being set (ArduPilot's AP_Arming and AP_AHRS texts).
+_TRANSIENT = re.compile(
+    r"waiting|settling|inconsistent|position estimate|\bGPS\b|\bEKF|\bAHRS\b|HDOP|not healthy"
+    r"|initiali[sz]",
+    re.IGNORECASE,
+)
+_PREFIX = re.compile(r"^(PreArm|Arm):\s*")
+
+
+def arming_reason(text: str) -> str:
+    """An arming refusal text without ArduPilot's "PreArm: " / "Arm: " prefix."""
+    return _PREFIX.sub("", text).strip()
+
+
+def arming_refusal_is_transient(texts: tuple[str, ...]) -> bool:
+    """Whether waiting can fix an arming refusal: every reason the autopilot gave is a start-up
+    condition. A refusal with no reason, or with one reason that waiting does not fix (a low
+    battery, a fence, a gripper, calibration), is final."""
+    reasons = [arming_reason(t) for t in texts if arming_reason(t)]
+    return bool(reasons) and all(_TRANSIENT.search(r) for r in reasons)

@@ -1,0 +1,90 @@
+"""Lockstep between the built-in vehicle and the companion, so no outcome depends on how
+fast the machine is.
+
+The vehicle runs faster than the wall clock; the companion reacts in wall time. Left alone, a
+busy machine would let the vehicle fly on while the mission has not yet seen where it is, and
+a descent would go on past a person the camera saw. Like SITL's lockstep with an external
+physics engine, the vehicle's step gate (`Lockstep.gate`) holds its clock while the mission
+is behind it by more than `max_lead_s` of simulated time or still has events to take in or
+commands to send, and while the simulated camera takes a frame that is due. The vehicle keeps
+answering messages meanwhile (commands are acknowledged), and its simulated time only
+advances once the companion has caught up.
+
+While the links are cut (`VehicleServer.set_link_blocked`, a pulled cable) the companion
+cannot follow and the vehicle runs on its own. A companion that does not catch up within
+`patience_s` wall seconds is let go (counted in `stalls` and logged) until it has caught up
+again: a stuck mission must not freeze the simulator.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from companion.mission.runner import MissionRunner
+from sim.harness.vision import CameraPose, SimVision
+from sim.vehicle import VehicleServer
+
+log = logging.getLogger(__name__)
+
+
+class Lockstep:
+    """The step gate of a `VehicleServer` flown by `runner`, with `vision`'s frames."""
+
+    def __init__(
+        self,
+        server: VehicleServer,
+        runner: MissionRunner,
+        vision: SimVision | None = None,
+        *,
+        max_lead_s: float = 0.25,
+        patience_s: float = 5.0,
+    ) -> None:
+        self.server = server
+        self.runner = runner
+        self.vision = vision
+        self.max_lead_s = max_lead_s
+        self.patience_s = patience_s
+        self.stalls = 0
+        self._waiting_since: float | None = None
+        self._let_go = False  # after a stall: until the companion has caught up again
+
+    def gate(self, t_next: float) -> bool:
+        """May the vehicle step to simulated time `t_next`? (Called by its thread.)"""
+        if not self._companion_ready(t_next):
+            return False
+        return self.vision is None or self.vision.allow(t_next, self._pose)
+
+    def _companion_ready(self, t_next: float) -> bool:
+        runner = self.runner
+        if not runner.running or self.server.link_blocked:
+            self._waiting_since = None
+            return True
+        seen = runner.seen_time_s
+        if seen is not None and t_next - seen <= self.max_lead_s and runner.idle:
+            self._waiting_since = None
+            self._let_go = False
+            return True
+        if self._let_go:
+            return True
+        now = time.monotonic()
+        if self._waiting_since is None:
+            self._waiting_since = now
+            return False
+        if now - self._waiting_since < self.patience_s:
+            return False
+        self.stalls += 1
+        self._waiting_since = None
+        self._let_go = True
+        log.warning(
+            "lockstep: the companion did not catch up with the vehicle in %g s (seen %s, "
+            "vehicle at %.2f s); the vehicle goes on until it has",
+            self.patience_s,
+            "nothing" if seen is None else f"{seen:.2f} s",
+            t_next,
+        )
+        return True
+
+    def _pose(self) -> CameraPose:
+        snap = self.server.state
+        return CameraPose(snap.time_s, snap.lat, snap.lon, snap.alt_rel_m)

@@ -1,0 +1,268 @@
+"""The mission runner against the built-in vehicle over real TCP: the same runner
+`skycourier sim` and the daemon use, in lockstep with the vehicle (no outcome depends on the
+machine's speed). Whole deliveries on the shipped parameters, the preflight refusing a fence
+too small, the abort paths that need a real autopilot (a pilot on a second link, a pulled
+link, a low battery, a failing journal), and injected faults: lost, refused and ignored
+targets recover or end with their reason within 5 simulated seconds."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from companion.bus import Bus
+from companion.config import FlightConfig
+from companion.geo import offset
+from companion.mission.events import MissionEvent, Phase
+from companion.mission.journal import Journal, JournalError
+from companion.mission.plan import MissionPlan, delivery_plan
+from companion.mission.runner import MissionRunner
+from firmware_bridge.dialect import mavlink, mavutil
+from firmware_bridge.vehicle import Vehicle
+from sim.harness.lockstep import Lockstep
+from sim.vehicle import DEFAULT_HOME, VehicleServer
+from sim.vehicle.faults import Faults
+from tests.conftest import HEARTBEAT_S
+
+FLIGHT = FlightConfig(cruise_alt_m=15.0)
+
+
+@dataclass
+class Flight:
+    """A built-in vehicle, the companion's link to it, a journal and a runner in lockstep."""
+
+    server: VehicleServer
+    vehicle: Vehicle
+    journal: Journal
+    bus: Bus
+    runner: MissionRunner
+    events: list[MissionEvent] = field(default_factory=list)
+
+    def fly(self, plan: MissionPlan) -> str:
+        return self.runner.run(plan)
+
+    def story(self) -> list[tuple[Phase, str]]:
+        return [(e.phase, e.event) for e in self.events]
+
+    def event(self, name: str) -> MissionEvent:
+        return next(e for e in self.events if e.event == name)
+
+    def on(self, phase: Phase, action: Callable[[Flight], None]) -> None:
+        """Run `action` (on the runner's thread) when the mission enters `phase`."""
+
+        def check(event: MissionEvent) -> None:
+            if event.phase is phase and event.event == "enter":
+                action(self)
+
+        self.bus.subscribe(MissionEvent, check)
+
+
+@contextmanager
+def flight(tmp_path: Path, *, speedup: float = 25.0, **server: object) -> Iterator[Flight]:
+    with VehicleServer(DEFAULT_HOME, speedup=speedup, port=0, **server) as srv:
+        bus = Bus()
+        vehicle = Vehicle.connect(
+            f"tcp:127.0.0.1:{srv.port}",
+            publish=bus.publish,
+            heartbeat_interval_s=HEARTBEAT_S,
+            clock=lambda: srv.sim_time,
+        )
+        journal = Journal(tmp_path / "journal.db")
+        runner = MissionRunner(vehicle, journal, bus)
+        srv.set_step_gate(Lockstep(srv, runner).gate)
+        result = Flight(srv, vehicle, journal, bus, runner)
+        bus.subscribe(MissionEvent, result.events.append)
+        try:
+            yield result
+        finally:
+            srv.set_step_gate(None)
+            vehicle.close()
+            journal.close()
+
+
+def plan(distance_m: float = 80.0, mission_id: str = "m-1", **flight: float) -> MissionPlan:
+    config = FlightConfig(**{"cruise_alt_m": 15.0, **flight})
+    return delivery_plan(mission_id, offset(*DEFAULT_HOME[:2], distance_m, 45.0), config)
+
+
+def test_a_delivery_on_the_shipped_parameters_is_flown_and_journaled(tmp_path: Path) -> None:
+    with flight(tmp_path) as f:
+        outcome = f.fly(plan())
+        assert f.server.state.gripper_released
+        assert not f.server.state.armed and f.server.state.alt_rel_m < 0.5
+        journal = [(e.phase, e.event) for e in f.journal.events("m-1")]
+    assert outcome == "delivered"
+    entered = [p for p, e in f.story() if e == "enter"]
+    assert entered == [
+        Phase.PREFLIGHT, Phase.ARM, Phase.TAKEOFF, Phase.CRUISE, Phase.DESCEND,
+        Phase.RELEASE, Phase.CLIMB, Phase.RETURN, Phase.LAND, Phase.DONE,
+    ]  # fmt: skip
+    assert journal[:-1] == [(p.value, e) for p, e in f.story()]  # journaled, then published
+    assert journal[-1] == ("done", "finished")
+    assert f.event("checked").detail["findings"] == []
+
+
+def test_a_fence_smaller_than_the_drop_distance_is_refused_before_arming(tmp_path: Path) -> None:
+    with flight(tmp_path, params={"FENCE_RADIUS": 300.0}) as f:
+        outcome = f.fly(plan(500.0, cruise_alt_m=30.0))
+        assert not f.server.state.armed
+    assert "FENCE_RADIUS is 300 m but the plan goes 500 m from home" in outcome
+    assert "set FENCE_RADIUS to at least 505" in outcome
+    assert Phase.ARM not in [p for p, e in f.story() if e == "enter"]
+
+
+def test_a_mission_id_used_before_is_refused_before_anything_is_commanded(
+    tmp_path: Path,
+) -> None:
+    with flight(tmp_path) as f:
+        f.journal.start_mission("m-1", {})
+        with pytest.raises(JournalError, match="already exists"):
+            f.fly(plan())
+        assert f.events == [] and f.server.state.mode == "STABILIZE"
+
+
+def test_a_vehicle_that_never_gets_ready_is_given_up_on_the_ground(tmp_path: Path) -> None:
+    with flight(tmp_path, ready_delay_s=1e6) as f:
+        outcome = f.fly(plan(preflight_timeout_s=3.0))
+        assert not f.server.state.armed
+    assert outcome == (
+        "timed out after 3 s waiting for a 3-D fix, a home position and an EKF position estimate"
+    )
+
+
+def test_low_battery_returns_home(tmp_path: Path) -> None:
+    with flight(tmp_path) as f:
+        outcome = f.fly(plan(300.0, min_battery_pct=85.0))
+        state = f.server.state
+        assert not state.armed and state.alt_rel_m < 0.5 and abs(state.north_m) < 3.0
+    assert outcome.startswith("battery low")
+    assert f.event("abort").detail["action"] == "RTL"
+    assert f.story()[-1] == (Phase.ABORT, "landed")
+
+
+def test_a_pilot_on_a_second_link_takes_over_and_the_companion_stops(tmp_path: Path) -> None:
+    done = threading.Event()
+
+    def take_over(f: Flight) -> None:
+        pilot = threading.Thread(target=_pilot_flies_loiter, args=(f.server.port, done))
+        pilot.start()
+
+    try:
+        with flight(tmp_path, speedup=10.0) as f:
+            f.on(Phase.CRUISE, take_over)
+            outcome = f.fly(plan(400.0))
+            assert f.server.state.mode == "LOITER"
+            assert f.server.state.armed  # the companion does not fight the pilot
+    finally:
+        done.set()
+    assert outcome == "mode changed to LOITER outside the companion's control"
+    assert f.event("abort").detail["action"] == "PILOT"
+
+
+def _pilot_flies_loiter(port: int, done: threading.Event) -> None:
+    """A ground station on a second link switches to LOITER, as a pilot would, and stays
+    connected (with FS_GCS_ENABLE on, its silence would send the drone home)."""
+    gcs = mavutil.mavlink_connection(f"tcp:127.0.0.1:{port}", source_system=255)
+    try:
+        gcs.wait_heartbeat(timeout=5)
+        gcs.set_mode("LOITER")
+        while not done.wait(0.05):
+            gcs.mav.heartbeat_send(mavlink.MAV_TYPE_GCS, mavlink.MAV_AUTOPILOT_INVALID, 0, 0, 0)
+    finally:
+        gcs.close()
+
+
+def test_a_pulled_link_leaves_the_return_to_the_autopilots_watchdog(tmp_path: Path) -> None:
+    def cut(f: Flight) -> None:
+        f.server.set_link_blocked(True)
+
+    def restore_once_home(event: MissionEvent) -> None:
+        if event.event == "abort":
+            threading.Thread(target=_restore_when_landed, args=(flight_ref[0],)).start()
+
+    flight_ref: list[Flight] = []
+    with flight(tmp_path) as f:
+        flight_ref.append(f)
+        f.on(Phase.CRUISE, cut)
+        f.bus.subscribe(MissionEvent, restore_once_home)
+        outcome = f.fly(plan(400.0, link_loss_grace_s=1.0))
+        assert not f.server.state.armed and f.server.state.alt_rel_m < 0.5
+    assert outcome.startswith("link to the autopilot lost")
+    assert f.event("abort").detail["action"] == "FAILSAFE"
+    assert f.story()[-1] == (Phase.ABORT, "landed")
+
+
+def _restore_when_landed(f: Flight) -> None:
+    """The companion watchdog (Lua on the autopilot) brings the drone home; the link comes
+    back once it has landed."""
+    deadline = threading.Event()
+    while f.server.state.armed and not deadline.wait(0.05):
+        pass
+    f.server.set_link_blocked(False)
+
+
+def test_a_journal_that_fails_in_flight_still_ends_in_rtl(tmp_path: Path) -> None:
+    def break_journal(f: Flight) -> None:
+        f.journal._db.close()  # the disk is gone: every later write fails
+
+    with flight(tmp_path) as f:
+        f.on(Phase.CRUISE, break_journal)
+        outcome = f.fly(plan(300.0))
+        state = f.server.state
+        assert not state.armed and abs(state.north_m) < 3.0 and abs(state.east_m) < 3.0
+        assert not state.gripper_released
+    assert outcome.startswith("journal failure: journal ")
+    assert f.event("abort").detail["action"] == "RTL"
+
+
+# -- injected faults -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [
+        Faults(drop_commands=0.3, drop_command_ids=frozenset({mavlink.MAV_CMD_DO_REPOSITION})),
+        Faults(drop_commands=0.2, seed=7),
+    ],
+    ids=["30% of repositions lost", "20% of all commands lost"],
+)
+def test_lost_commands_are_sent_again_and_the_delivery_goes_on(
+    tmp_path: Path, faults: Faults
+) -> None:
+    with flight(tmp_path, faults=faults) as f:
+        outcome = f.fly(plan(200.0))
+        assert f.server.state.gripper_released
+    assert outcome == "delivered"
+
+
+def test_a_refused_target_aborts_at_once_with_the_autopilots_answer(tmp_path: Path) -> None:
+    def refuse(f: Flight) -> None:
+        f.server.set_faults(Faults(refuse_targets=True))
+
+    with flight(tmp_path) as f:
+        f.on(Phase.CRUISE, refuse)
+        outcome = f.fly(plan(300.0))
+        assert not f.server.state.armed
+    assert outcome == "MAV_CMD_DO_REPOSITION to the drop point refused (MAV_RESULT_FAILED)"
+    cruise = next(e for e in f.events if e.phase is Phase.CRUISE and e.event == "enter")
+    assert f.event("abort").boot_time_s - cruise.boot_time_s <= 5.0
+
+
+def test_an_ignored_target_is_an_abort_within_five_seconds(tmp_path: Path) -> None:
+    def ignore(f: Flight) -> None:
+        f.server.set_faults(Faults(ignore_targets=True))
+
+    with flight(tmp_path) as f:
+        f.on(Phase.CRUISE, ignore)
+        outcome = f.fly(plan(300.0))
+        assert not f.server.state.armed
+    assert outcome.startswith("no progress towards the drop point for 4.0 s")
+    cruise = next(e for e in f.events if e.phase is Phase.CRUISE and e.event == "enter")
+    assert f.event("retarget").boot_time_s - cruise.boot_time_s <= 3.0
+    assert f.event("abort").boot_time_s - cruise.boot_time_s <= 5.0
+    assert f.event("abort").detail["action"] == "RTL"
