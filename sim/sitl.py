@@ -22,7 +22,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +52,8 @@ class SitlProcess:
     wipe: bool = True
     extra_args: Sequence[str] = ()
     scripts: Sequence[Path] = (COMPANION_WATCHDOG,)
+    #: Parameters set over the defaults files (written to a last defaults file in workdir).
+    params: Mapping[str, float] = field(default_factory=dict)
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _tmpdir: tempfile.TemporaryDirectory[str] | None = field(default=None, init=False, repr=False)
 
@@ -73,6 +75,10 @@ class SitlProcess:
             return [Path(p) for p in self.defaults]
         return [copter_defaults_beside(Path(self.binary)), *SHIPPED_PARAM_FILES]
 
+    def _overrides_file(self) -> Path:
+        assert self.workdir is not None, "the overrides are written when SITL starts"
+        return self.workdir / "skycourier-overrides.parm"
+
     def command_line(self) -> list[str]:
         """The arducopter arguments this instance runs with."""
         lat, lon, alt, heading = self.home
@@ -84,6 +90,8 @@ class SitlProcess:
             "-I", str(self.instance),
         ]  # fmt: skip
         defaults = self.defaults_files()
+        if self.params:
+            defaults.append(self._overrides_file())
         if defaults:
             args += ["--defaults", ",".join(str(p.resolve()) for p in defaults)]
         if self.wipe:
@@ -110,6 +118,9 @@ class SitlProcess:
             self.workdir = Path(self._tmpdir.name)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._install_scripts()
+        if self.params:
+            lines = [f"{name} {value:g}" for name, value in self.params.items()]
+            self._overrides_file().write_text("\n".join(lines) + "\n")
         log_path = self.workdir / "sitl.log"
         log.info("starting SITL: %s (log %s)", " ".join(self.command_line()), log_path)
         with open(log_path, "wb") as out:

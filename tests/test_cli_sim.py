@@ -8,8 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from companion.cli import main
 from firmware_bridge.vehicle import Vehicle
+from tests.conftest import SITL_SKIP, sitl_binary
 
 SKYCOURIER = [sys.executable, "-m", "companion.cli"]
 
@@ -73,18 +76,34 @@ def test_default_sim_delivers_and_writes_a_true_report(tmp_path: Path) -> None:
     assert "companion GPS:" in done.stdout
 
 
-def test_order_file_chooses_the_drop(tmp_path: Path) -> None:
+def test_order_file_chooses_the_drop_and_flying_it_again_starts_a_fresh_report(
+    tmp_path: Path,
+) -> None:
     order = tmp_path / "order.json"
     order.write_text(
         json.dumps({"mission_id": "o-7", "drop": {"distance_m": 120, "bearing_deg": 270}})
     )
     out = tmp_path / "r"
-    assert (
-        main(["sim", "--order", str(order), "--out", str(out), "--quiet", "--speedup", "25"]) == 0
-    )
+    argv = ["sim", "--order", str(order), "--out", str(out), "--quiet", "--speedup", "25",
+            "--no-camera"]  # fmt: skip
+    assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["mission_id"] == "o-7"
     assert 230 <= report["distance_m"] <= 260
+    # The same order into the same folder: a new run, a new journal, no "mission exists".
+    assert main(argv) == 0
+    assert json.loads((out / "report.json").read_text())["outcome"] == "delivered"
+
+
+def test_a_fence_smaller_than_the_drop_is_refused_before_arming(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "r"
+    code = main(["sim", "--out", str(out), "--quiet", "--speedup", "25", "--no-camera",
+                 "--param", "FENCE_RADIUS=300"])  # fmt: skip
+    assert code == 1
+    report = json.loads((out / "report.json").read_text())
+    assert report["outcome"].startswith("preflight refused: FENCE_RADIUS is 300 m")
+    assert "FENCE_RADIUS" in capsys.readouterr().out
+    assert report["duration_s"] is None  # it never flew
 
 
 def test_invalid_config_names_the_field(tmp_path: Path, capsys) -> None:
@@ -124,3 +143,23 @@ def test_vehicle_command_serves_mavlink_on_tcp() -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.mark.sitl
+def test_sitl_flies_the_shipped_parameters_and_refuses_a_small_fence(tmp_path: Path) -> None:
+    binary = sitl_binary()
+    if binary is None:
+        pytest.skip(SITL_SKIP)
+    small = main(["sim", "--sitl", str(binary), "--out", str(tmp_path / "small"), "--quiet",
+                  "--no-camera", "--speedup", "5", "--param", "FENCE_RADIUS=300"])  # fmt: skip
+    assert small == 1
+    refused = json.loads((tmp_path / "small" / "report.json").read_text())
+    assert refused["outcome"].startswith("preflight refused: FENCE_RADIUS is 300 m")
+    out = tmp_path / "shipped"
+    assert main(["sim", "--sitl", str(binary), "--out", str(out), "--quiet", "--no-camera",
+                 "--speedup", "5"]) == 0  # fmt: skip
+    report = json.loads((out / "report.json").read_text())
+    assert report["outcome"] == "delivered" and report["autopilot"] == "ArduCopter SITL"
+    durations = {p["name"]: p["duration_s"] for p in report["phases"]}
+    for name, sitl_s in SITL_PHASES_S.items():
+        assert 1 / 1.2 <= durations[name] / sitl_s <= 1.2, (name, durations[name], sitl_s)

@@ -175,8 +175,11 @@ class MissionCore:
 
     # -- driving the core --------------------------------------------------------------------
 
-    def start(self) -> list[Action]:
-        """Begin: enter the first phase and start the first step."""
+    def start(self, state: VehicleState | None = None) -> list[Action]:
+        """Begin: enter the first phase and start the first step, at the time of `state`
+        (the vehicle as it is now, if known)."""
+        if state is not None:
+            self._absorb(StateUpdate(state))
         first = self.stage
         self.phase = first.phase
         self._actions.append(

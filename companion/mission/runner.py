@@ -68,6 +68,9 @@ log = logging.getLogger(__name__)
 
 #: How often the loop tells the core about the link (companion seconds).
 TICK_S = 0.1
+#: How long a mission waits for the autopilot's first timed message before it starts anyway
+#: (its preflight then waits, and times out, on the autopilot's clock).
+TELEMETRY_WAIT_S = 10.0
 
 
 class MissionRunner:
@@ -147,8 +150,11 @@ class MissionRunner:
         worker = threading.Thread(target=self._work, name="mission-commands", daemon=True)
         worker.start()
         try:
-            self._carry_out(core.start())
-            self.post(StateUpdate(self.vehicle.state))
+            # The mission is timed on the autopilot's clock: start once it has been heard.
+            heard = self.vehicle.tracker.wait_for(
+                lambda s: s.boot_time_s is not None, TELEMETRY_WAIT_S
+            )
+            self._carry_out(core.start(heard or self.vehicle.state))
             next_tick = time.monotonic()
             while not core.finished:
                 timeout = max(0.0, next_tick - time.monotonic())

@@ -65,6 +65,7 @@ def _sim(args: argparse.Namespace) -> int:
             if args.sitl_defaults
             else None,
             autopilot_params=dict(args.param) or None,
+            camera=not args.no_camera,
             show_progress=not args.quiet,
             broker=broker,
             lte_outage_s=args.lte_outage,
@@ -199,6 +200,11 @@ def register_sim(sub: argparse._SubParsersAction) -> None:
         metavar="NAME=VALUE",
         help="set an autopilot parameter over the shipped ones (repeatable), e.g. "
         "FENCE_RADIUS=300 to see the preflight refuse the default drop",
+    )
+    sim.add_argument(
+        "--no-camera",
+        action="store_true",
+        help="fly without the simulated downward camera (and its person on the pad)",
     )
     sim.add_argument("--quiet", action="store_true", help="no progress display")
     sim.set_defaults(func=_sim)

@@ -1,8 +1,16 @@
 """`skycourier sim`: one whole delivery against the built-in vehicle or ArduPilot SITL.
 
-It wires the same parts the on-board daemon uses (bus, bridge, delivery state machine,
-journal) to a simulated autopilot, shows live progress, and writes the flight report. The
-only difference from a real flight is where the MAVLink link leads.
+It wires the parts the drone flies with (bus, bridge, mission core and runner, journal, the
+GPS and modem drivers, the detector and descent-cone guard) to emulated hardware, shows live
+progress, and writes the flight report. The autopilot flies the parameters SkyCourier ships
+(`firmware_bridge/autopilot/params`), so the preflight that would refuse a flight on the drone
+refuses it here.
+
+The built-in vehicle runs in lockstep with the companion (`sim.harness.lockstep`): its clock
+waits while the mission has not taken in what the vehicle sent, and at every frame of the
+simulated camera, so a run gives the same outcome, holds and phases on a loaded machine as on
+an idle one. SITL cannot be paused from outside; with the camera it runs at speed-up 2 at
+most, so that the mission's camera freshness check holds.
 """
 
 from __future__ import annotations
@@ -100,6 +108,10 @@ def load_order(path: Path, config: Config) -> Order:
     return Order(str(data.get("mission_id") or f"order-{uuid.uuid4().hex[:8]}"), lat, lon)
 
 
+#: The fastest SITL runs with the simulated camera: SITL cannot wait for a frame, so a frame's
+#: ~0.1 s of wall time must stay well inside the mission's camera age (1 s) in SITL's clock.
+SITL_CAMERA_SPEEDUP = 2.0
+
 #: What a run writes into its report folder; a new run into the same folder starts afresh.
 RUN_OUTPUTS = (
     "report.json", "flight.png", "journal.db", "journal.db-wal", "journal.db-shm",
@@ -116,6 +128,7 @@ def run_simulation(
     sitl_defaults: list[Path] | None = None,
     autopilot_params: dict[str, float] | None = None,
     faults: Faults | None = None,
+    camera: bool = True,
     show_progress: bool = True,
     broker: tuple[str, int] | None = None,
     lte_outage_s: float = 0.0,
@@ -126,7 +139,8 @@ def run_simulation(
 
     The autopilot flies the shipped parameters (delivery-copter.parm and the SITL airframe
     overlay); `autopilot_params` overrides some of them (e.g. a smaller FENCE_RADIUS), and
-    `faults` injects faults into the built-in vehicle. Telemetry goes through the A7670
+    `faults` injects faults into the built-in vehicle; `camera` False flies without the
+    simulated camera (and without the descent-cone check it feeds). Telemetry goes through the A7670
     emulator on a pty to an MQTT broker: `broker` (host, port), or one started here
     (mosquitto if installed, else the embedded one), announced through `on_broker`.
     `lte_outage_s` cuts the LTE coverage for that many simulated seconds from the start of
@@ -134,14 +148,25 @@ def run_simulation(
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in RUN_OUTPUTS:
         (out_dir / name).unlink(missing_ok=True)
-    sim = config.sim
-    home = sim.home
     bus = Bus()
     wall_start = time.monotonic()
     gps_summary = GpsFlightSummary()
     gps_summary.attach(bus)
     drop = (order.drop_lat, order.drop_lon)
+    vision = SimVision(bus, drop, wanted=camera)
+    if sitl_binary is not None and vision.enabled and config.sim.speedup > SITL_CAMERA_SPEEDUP:
+        log.warning(
+            "SITL with the simulated camera runs at speed-up %g, not %g: SITL's clock does not "
+            "wait for a frame (~0.1 s of wall time), and a stale frame holds the descent "
+            "(--no-camera flies faster)",
+            SITL_CAMERA_SPEEDUP,
+            config.sim.speedup,
+        )
+        config = config.updated("SITL with a camera", sim={"speedup": SITL_CAMERA_SPEEDUP})
+    sim = config.sim
+    home = sim.home
     with ExitStack() as stack:
+        stack.callback(vision.stop)
         server: VehicleServer | None = None
         if sitl_binary is not None:
             sitl = SitlProcess(
@@ -188,8 +213,6 @@ def run_simulation(
             schedule_outage(bus, modem, clock, lte_outage_s)
         journal = Journal(out_dir / "journal.db")
         stack.callback(journal.close)
-        vision = SimVision(bus, drop)
-        stack.callback(vision.stop)
         plan = delivery_plan(order.mission_id, drop, config.flight, camera_required=vision.enabled)
         runner = MissionRunner(vehicle, journal, bus)
         lockstep = None
@@ -219,6 +242,7 @@ def run_simulation(
     report["companion_gps"] = gps_summary.as_dict(gps)
     report["telemetry"] = telemetry
     report["vision"] = vision.summary()
+    report["speedup"] = sim.speedup
     report["lockstep_stalls"] = None if lockstep is None else lockstep.stalls
     write_report(out_dir, report, recorder)
     return report

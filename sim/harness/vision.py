@@ -74,10 +74,10 @@ class SimVision:
     """The vision loop of `skycourier sim`: renders `SimCamera` frames at the vehicle's pose,
     runs the real detector on them, feeds a `DescentGuard` and publishes each frame's
     `ConeVerdict` (and `Detections`, for telemetry) on the bus; `summary()` is the report's
-    `vision` section. `enabled` is False (with `note` saying why) when the model is missing:
-    the simulator then flies a plan without a camera."""
+    `vision` section. `enabled` is False (with `note` saying why) when the model is missing
+    or the camera is not `wanted`: the simulator then flies a plan without a camera."""
 
-    def __init__(self, bus: Bus, drop: tuple[float, float]) -> None:
+    def __init__(self, bus: Bus, drop: tuple[float, float], *, wanted: bool = True) -> None:
         self.bus = bus
         self.drop = drop
         self.model = model_path("fp32")
@@ -100,6 +100,9 @@ class SimVision:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._detector: Detector | None = None
+        if not wanted:
+            self.note = "turned off (--no-camera)"
+            return
         if not self.model.exists():
             self.note = f"{self.model} is missing"
             log.warning(
