@@ -127,6 +127,15 @@ def test_missing_sitl_binary_is_a_clear_error(tmp_path: Path, capsys) -> None:
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_vehicle_help_lists_the_vehicles_own_options(capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["vehicle", "--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--port", "--speedup", "--home", "--wind", "--param-file", "--param"):
+        assert option in out
+
+
 def test_vehicle_command_serves_mavlink_on_tcp() -> None:
     proc = subprocess.Popen(
         [*SKYCOURIER, "vehicle", "--port", "0", "--speedup", "5"],
@@ -163,3 +172,18 @@ def test_sitl_flies_the_shipped_parameters_and_refuses_a_small_fence(tmp_path: P
     durations = {p["name"]: p["duration_s"] for p in report["phases"]}
     for name, sitl_s in SITL_PHASES_S.items():
         assert 1 / 1.2 <= durations[name] / sitl_s <= 1.2, (name, durations[name], sitl_s)
+
+
+@pytest.mark.sitl
+def test_sitl_refusing_to_arm_for_a_4s_threshold_ends_the_attempt_at_once(tmp_path: Path) -> None:
+    binary = sitl_binary()
+    if binary is None:
+        pytest.skip(SITL_SKIP)
+    out = tmp_path / "r"
+    code = main(["sim", "--sitl", str(binary), "--out", str(out), "--quiet", "--no-camera",
+                 "--speedup", "5", "--param", "BATT_LOW_VOLT=14"])  # fmt: skip
+    assert code == 1
+    report = json.loads((out / "report.json").read_text())
+    assert report["outcome"] == "arming refused: Battery 1 low voltage failsafe"
+    arm = next(p for p in report["phases"] if p["name"] == "arm")
+    assert arm["duration_s"] < 3.0  # not retried until the preflight timeout

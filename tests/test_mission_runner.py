@@ -135,6 +135,16 @@ def test_a_vehicle_that_never_gets_ready_is_given_up_on_the_ground(tmp_path: Pat
     )
 
 
+def test_a_4s_battery_threshold_on_a_3s_pack_ends_the_attempt_at_once(tmp_path: Path) -> None:
+    # The 4S airframe's BATT_LOW_VOLT on SITL's 3S copter: waiting cannot fix it.
+    with flight(tmp_path, params={"BATT_LOW_VOLT": 14.0}) as f:
+        outcome = f.fly(plan())
+        assert not f.server.state.armed
+    assert outcome == "arming refused: Battery 1 low voltage failsafe"
+    arm = next(e for e in f.events if e.phase is Phase.ARM and e.event == "enter")
+    assert f.event("abort").boot_time_s - arm.boot_time_s < 2.0
+
+
 def test_low_battery_returns_home(tmp_path: Path) -> None:
     with flight(tmp_path) as f:
         outcome = f.fly(plan(300.0, min_battery_pct=85.0))

@@ -95,11 +95,14 @@ Leg = TakeoffLeg | TransitLeg | DropLeg | ReturnLeg | LandLeg
 
 @dataclass(frozen=True)
 class Speeds:
-    """Speeds the mission sets on the autopilot (MAV_CMD_DO_CHANGE_SPEED) for its legs."""
+    """Speeds the mission sets on the autopilot (MAV_CMD_DO_CHANGE_SPEED) for its legs, and
+    the final landing speed it expects the autopilot to land at (LAND_SPEED: a parameter of
+    the autopilot's own landing, which no command sets; the preflight compares them)."""
 
     cruise_mps: float = 10.0
     climb_mps: float = 2.5
     descent_mps: float = 1.5
+    land_mps: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -222,6 +225,7 @@ def speeds_from_config(flight: FlightConfig) -> Speeds:
         cruise_mps=flight.cruise_speed_mps,
         climb_mps=flight.climb_rate_mps,
         descent_mps=flight.descent_rate_mps,
+        land_mps=flight.land_speed_mps,
     )
 
 

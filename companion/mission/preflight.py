@@ -254,6 +254,29 @@ def _battery_level(battery_pct: int | None, plan: MissionPlan) -> list[Finding]:
     return []
 
 
+def speed_notes(params: Mapping[str, float], plan: MissionPlan) -> list[str]:
+    """Where the autopilot's own speeds differ from the plan's, without stopping the flight:
+    the legs' speeds are set by command, but the autopilot returns (RTL) at RTL_SPEED, or
+    WPNAV_SPEED when that is 0, and lands at LAND_SPEED; the report's ideal times assume the
+    plan's."""
+    notes = []
+    speeds = plan.speeds
+    rtl = _get(params, "RTL_SPEED") or _get(params, "WPNAV_SPEED")
+    if rtl is not None and abs(rtl / 100.0 - speeds.cruise_mps) > 0.05:
+        name = "RTL_SPEED" if _get(params, "RTL_SPEED") else "WPNAV_SPEED"
+        notes.append(
+            f"the return (RTL) flies at {name} {rtl / 100:g} m/s, not the cruise speed of "
+            f"{speeds.cruise_mps:g} m/s (flight.cruise_speed_mps)"
+        )
+    land = _get(params, "LAND_SPEED")
+    if land is not None and abs(land / 100.0 - speeds.land_mps) > 0.05:
+        notes.append(
+            f"the autopilot lands at LAND_SPEED {land / 100:g} m/s, not {speeds.land_mps:g} m/s "
+            "(flight.land_speed_mps)"
+        )
+    return notes
+
+
 def _ceil(value: float) -> int:
     return int(-(-value // 1))
 

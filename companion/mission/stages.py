@@ -43,6 +43,7 @@ from companion.mission.preflight import (
     arming_reason,
     arming_refusal_is_transient,
     check_autopilot,
+    speed_notes,
 )
 from companion.mission.progress import ProgressWatch
 from firmware_bridge.dialect import mavlink
@@ -189,7 +190,8 @@ class Preflight(Stage):
         )
         self._findings = [str(f) for f in findings]
         core.params = dict(params.values)
-        core.record("checked", findings=self._findings)
+        notes = speed_notes(core.params, core.plan)
+        core.record("checked", findings=self._findings, notes=notes)
 
 
 @dataclass
