@@ -102,6 +102,12 @@ class GpsDriver:
             self._thread = None
         self._close()
 
+    @property
+    def settled(self) -> bool:
+        """True once the receiver streams at its final settings: configured over UBX, or
+        nothing to configure (until then its baud rate and output rate may still change)."""
+        return self._make_configurator is None or self.config_result is not None
+
     def __enter__(self) -> GpsDriver:
         return self.start()
 

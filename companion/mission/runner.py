@@ -154,7 +154,9 @@ class MissionRunner:
             heard = self.vehicle.tracker.wait_for(
                 lambda s: s.boot_time_s is not None, TELEMETRY_WAIT_S
             )
-            self._carry_out(core.start(heard or self.vehicle.state))
+            first = heard or self.vehicle.state
+            self._seen_time_s = first.boot_time_s
+            self._carry_out(core.start(first))
             next_tick = time.monotonic()
             while not core.finished:
                 timeout = max(0.0, next_tick - time.monotonic())

@@ -6,7 +6,9 @@ busy machine would let the vehicle fly on while the mission has not yet seen whe
 a descent would go on past a person the camera saw. Like SITL's lockstep with an external
 physics engine, the vehicle's step gate (`Lockstep.gate`) holds its clock while the mission
 is behind it by more than `max_lead_s` of simulated time or still has events to take in or
-commands to send, and while the simulated camera takes a frame that is due. The vehicle keeps
+commands to send, while another part of the companion that follows the vehicle (its GPS
+receiver's fixes: a `Follower`) is more than its own lead behind, and while the simulated
+camera takes a frame that is due. The vehicle keeps
 answering messages meanwhile (commands are acknowledged), and its simulated time only
 advances once the companion has caught up.
 
@@ -20,6 +22,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from companion.mission.runner import MissionRunner
 from sim.harness.vision import CameraPose, SimVision
@@ -28,8 +32,20 @@ from sim.vehicle import VehicleServer
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Follower:
+    """A part of the companion that takes in what the vehicle does: `seen()` is the newest
+    simulated time it has taken in (None while it is not following yet), which may trail the
+    vehicle by at most `max_lead_s`."""
+
+    name: str
+    seen: Callable[[], float | None]
+    max_lead_s: float
+
+
 class Lockstep:
-    """The step gate of a `VehicleServer` flown by `runner`, with `vision`'s frames."""
+    """The step gate of a `VehicleServer` flown by `runner`, with `vision`'s frames and the
+    `followers`' progress."""
 
     def __init__(
         self,
@@ -37,12 +53,14 @@ class Lockstep:
         runner: MissionRunner,
         vision: SimVision | None = None,
         *,
+        followers: Sequence[Follower] = (),
         max_lead_s: float = 0.25,
         patience_s: float = 5.0,
     ) -> None:
         self.server = server
         self.runner = runner
         self.vision = vision
+        self.followers = tuple(followers)
         self.max_lead_s = max_lead_s
         self.patience_s = patience_s
         self.stalls = 0
@@ -55,13 +73,23 @@ class Lockstep:
             return False
         return self.vision is None or self.vision.allow(t_next, self._pose)
 
-    def _companion_ready(self, t_next: float) -> bool:
+    def _behind(self, t_next: float) -> list[str]:
+        """The parts of the companion that have not caught up with the vehicle."""
+        behind = []
         runner = self.runner
-        if not runner.running or self.server.link_blocked:
-            self._waiting_since = None
-            return True
-        seen = runner.seen_time_s
-        if seen is not None and t_next - seen <= self.max_lead_s and runner.idle:
+        if runner.running and not self.server.link_blocked:
+            seen = runner.seen_time_s
+            if seen is None or t_next - seen > self.max_lead_s or not runner.idle:
+                behind.append(f"the mission (seen {_time(seen)})")
+        for follower in self.followers:
+            seen = follower.seen()
+            if seen is not None and t_next - seen > follower.max_lead_s:
+                behind.append(f"{follower.name} (seen {_time(seen)})")
+        return behind
+
+    def _companion_ready(self, t_next: float) -> bool:
+        behind = self._behind(t_next)
+        if not behind:
             self._waiting_since = None
             self._let_go = False
             return True
@@ -77,14 +105,18 @@ class Lockstep:
         self._waiting_since = None
         self._let_go = True
         log.warning(
-            "lockstep: the companion did not catch up with the vehicle in %g s (seen %s, "
-            "vehicle at %.2f s); the vehicle goes on until it has",
-            self.patience_s,
-            "nothing" if seen is None else f"{seen:.2f} s",
+            "lockstep: %s did not catch up with the vehicle (at %.2f s) in %g s; the vehicle "
+            "goes on until it has",
+            " and ".join(behind),
             t_next,
+            self.patience_s,
         )
         return True
 
     def _pose(self) -> CameraPose:
         snap = self.server.state
         return CameraPose(snap.time_s, snap.lat, snap.lon, snap.alt_rel_m)
+
+
+def _time(seen: float | None) -> str:
+    return "nothing" if seen is None else f"{seen:.2f} s"

@@ -28,6 +28,8 @@ from companion.autopilot import connect_autopilot
 from companion.bus import Bus
 from companion.config import Config
 from companion.geo import distance_m, offset
+from companion.gps.driver import GpsDriver
+from companion.gps.fix import GpsFix
 from companion.gps.flight_summary import GpsFlightSummary
 from companion.mission.events import MissionEvent
 from companion.mission.journal import Journal
@@ -44,7 +46,7 @@ from sim.harness.devices import (
     sim_time_of,
     telemetry_uplink,
 )
-from sim.harness.lockstep import Lockstep
+from sim.harness.lockstep import Follower, Lockstep
 from sim.harness.vision import SimVision
 from sim.sitl import SitlProcess
 from sim.vehicle import VehicleServer
@@ -217,7 +219,8 @@ def run_simulation(
         runner = MissionRunner(vehicle, journal, bus)
         lockstep = None
         if server is not None:
-            lockstep = Lockstep(server, runner, vision)
+            followers = [gps_follower(bus, server, gps)]
+            lockstep = Lockstep(server, runner, vision, followers=followers)
             server.set_step_gate(lockstep.gate)
             stack.callback(server.set_step_gate, None)
             vision.start_lockstep(runner)
@@ -246,3 +249,27 @@ def run_simulation(
     report["lockstep_stalls"] = None if lockstep is None else lockstep.stalls
     write_report(out_dir, report, recorder)
     return report
+
+
+def gps_follower(bus: Bus, server: VehicleServer, driver: GpsDriver) -> Follower:
+    """The companion's GPS as a lockstep follower once the driver has configured the
+    receiver (before that, the receiver needs simulated time to pass to answer and switch its
+    baud rate): the newest fix it has decoded, as the simulated time its UTC shows (the
+    emulated receiver's UTC runs with the vehicle's clock), at most 0.6 s (three 5 Hz epochs)
+    behind the vehicle."""
+    utc_boot = server.utc_at_boot
+    newest: list[float] = []
+
+    def seen() -> float | None:
+        if not newest or not driver.settled:
+            return None
+        return newest[0]
+
+    def on_fix(fix: GpsFix) -> None:
+        if fix.time is not None:
+            t = fix.time.timestamp() - utc_boot
+            if not newest or t > newest[0]:
+                newest[:] = [t]
+
+    bus.subscribe(GpsFix, on_fix)
+    return Follower("the companion's GPS", seen, 0.6)
