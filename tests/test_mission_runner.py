@@ -18,6 +18,7 @@ import pytest
 from companion.bus import Bus
 from companion.config import FlightConfig
 from companion.geo import offset
+from companion.mission.core import MissionCore
 from companion.mission.events import MissionEvent, Phase
 from companion.mission.journal import Journal, JournalError
 from companion.mission.plan import MissionPlan, delivery_plan
@@ -228,6 +229,23 @@ def test_a_journal_that_fails_in_flight_still_ends_in_rtl(tmp_path: Path) -> Non
         assert not state.gripper_released
     assert outcome.startswith("journal failure: journal ")
     assert f.event("abort").detail["action"] == "RTL"
+
+
+def test_a_failure_of_the_runner_itself_still_sends_the_drone_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handle = MissionCore.handle
+
+    def broken(core: MissionCore, event: object) -> list:
+        if core.phase is Phase.CRUISE:
+            raise RuntimeError("a bug")
+        return handle(core, event)
+
+    monkeypatch.setattr(MissionCore, "handle", broken)
+    with flight(tmp_path) as f:
+        with pytest.raises(RuntimeError, match="a bug"):
+            f.fly(plan(300.0))
+        f.vehicle.wait_until(lambda s: s.mode == "RTL", 10, "RTL")
 
 
 # -- injected faults -------------------------------------------------------------------------

@@ -99,6 +99,7 @@ class MissionRunner:
         self._journal_ok = True
         self._journal_error = ""
         self._mission_id = ""
+        self._running = False
 
     # -- what other threads may call ---------------------------------------------------------
 
@@ -110,8 +111,8 @@ class MissionRunner:
 
     @property
     def running(self) -> bool:
-        """True while a mission is being flown."""
-        return self.core is not None and not self.core.finished
+        """True while `run` flies a mission."""
+        return self._running
 
     @property
     def idle(self) -> bool:
@@ -149,6 +150,7 @@ class MissionRunner:
         ]
         worker = threading.Thread(target=self._work, name="mission-commands", daemon=True)
         worker.start()
+        self._running = True
         try:
             # The mission is timed on the autopilot's clock: start once it has been heard.
             heard = self.vehicle.tracker.wait_for(
@@ -171,7 +173,13 @@ class MissionRunner:
                     next_tick = time.monotonic() + self.tick_s
                     link = self.vehicle.link
                     self._handle(core, LinkStatus(link.up, link.heartbeat_age()))
+        except Exception:
+            # A bug of ours must not leave a flying drone without anyone in charge.
+            log.exception("mission %s: the runner failed", plan.mission_id)
+            self._return_home_after_failure()
+            raise
         finally:
+            self._running = False
             for stop in stops:
                 stop()
             self._commands.put(None)
@@ -179,6 +187,17 @@ class MissionRunner:
             self._drain()
         assert core.outcome is not None
         return core.outcome
+
+    def _return_home_after_failure(self) -> None:
+        """Best effort after an internal failure: RTL if the drone is armed and the mode is
+        still one the companion commands (a pilot's mode is left alone)."""
+        state = self.vehicle.state
+        if not state.armed or state.mode not in ("GUIDED", "AUTO"):
+            return
+        try:
+            _set_mode(self, SetMode(0, "RTL"))
+        except BridgeError as exc:
+            log.error("mission %s: RTL after the failure refused: %s", self._mission_id, exc)
 
     def _handle(self, core: MissionCore, event: Input) -> None:
         if isinstance(event, StateUpdate) and event.state.boot_time_s is not None:
