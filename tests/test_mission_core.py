@@ -576,3 +576,53 @@ def test_a_cone_that_never_clears_flies_the_parcel_home_after_max_hold():
     )
     assert not world.released and not world.armed
     assert abort_of(world).detail["action"] == "RTL"
+
+
+# -- plans of several legs -------------------------------------------------------------------
+
+
+def test_a_plan_with_two_drops_and_waypoints_flies_them_in_order():
+    from companion.mission.plan import (
+        DropLeg,
+        LandLeg,
+        ReturnLeg,
+        TakeoffLeg,
+        TransitLeg,
+        Waypoint,
+    )
+
+    a = offset(*HOME, 150.0, 90.0)
+    b = offset(*HOME, 150.0, 0.0)
+    corner = offset(*HOME, 200.0, 45.0)
+    two = MissionPlan(
+        "route-1",
+        (
+            TakeoffLeg(30.0),
+            TransitLeg((Waypoint(*a, 30.0),), to="drop A"),
+            DropLeg("A", *a, 5.0, 30.0),
+            TransitLeg((Waypoint(*corner, 30.0), Waypoint(*b, 30.0)), to="drop B"),
+            DropLeg("B", *b, 5.0, 30.0),
+            ReturnLeg(),
+            LandLeg(),
+        ),
+    )
+    world = World()
+    core = fly(world, two)
+    assert core.outcome == "delivered" and core.released == ["A", "B"]
+    assert [t.detail["drop"] for t in world.transitions() if t.event == "released"] == ["A", "B"]
+    assert sum(isinstance(c, ChangeSpeed) for c in world.commands()) == 3  # once, at the start
+    targets = [(round(c.lat, 5), round(c.lon, 5)) for c in world.commands()
+               if isinstance(c, Reposition) and c.alt_m == 30.0]  # fmt: skip
+    rounded = [(round(p[0], 5), round(p[1], 5)) for p in (a, a, corner, b, b)]
+    assert targets == rounded  # A, climb over A, the corner, B, climb over B
+
+
+def test_a_plan_must_start_with_a_takeoff_and_release_once_per_drop():
+    from companion.mission.plan import DropLeg, HandoverStep, TakeoffLeg
+
+    with pytest.raises(ValueError, match="first leg must be a take-off"):
+        MissionPlan("x", (DropLeg("A", *HOME, 5.0, 30.0),))
+    with pytest.raises(ValueError, match="releases exactly once"):
+        DropLeg("A", *HOME, 5.0, 30.0, steps=(HandoverStep.CLEAR_CONE,))
+    with pytest.raises(ValueError, match="legal ceiling"):
+        MissionPlan("x", (TakeoffLeg(150.0),))
