@@ -189,6 +189,3 @@ def schedule_outage(
 
     bus.subscribe(ModemState, on_modem)
     bus.subscribe(MissionEvent, on_event)
-
-
-# -- the simulated downward camera and the descent-cone guard ---------------------------------
