@@ -655,6 +655,9 @@ def test_fence_breach_triggers_rtl() -> None:
         )
         assert gcs.text_seen("Polygon fence breached")
         assert server.state.north_m > 75.0
+        # RTL shows at once (ArduCopter sends a heartbeat on every mode change); FENCE_STATUS
+        # streams at 1 Hz: first the breach, then the way back inside.
+        gcs.wait(lambda: gcs.last["FENCE_STATUS"].breach_count == 1, "the breach reported")
         status = gcs.wait(lambda: gcs.last["FENCE_STATUS"].breach_status == 0, "back inside")
         assert status > t_breach
         assert gcs.last["FENCE_STATUS"].breach_count == 1

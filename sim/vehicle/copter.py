@@ -18,7 +18,7 @@ import math
 import time
 from dataclasses import dataclass
 
-from . import commands
+from . import commands, telemetry
 from .auto_mission import AutoMission
 from .battery import DISARMED_CURRENT_A, GRAVITY, GROUND_IDLE_CURRENT_A, Battery, flight_current
 from .controllers import (
@@ -483,6 +483,9 @@ class Copter(FailsafeRules):
         self.controller = controller
         self.speed_override = {}
         self.disarm_at = None
+        # Copter::set_mode sends a HEARTBEAT at once (ArduCopter/mode.cpp), so every link
+        # sees a new mode without waiting for the next 1 Hz heartbeat.
+        self.out.send(telemetry.heartbeat(self))
         return True
 
     def _mode_failed(self, mode: Mode, reason: str) -> None:
