@@ -297,6 +297,18 @@ class ParamReadAll(Exchange[dict[str, ParamValue]]):
         if self._count is None and index < msg.param_count:
             self._count = msg.param_count
         if self._count is not None and index < self._count and index not in self._by_index:
+            known = self._index_of.get(msg.param_id)
+            if known is not None and known != index:
+                # Names are unique in the autopilot's table: one name at two indices means
+                # the listing is not one table (changed or corrupted during the download),
+                # and a result keyed by name would silently lack a parameter.
+                self._fail(
+                    ParamError(
+                        f"read all parameters: {msg.param_id} listed at indices {known} and "
+                        f"{index}; the parameter table is not consistent, read it again"
+                    )
+                )
+                return []
             try:
                 self._by_index[index] = (msg.param_id, _decoded(msg))
             except ParamError as exc:

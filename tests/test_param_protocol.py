@@ -285,6 +285,15 @@ def test_read_all_keeps_a_value_changed_during_the_download() -> None:
     assert core.result()["P00"] == (42, INT16)
 
 
+def test_read_all_refuses_a_name_listed_at_two_indices() -> None:
+    # Found by fuzzing: keyed by name, the result had fewer parameters than param_count.
+    core = ParamReadAll(1, 1)
+    names = ["P00", "P01", "P00"]
+    drive(core, listing(names, [0, 1, 2]))
+    with pytest.raises(ParamError, match="P00 listed at indices 0 and 2"):
+        core.result()
+
+
 # --- property tests ------------------------------------------------------------------
 
 PARAM_NAMES = st.sampled_from(["P00", "P01", "P02", "BATT_CAPACITY"])
@@ -364,6 +373,7 @@ def _check_read_all(core: ParamReadAll, driver: Driver) -> None:
         indices = {m.param_index for m in listed if m.param_index < count}
         assert indices == set(range(count)), "success without every index"
         assert set(got) <= {m.param_id for m in listed}
+        assert len(got) == count, "success with fewer parameters than the autopilot has"
 
 
 @settings(max_examples=200, deadline=None)
