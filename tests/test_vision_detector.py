@@ -151,3 +151,9 @@ def test_unreadable_images_are_image_errors(fp32, tmp_path):
         as_bgr(np.zeros((4, 4, 3), np.float32))
     with pytest.raises(ImageError, match="shape"):
         fp32.detect(np.zeros((4, 4, 2), np.uint8))
+
+
+@pytest.mark.parametrize("shape", [(0, 0, 3), (0, 640, 3), (480, 0, 3), (0, 0), (0, 5, 4)])
+def test_an_empty_frame_is_an_image_error_not_a_division_by_zero(fp32, shape):
+    with pytest.raises(ImageError, match=r"empty frame \(\d+ x \d+ pixels\)"):
+        fp32.detect(np.zeros(shape, np.uint8))

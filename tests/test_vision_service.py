@@ -18,6 +18,7 @@ from companion.config import Config, ConfigError, VisionConfig, load_config, par
 pytest.importorskip("cv2", reason="pip install 'opencv-python-headless>=4.8,<5'")
 pytest.importorskip("onnxruntime", reason="pip install 'onnxruntime>=1.17'")
 
+from companion.vision.errors import ImageError
 from companion.vision.obstacles import SECTORS, ObstacleSummary
 from companion.vision.service import Detections, start_vision
 from models import BUILD_DIR
@@ -200,6 +201,21 @@ def test_bus_only_without_a_vehicle_and_stop_joins(models_dir: Path, frames: Pat
     assert set(counts) <= {"tie"}  # the class filter applies
     assert service.stats.obstacles_sent == 0
     service.stop()  # twice is fine
+
+
+def test_an_empty_frame_is_counted_and_vision_goes_on(models_dir: Path, frames: Path) -> None:
+    import numpy as np
+
+    bus = Bus()
+    config = VisionConfig(source=str(frames), models_dir=models_dir, threads=1)
+    service = start_vision(config, bus, None)
+    assert service is not None
+    try:
+        with pytest.raises(ImageError, match="empty frame"):
+            service.process(np.zeros((0, 0, 3), np.uint8), 0, 0.0)
+        wait_until(lambda: bus.latest(Detections) is not None, "a Detections message")
+    finally:
+        service.stop()
 
 
 def test_telemetry_carries_fresh_detection_counts(tmp_path: Path) -> None:

@@ -68,11 +68,16 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def as_bgr(image: np.ndarray, where: str = "<array>") -> np.ndarray:
-    """Accept grey (H, W), BGR (H, W, 3) or BGRA (H, W, 4) uint8 frames; reject the rest."""
+    """Accept grey (H, W), BGR (H, W, 3) or BGRA (H, W, 4) uint8 frames of at least one pixel;
+    reject the rest with an `ImageError` that says what was wrong."""
     if not isinstance(image, np.ndarray):
         raise ImageError(where, f"expected a numpy array, got {type(image).__name__}")
     if image.dtype != np.uint8:
         raise ImageError(where, f"expected uint8 pixels, got {image.dtype}")
+    if image.ndim in (2, 3) and (image.shape[0] == 0 or image.shape[1] == 0):
+        # A camera that delivers nothing (a stalled V4L2 buffer, a broken stream) must get
+        # its own error: scaling it to the network's input would divide by zero.
+        raise ImageError(where, f"empty frame ({image.shape[1]} x {image.shape[0]} pixels)")
     if image.ndim == 2:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     if image.ndim == 3 and image.shape[2] == 3:
