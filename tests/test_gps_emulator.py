@@ -13,11 +13,11 @@ import pytest
 import serial
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pyubx2 import SET, UBXMessage, UBXReader
+from pyubx2 import POLL, SET, UBXMessage, UBXReader
 
 from companion.gps.ubx_config import UbxConfigurator, UbxNak
 from sim.gps import UBLOX6, UBLOX7, Faults, Jump, Neo6m
-from sim.gps.neo6m import nmea_sentence, ubx_frame
+from sim.gps.neo6m import DEFAULT_SKY, nmea_sentence, ubx_frame
 from sim.gps.pty_runner import Neo6mPty
 
 HOME = (47.285, 8.565, 500.0, 10.0, 90.0)
@@ -140,7 +140,7 @@ def test_configuration_core_configures_the_emulator(version) -> None:
     assert (emu.meas_rate_ms, emu.config.dyn_model) == (200, 7)
     assert not emu.enabled("GLL") and all(emu.enabled(n) for n in ("GGA", "RMC", "GSA", "VTG"))
     assert ((0x01, 0x07) in emu.config.msg_rates) == version.nav_pvt
-    assert emu.saved_to == {"BBR", "flash"}
+    assert emu.saved_to == {"BBR"}  # no flash on a NEO-6M, no EEPROM on this board
     # 5 Hz, no GLL, from the first tick on.
     out = lines(run(emu, 1.0))
     assert sum(s.startswith("$GPGGA") for s in out) == 5
@@ -394,3 +394,114 @@ def test_baud_change_over_the_pty_then_unplug_and_replug(tmp_path: Path) -> None
         # A power cycle without CFG-CFG: back to 9600.
         with serial.Serial(str(runner.link), 9600, timeout=0.05) as port:
             assert any(s.startswith(b"$GPGGA") for s in read_lines(port, 1.2))
+
+
+# -- wiring, per-port rates and storage, checked against pyubx2's encoding ----------------
+
+
+def cfg_msg_rates(**rates: int) -> bytes:
+    """The eight-byte CFG-MSG for GGA, as pyubx2 encodes the manual's layout."""
+    return UBXMessage("CFG", "CFG-MSG", SET, msgClass=0xF0, msgID=0x00, **rates).serialize()
+
+
+def test_the_port_poll_answers_for_the_port_the_host_is_on() -> None:
+    for wiring, port in (("UART1", 1), ("USB", 3)):
+        (answer,) = ubx_replies(Neo6m(wiring=wiring), ubx_frame(0x06, 0x00))
+        assert (answer.identity, answer.portID) == ("CFG-PRT", port)
+        assert answer.baudRate == (9600 if port == 1 else 0)  # USB has no line rate
+        assert (answer.inUBX, answer.outNMEA) == (1, 1)
+
+
+def test_the_eight_byte_cfg_msg_sets_every_port_the_three_byte_one_its_own() -> None:
+    usb = Neo6m(wiring="USB")
+    (ack,) = ubx_replies(usb, cfg_msg_rates(rateUART1=1))  # "for UART1" only
+    assert ack.identity == "ACK-ACK"
+    assert usb.output_rate("GGA") == 0  # silenced on USB: the bug a USB-wired receiver had
+    assert not any(line.startswith("$GPGGA") for line in lines(usb.tick(0.0, here)))
+    # The three-byte form (GPS.G6-SW-10018 CFG-MSG "Set Message Rate"; bytes and Fletcher
+    # checksum worked out by hand): the port it came in on.
+    (ack,) = ubx_replies(usb, bytes.fromhex("b562060103 00f00001") + b"\xfb\x10")
+    assert ack.identity == "ACK-ACK"
+    assert (usb.output_rate("GGA"), usb.output_rate("GGA", port=1)) == (1, 1)
+    (poll,) = ubx_replies(
+        usb, UBXMessage("CFG", "CFG-MSG", POLL, msgClass=0xF0, msgID=0).serialize()
+    )
+    assert (poll.rateDDC, poll.rateUART1, poll.rateUSB, poll.rateSPI) == (0, 1, 1, 0)
+
+
+@pytest.mark.parametrize(
+    ("eeprom", "devices", "saved"),
+    [
+        (False, {"devBBR": 1, "devFlash": 1, "devEEPROM": 1}, {"BBR"}),  # no flash, no EEPROM
+        (True, {"devBBR": 1, "devEEPROM": 1}, {"BBR", "EEPROM"}),
+        (True, {"devFlash": 1}, set()),  # a ROM part: nothing to write to
+    ],
+)
+def test_cfg_cfg_saves_to_the_devices_the_board_has(eeprom: bool, devices: dict, saved) -> None:
+    emu = Neo6m(eeprom=eeprom)
+    ubx_replies(emu, ubx_frame(0x06, 0x08, bytes.fromhex("c800 0100 0100")))  # 5 Hz
+    save = UBXMessage("CFG", "CFG-CFG", SET, saveMask=b"\x1f\x1f\x00\x00", **devices).serialize()
+    (ack,) = ubx_replies(emu, save)
+    assert ack.identity == "ACK-ACK"  # a device that is not there is skipped, not refused
+    assert emu.saved_to == saved
+
+
+def test_what_survives_a_power_cycle_depends_on_the_backup_supply_and_the_eeprom() -> None:
+    five_hz = ubx_frame(0x06, 0x08, bytes.fromhex("c800 0100 0100"))
+    bbr_only = UBXMessage("CFG", "CFG-CFG", SET, saveMask=b"\x1f\x1f\x00\x00", devBBR=1)
+    both = UBXMessage("CFG", "CFG-CFG", SET, saveMask=b"\x1f\x1f\x00\x00", devBBR=1, devEEPROM=1)
+    emu = Neo6m(eeprom=True)
+    ubx_replies(emu, five_hz + bbr_only.serialize())
+    emu.power_cycle()  # the backup battery held
+    assert emu.meas_rate_ms == 200
+    emu.power_cycle(backup=False)  # flat battery: BBR lost, nothing in the EEPROM
+    assert emu.meas_rate_ms == 1000
+    ubx_replies(emu, five_hz + both.serialize())
+    emu.power_cycle(backup=False)
+    assert emu.meas_rate_ms == 200  # from the EEPROM
+
+
+@pytest.mark.parametrize("after", [True, False])
+def test_the_cfg_prt_ack_goes_out_at_the_rate_the_receiver_is_built_for(after: bool) -> None:
+    emu = Neo6m(prt_ack_after_switch=after)
+    prt = UBXMessage(
+        "CFG", "CFG-PRT", SET, portID=1, baudRate=38400, charLen=3, parity=4, inUBX=1,
+        inNMEA=1, outUBX=1, outNMEA=1,
+    ).serialize()  # fmt: skip
+    (ack,) = ubx_replies(emu, prt)
+    assert ack.identity == "ACK-ACK"
+    # A runner writes the answers at the rate in force once `receive` returns.
+    assert emu.baud == (38400 if after else 9600)
+    emu.tick(0.0, here)
+    assert emu.baud == 38400  # switched once the ACK was out, at the latest
+
+
+def test_two_d_spells_and_a_changing_sky() -> None:
+    def sky(t: float) -> tuple:
+        return DEFAULT_SKY[: 4 + int(t) % 6]
+
+    emu = Neo6m(faults=Faults(two_d=((1.0, 2.0),)), sky=sky)
+    windows = [[pynmea2.parse(s) for s in lines(run_window(emu, s))] for s in range(3)]
+    modes = [next(p.mode_fix_type for p in w if p.sentence_type == "GSA") for w in windows]
+    assert modes == ["3", "2", "3"]
+    in_view = [{int(p.num_sv_in_view) for p in w if p.sentence_type == "GSV"} for w in windows]
+    assert in_view == [{4}, {5}, {6}]
+
+
+def test_a_power_cycle_on_the_pty_keeps_the_port_open(tmp_path: Path) -> None:
+    with Neo6mPty(Neo6m(backup_battery=False), here) as runner:
+        assert runner.path is not None
+        runner.emulator.config.baud = 57600
+        runner.power_cycle()
+        assert runner.plugged and runner.emulator.baud == 9600
+        with serial.Serial(runner.path, 9600, timeout=0.05) as port:
+            assert any(s.startswith(b"$GPGGA") for s in read_lines(port, 1.2))
+
+
+def test_a_usb_wired_receiver_on_the_pty_has_no_line_rate(tmp_path: Path) -> None:
+    with (
+        Neo6mPty(Neo6m(wiring="USB", meas_rate_ms=200), here) as runner,
+        serial.Serial(runner.path, 115200, timeout=0.05) as port,
+    ):
+        assert not runner.simulate_baud_mismatch
+        assert any(s.startswith(b"$GPGGA") for s in read_lines(port, 0.6))

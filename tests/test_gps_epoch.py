@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timezone
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from companion.gps.epoch import KNOT_MPS, EpochAssembler
+from companion.gps.epoch import KNOT_MPS, EpochAssembler, GsvSatellites
 from companion.gps.fix import MODE_2D, MODE_3D, MODE_NO_FIX, GpsFix
 from companion.gps.stream import NmeaUbxStream, Sentence, nmea_checksum
 
@@ -39,12 +40,14 @@ def cycle(
     ]
 
 
-def run(lines: list[bytes], *, flush: bool = True) -> list[GpsFix]:
+def run(
+    lines: list[bytes], *, flush: bool = True, received_at: float | None = None
+) -> list[GpsFix]:
     stream, assembler, fixes = NmeaUbxStream(), EpochAssembler(), []
     for i, line in enumerate(lines):
         for event in stream.feed(line):
             assert isinstance(event, Sentence), event
-            fixes += assembler.push(event, float(i))
+            fixes += assembler.push(event, float(i) if received_at is None else received_at)
     if flush:
         fixes += assembler.flush()
     return fixes
@@ -126,9 +129,10 @@ def test_gsa_2d_fix_reports_no_altitude() -> None:
     assert fix.mode == MODE_2D and fix.valid and fix.alt_msl_m is None
 
 
-def test_dead_reckoning_quality_is_reported() -> None:
+def test_dead_reckoning_quality_is_reported_and_never_valid() -> None:
     (fix,) = run(cycle(quality=6))
-    assert fix.quality == 6
+    assert fix.quality == 6 and fix.dead_reckoning and not fix.valid
+    assert fix.lat is not None  # the estimate is kept for display
 
 
 def test_gsv_set_with_a_missing_part_gives_no_satellites() -> None:
@@ -217,7 +221,7 @@ def test_fix_is_valid_only_when_no_sentence_says_otherwise(kept, epochs) -> None
         lines += [line for line in cycle(tod, **kwargs) if line[3:6].decode() in kept]
         bad = (
             ("RMC" in kept and rmc == "V")
-            or ("GGA" in kept and quality == 0)
+            or ("GGA" in kept and quality in (0, 6))  # 6: dead reckoning, not measured
             or ("GSA" in kept and gsa_mode == 1)
             or ("GLL" in kept and gll == "V")
         )
@@ -276,3 +280,131 @@ def test_a_repeated_bad_gsa_mode_is_counted_every_time() -> None:
         for event in stream.feed(line):
             assembler.push(event, 0.0)
     assert assembler.field_errors == 3
+
+
+# -- rules 3 and 4, fixes that are not measured, repeated times ---------------------------
+
+
+def test_a_timed_sentence_seen_already_starts_the_next_epoch_even_without_a_time() -> None:
+    """Rule 3: u-blox's cycles before its first fix carry empty times."""
+    empty = [
+        nmea("GPRMC,,V,,,,,,,,,,N"),
+        nmea("GPGGA,,,,,,0,00,99.99,,,,,,"),
+        nmea("GPGSA,A,1,,,,,,,,,,,,,99.99,99.99,99.99"),
+    ]
+    fixes = run(empty * 4)
+    assert len(fixes) == 4 and not any(f.valid for f in fixes)
+
+
+def test_a_frozen_time_after_a_learned_cycle_end_is_the_next_cycle_not_a_straggler() -> None:
+    lines = cycle("000001.00") + cycle("000002.00") + cycle("000003.00")
+    frozen = cycle("000003.00")  # the receiver's clock stopped: the same time again
+    fixes = run(lines + frozen + frozen)
+    assert [f.time.second for f in fixes] == [1, 2, 3, 3, 3]
+    assert [f.valid for f in fixes] == [True, True, True, False, False]  # stale repeats
+
+
+def test_a_straggler_after_a_learned_end_is_still_dropped() -> None:
+    zda = nmea("GPZDA,000003.00,09,12,2002,00,00")  # new in the output set, after GLL
+    stream, assembler = NmeaUbxStream(), EpochAssembler()
+    for line in cycle("000001.00") + cycle("000002.00") + cycle("000003.00") + [zda]:
+        for event in stream.feed(line):
+            assembler.push(event, 0.0)
+    assert assembler.late_sentences == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "dead_reckoning"),
+    [
+        ((b",1,8,1.01", b",6,8,1.01"), True),  # GGA quality 6: estimated (dead reckoning)
+        ((b",1,8,1.01", b",7,8,1.01"), False),  # 7: manual input
+        ((b",1,8,1.01", b",8,8,1.01"), False),  # 8: simulator
+        ((b"091202,,,A", b"091202,,,E"), True),  # RMC mode indicator E
+        ((b"091202,,,A", b"091202,,,M"), False),  # RMC mode M: manual input
+        ((b"091202,,,A", b"091202,,,S"), False),  # RMC mode S: simulator
+        ((b",A,A*", b",A,E*"), True),  # GLL mode E
+        ((b"18.52,K,A", b"18.52,K,E"), True),  # VTG mode E
+    ],
+)
+def test_a_fix_that_was_not_measured_is_never_valid(change, dead_reckoning: bool) -> None:
+    old, new = change
+    lines = []
+    for line in cycle():
+        body = line[1 : line.rindex(b"*") + 1].replace(old, new).rstrip(b"*")
+        lines.append(nmea(body.decode()))
+    assert lines != cycle()
+    (fix,) = run(lines)
+    assert not fix.valid and fix.dead_reckoning == dead_reckoning
+    assert fix.lat is not None  # the estimate is kept for display
+
+
+def test_nan_and_infinity_are_no_measurement() -> None:
+    gga = "GPGGA,092725.00,4717.11399,N,00833.91590,E,1,8,nan,inf,M,-inf,M,,0"
+    (fix,) = run([nmea(gga)])
+    assert (fix.hdop, fix.alt_msl_m, fix.geoid_sep_m) == (None, None, None)
+
+
+def test_more_than_four_records_in_a_gsv_part_is_a_field_error() -> None:
+    records = ",".join(f"{prn:02d},10,100,30" for prn in range(1, 7))
+    stream, assembler = NmeaUbxStream(), EpochAssembler()
+    line = nmea(f"GPGSV,1,1,06,{records}")
+    gga = nmea("GPGGA,092725.00,4717.11399,N,00833.91590,E,1,8,1.01,499.6,M,48.0,M,,0")
+    fixes = []
+    for data in (gga, line):
+        for event in stream.feed(data):
+            fixes += assembler.push(event, 0.0)
+    (fix,) = fixes + assembler.flush()
+    assert [s.prn for s in fix.satellites] == [1, 2, 3, 4]
+    assert assembler.field_errors == 1
+
+
+def test_satellites_are_decoded_on_first_use_and_compare_as_a_tuple() -> None:
+    (fix,) = run(cycle())
+    sats = fix.satellites
+    assert isinstance(sats, GsvSatellites) and sats._decoded is None
+    assert sats == tuple(sats) and tuple(sats) == sats
+    assert sats[1:3] == tuple(sats)[1:3] and sats[-1].prn == 30
+    assert hash(sats) == hash(tuple(sats))
+    assert repr(sats).startswith("GsvSatellites((Satellite(prn=23")
+    assert sats != "not satellites"
+    (again,) = run(cycle())
+    assert again == fix and hash(again) == hash(fix)
+
+
+def test_a_fix_made_by_the_assembler_equals_one_made_by_its_constructor() -> None:
+    """The assembler builds GpsFix without its __init__ (`epoch._new_fix`): the same thing."""
+    (fix,) = run(cycle())
+    values = {f.name: getattr(fix, f.name) for f in dataclasses.fields(GpsFix)}
+    made = GpsFix(**values)
+    assert made == fix and hash(made) == hash(fix) and repr(made) == repr(fix)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fix.lat = 0.0  # type: ignore[misc]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(OUTPUT_SETS, STATUSES), min_size=1, max_size=6), st.integers(1, 300))
+def test_decode_gives_the_same_fixes_as_feed_and_push(epochs, chunk: int) -> None:
+    """The driver's path (`decode`, sentences as text) and the event path agree."""
+    data = b""
+    for n, (kept, (rmc, quality, gsa_mode, gll)) in enumerate(epochs):
+        kwargs = {"rmc": rmc, "quality": quality, "gsa_mode": gsa_mode, "gll": gll}
+        data += b"".join(
+            line for line in cycle(f"0000{n:02d}.00", **kwargs) if line[3:6].decode() in kept
+        )
+    stream, assembler = NmeaUbxStream(), EpochAssembler()
+    decoded = []
+    for start in range(0, len(data), chunk):
+        decoded += assembler.decode(stream, data[start : start + chunk], 1.0)[0]
+    decoded += assembler.flush()
+    pushed = run([data[i : i + chunk] for i in range(0, len(data), chunk)], received_at=1.0)
+    assert decoded == pushed
+
+
+def test_held_names_what_is_bounded() -> None:
+    assembler = EpochAssembler()
+    assert set(assembler.held()) == {
+        "sentences",
+        "positions",
+        "gsv_parts",
+        "gsv_pending",
+    }

@@ -6,12 +6,15 @@ The sentence examples are those of the u-blox NEO-6 protocol specification (GPS.
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pynmea2
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyubx2 import GET, POLL, UBXMessage
 
+from companion.gps import stream as stream_module
 from companion.gps.epoch import EpochAssembler
 from companion.gps.stream import (
     ERROR_KINDS,
@@ -21,6 +24,7 @@ from companion.gps.stream import (
     NmeaUbxStream,
     Sentence,
     UbxFrame,
+    UbxParseError,
     nmea_checksum,
 )
 
@@ -48,7 +52,10 @@ def with_talker(sentence: bytes, talker: bytes) -> bytes:
 def feed_all(stream: NmeaUbxStream, chunks: list[bytes]) -> list:
     events = []
     for chunk in chunks:
-        events += stream.feed(chunk)
+        new = stream.feed(chunk)
+        errors = [e.kind for e in new if isinstance(e, DecodeError)]
+        assert len(set(errors)) == len(errors), errors  # one event per kind and feed
+        events += new
     return events
 
 
@@ -57,7 +64,7 @@ def check_accounting(stream: NmeaUbxStream, events: list) -> None:
     assert stream.pending <= MAX_PENDING
     errors = [e for e in events if isinstance(e, DecodeError)]
     for kind in ERROR_KINDS:
-        assert getattr(stream.stats, kind) == sum(e.kind == kind for e in errors), kind
+        assert getattr(stream.stats, kind) == sum(e.count for e in errors if e.kind == kind), kind
     assert stream.stats.sentences == sum(isinstance(e, Sentence) for e in events)
     assert stream.stats.ubx_frames == sum(isinstance(e, UbxFrame) for e in events)
 
@@ -188,9 +195,14 @@ def test_line_cut_by_new_dollar_keeps_the_next_sentence() -> None:
 def test_garbage_between_sentences() -> None:
     stream = NmeaUbxStream()
     events = stream.feed(b"\x00\xff noise" + GGA + b"\r\n\xb5\x00junk" + RMC + b"\r\n")
-    assert [getattr(e, "kind", "ok") for e in events] == ["garbage", "ok", "garbage", "ok"]
-    assert stream.stats.garbage_bytes == 8 + 6
+    # One event per kind and feed, at the first one, with the count of them all.
+    assert [getattr(e, "kind", "ok") for e in events] == ["garbage", "ok", "ok"]
+    assert (events[0].count, events[0].raw_excerpt) == (2, b"\x00\xff noise")
+    assert stream.stats.garbage == 2 and stream.stats.garbage_bytes == 8 + 6
     check_accounting(stream, events)
+    events = stream.feed(b"\xb5\x00junk" + RMC + b"\r\n")
+    assert [getattr(e, "kind", "ok") for e in events] == ["garbage", "ok"]
+    assert events[0].raw_excerpt == b"\xb5\x00junk"
 
 
 def test_unsupported_sentences_counted_not_errors() -> None:
@@ -343,4 +355,98 @@ def test_runs_of_any_mix_of_fast_and_slow_lines_keep_order(picks, lower) -> None
     assert [e.fields for e in events] == [
         line[7 : line.rindex(b"*")].decode().split(",") for line in lines
     ]
+    check_accounting(stream, events)
+
+
+# -- the paths a run of lines can take ---------------------------------------------------
+
+
+def test_lines_other_than_supported_ones_go_together_and_are_sorted_line_by_line() -> None:
+    gst = b"$GPGST,001901.00,0.0000,,,,304885,304880,62123*5F"
+    bad = GGA.replace(b"499.6", b"499.7")
+    lines = [gst, RMC[:-2] + RMC[-2:].lower(), bad, GSA, b"$PUBX,41,1,0007,0003,19200,0*25"]
+    stream = NmeaUbxStream()
+    events = stream.feed(b"\r\n".join(lines) + b"\r\n")
+    assert [getattr(e, "kind", None) or e.sentence_type for e in events] == [
+        "RMC",
+        "checksum",
+        "GSA",
+    ]
+    assert stream.stats.unsupported == 2
+    check_accounting(stream, events)
+
+
+def test_a_sentence_splits_its_fields_on_first_use() -> None:
+    (event,) = NmeaUbxStream().feed(GGA + b"\r\n")
+    assert event._fields is None
+    assert event.fields == event.fields_text.split(",") and event.fields is event.fields
+
+
+def test_ubx_frames_are_decoded_on_first_use() -> None:
+    # CFG-DAT with 8 bytes of payload: a right checksum, a layout pyubx2 refuses.
+    frame = bytes.fromhex("b56206060800ea18a0ab916db9031be9")
+    stream = NmeaUbxStream()
+    (ack, unknown) = stream.feed(UBX_ACK + frame)
+    assert (ack.msg_class, ack.msg_id, ack._msg) == (0x05, 0x01, None)
+    assert ack.msg.identity == "ACK-ACK" and ack.msg is ack.msg
+    with pytest.raises(UbxParseError, match="class 0x06 id 0x06"):
+        _ = unknown.msg
+    assert stream.stats.ubx_frames == 2
+
+
+def test_a_sink_gets_the_same_sentences_as_the_events() -> None:
+    data = GOOD_STREAM + b"junk\x00$GP" + GOOD_STREAM.replace(b"*57", b"*58")
+    lines: list[str] = []
+    sunk = NmeaUbxStream()
+    sunk_events = sunk.feed(data, lines.extend)
+    evented = NmeaUbxStream()
+    events = evented.feed(data)
+
+    def others(items: list) -> list:
+        return [
+            (e.kind, e.count) if isinstance(e, DecodeError) else e.raw
+            for e in items
+            if not isinstance(e, Sentence)
+        ]
+
+    assert lines == [e.raw.decode() for e in events if isinstance(e, Sentence)]
+    assert others(sunk_events) == others(events) and not any(
+        isinstance(e, Sentence) for e in sunk_events
+    )
+    assert sunk.stats == evented.stats
+
+
+# Units of input that are decided on a look (stream._JUNK): a run of them longer than
+# _BULK_JUNK is counted in bulk, a shorter one unit by unit; both must agree.
+JUNK_UNITS = [b"$", b"$x", b"$GPGGA,1,2", b"\x00", b"noise", b"\xb5x", b"\r\n", b"\n", b"$*1"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(JUNK_UNITS), min_size=1, max_size=200))
+def test_junk_counted_in_bulk_is_counted_as_unit_by_unit(units: list[bytes]) -> None:
+    data = b"".join(units) + b"\r\n" + GGA + b"\r\n"
+    bulk = NmeaUbxStream()
+    bulk_events = bulk.feed(data)
+    with mock.patch.object(stream_module, "_BULK_JUNK", 10**9):
+        unit = NmeaUbxStream()
+        unit_events = unit.feed(data)
+    assert bulk.stats == unit.stats
+    assert {e.kind: e.count for e in bulk_events if isinstance(e, DecodeError)} == {
+        e.kind: e.count for e in unit_events if isinstance(e, DecodeError)
+    }
+    assert bulk_events[-1].raw == GGA
+    check_accounting(bulk, bulk_events)
+
+
+def test_ubx_false_syncs_and_garbage_between_them_are_taken_together() -> None:
+    # Syncs claiming nothing or a kilobyte, and garbage (the kilobyte's window must be there
+    # for its checksum to be tested: the x's).
+    data = b"\xb5\x62\xb5\x62\x00\x00" * 50 + b"\xb5\x62\x01\x01\x00\x04junk" * 50
+    data += b"x" * 1100 + RMC
+    stream = NmeaUbxStream()
+    events = stream.feed(data + b"\r\n")
+    kinds = {e.kind: e.count for e in events if isinstance(e, DecodeError)}
+    assert kinds["ubx_length"] == 50 and kinds["ubx_checksum"] == 100
+    assert kinds["garbage"] == 100  # the last "junk" runs on into the x's
+    assert isinstance(events[-1], Sentence) and events[-1].raw == RMC
     check_accounting(stream, events)

@@ -45,8 +45,22 @@ def ack(cls: int, msg_id: int, ok: bool = True) -> UBXMessage:
     return UBXReader.parse(frame(0x05, 0x01 if ok else 0x00, bytes((cls, msg_id))))
 
 
-def prt_answer(baud: int) -> UBXMessage:
-    return UBXReader.parse(UBXMessage("CFG", "CFG-PRT", GET, portID=1, baudRate=baud).serialize())
+def prt_answer(baud: int, port: int = 1) -> UBXMessage:
+    return UBXReader.parse(
+        UBXMessage("CFG", "CFG-PRT", GET, portID=port, baudRate=baud).serialize()
+    )
+
+
+class CfgMsgRate:
+    """A three-byte CFG-MSG "Set Message Rate", decoded by hand from the manual's layout
+    (GPS.G6-SW-10018, CFG-MSG: msgClass U1, msgID U1, rate U1): pyubx2 knows only the
+    eight-byte form."""
+
+    identity = "CFG-MSG"
+
+    def __init__(self, data: bytes) -> None:
+        self.msg_id = b"\x01"  # as pyubx2 gives it
+        self.msgClass, self.msgID, self.rate = data[6:9]
 
 
 NEO6M = ("7.03 (45969)", "00040007")
@@ -56,16 +70,23 @@ UBLOX7 = ("1.00 (59842)", "00070000", "PROTVER 14.00", "GPS;SBAS;GLO;QZSS")
 def sent(data: bytes):
     """What the core sent, parsed as the receiver would (input messages are SET/POLL)."""
     assert data[:2] == b"\xb5\x62"
+    assert ubx_checksum(data[2:-2]) == data[-2:]
+    if data[2:6] == b"\x06\x01\x03\x00":
+        return CfgMsgRate(data)
     # A 0- or 1-byte payload is a poll (MON-VER, CFG-PRT of one port); the rest are SETs.
     return UBXReader.parse(data, msgmode=SET if len(data) > 8 + 1 else POLL)
 
 
-def run_happy_path(cfg: UbxConfigurator, version: UBXMessage) -> list[UBXMessage]:
-    """Drive `cfg` answering everything as a well-behaved receiver; returns what it sent."""
+def run_happy_path(cfg: UbxConfigurator, version: UBXMessage, port: int = 1) -> list[UBXMessage]:
+    """Drive `cfg` answering everything as a well-behaved receiver wired to `port` (1
+    UART1, 3 USB); returns what it sent after the port poll."""
     log = []
     out = cfg.start(0.0)
     assert UBXReader.parse(out, msgmode=POLL).identity == "MON-VER"  # POLL
     out = cfg.receive(version, 0.1)
+    poll = UBXReader.parse(out, msgmode=POLL)
+    assert poll.identity == "CFG-PRT" and len(out) == 8  # no port id: "the used port"
+    out = cfg.receive(prt_answer(cfg.current_baud if port == 1 else 0, port), 0.1)
     while not cfg.finished:
         msg = sent(out)
         log.append(msg)
@@ -99,15 +120,20 @@ def test_happy_path_sends_the_whole_sequence_and_switches_baud() -> None:
     assert (rate.measRate, rate.navRate, rate.timeRef) == (200, 1, 1)  # 5 Hz, GPS time
     assert nav5.dyn == 1 and nav5.dynModel == DYN_MODEL_AIRBORNE_2G == 7
     names = {v: k for k, v in NMEA_MSG_IDS.items()}
-    rates = {names[m.msgID]: m.rateUART1 for m in log[3:9]}
+    rates = {names[m.msgID]: m.rate for m in log[3:9]}
     assert all(m.msgClass == 0xF0 for m in log[3:9])
     assert {k for k, v in rates.items() if v} == {"GGA", "RMC", "GSA", "GSV", "VTG"}
     assert rates["GLL"] == 0
-    assert log[-1].devBBR == 1 and log[-1].devFlash == 1
+    # The NEO-6M has no flash: BBR only, as no EEPROM was named.
+    assert (log[-1].devBBR, log[-1].devFlash, log[-1].devEEPROM) == (1, 0, 0)
+    assert log[-1].saveMask == b"\x1f\x1f\x00\x00"
     result = cfg.result()
-    assert result.baud == 115200 and result.saved and result.baud_change_acked
-    assert result.version.generation == "u-blox 6"
+    assert result.baud == 115200 and result.saved_to == ("BBR",) and result.baud_change_acked
+    assert result.port == "UART1" and result.version.generation == "u-blox 6"
     assert len(result.applied) == 10
+    assert result.describe() == (
+        "u-blox 6 (software 7.03 (45969)) on UART1 at 115200 baud, 5 Hz; saved to BBR"
+    )
 
 
 def test_same_baud_needs_no_switch() -> None:
@@ -126,12 +152,14 @@ def test_ubx_nav_output_adapts_to_the_receiver(version: tuple, nav: list[str]) -
     log = run_happy_path(cfg, mon_ver(*version))
     names = {v: k for k, v in NAV_MSG_IDS.items()}
     assert [names[m.msgID] for m in log if m.identity == "CFG-MSG" and m.msgClass == 0x01] == nav
+    assert all(m.rate == 1 for m in log if m.identity == "CFG-MSG" and m.msgClass == 0x01)
 
 
 def start_until(cfg: UbxConfigurator, identity: str) -> bytes:
-    """Answer until `cfg` sends `identity`; returns those bytes."""
+    """Answer until `cfg` sends `identity` (after the port poll); returns those bytes."""
     cfg.start(0.0)
-    out = cfg.receive(mon_ver(*NEO6M), 0.0)
+    cfg.receive(mon_ver(*NEO6M), 0.0)
+    out = cfg.receive(prt_answer(cfg.current_baud), 0.0)
     while sent(out).identity != identity:
         out = cfg.receive(ack(0x06, sent(out).msg_id[0]), 0.0)
     return out
@@ -200,17 +228,93 @@ def test_late_nak_of_the_baud_change_still_fails_it() -> None:
         cfg.result()
 
 
-def test_silence_at_the_new_rate_is_a_baud_error() -> None:
+def test_an_ack_that_arrives_at_the_new_rate_proves_the_switch() -> None:
+    """A receiver that switches first and acknowledges at the new rate: its ACK-ACK, fed
+    after the transport switched, is decoded at the new rate, which is the proof."""
+    cfg = UbxConfigurator(baud=115200, current_baud=9600, timeout=1.0)
+    start_until(cfg, "CFG-PRT")
+    assert cfg.tick(1.0) == b""  # nothing at 9600
+    cfg.baud_changed(1.0)
+    assert cfg.receive(ack(0x06, 0x08), 1.1) == b""  # an ACK of something else is not
+    assert sent(cfg.receive(ack(0x06, 0x00), 1.1)).identity == "CFG-RATE"
+    assert cfg.current_baud == 115200
+    assert cfg.receive(prt_answer(115200), 1.2) == b""  # the poll's answer after it: ignored
+    assert sent(cfg.receive(ack(0x06, 0x08), 1.3)).identity == "CFG-NAV5"
+
+
+def test_a_nak_at_the_new_rate_fails_the_switch() -> None:
+    cfg = UbxConfigurator(baud=115200, current_baud=9600, timeout=1.0)
+    start_until(cfg, "CFG-PRT")
+    cfg.tick(1.0)
+    cfg.baud_changed(1.0)
+    cfg.receive(ack(0x06, 0x00, ok=False), 1.1)
+    with pytest.raises(UbxNak, match="CFG-PRT"):
+        cfg.result()
+
+
+def test_silence_at_the_new_rate_after_an_ack_blames_the_line() -> None:
     cfg = UbxConfigurator(baud=115200, current_baud=9600, timeout=1.0, retries=1)
     start_until(cfg, "CFG-PRT")
-    cfg.receive(ack(0x06, 0x00), 0.1)
+    cfg.receive(ack(0x06, 0x00), 0.1)  # acknowledged at 9600: the receiver did switch
     poll = cfg.baud_changed(0.2)
-    assert cfg.receive(ack(0x06, 0x00), 0.3) == b""  # a late ACK is not the proof asked for
-    assert cfg.receive(prt_answer(9600), 0.3) == b""  # nor a port at another rate
+    assert cfg.receive(prt_answer(9600), 0.3) == b""  # a port at another rate is no proof
     assert cfg.tick(1.2) == poll
     cfg.tick(2.2)
-    with pytest.raises(UbxBaudError, match="no answer at 115200 baud after switching from 9600"):
+    with pytest.raises(UbxBaudError) as caught:
         cfg.result()
+    message = str(caught.value)
+    assert "acknowledged the switch to 115200 baud at 9600" in message
+    assert "2 polls at 115200 baud" in message and "may not run at 115200" in message
+    assert "still" not in message  # it is not at 9600 any more: it said so
+
+
+def test_silence_at_both_rates_says_either_may_hold() -> None:
+    cfg = UbxConfigurator(baud=115200, current_baud=9600, timeout=1.0, retries=0)
+    start_until(cfg, "CFG-PRT")
+    cfg.tick(1.0)  # no ACK at 9600
+    cfg.baud_changed(1.0)
+    cfg.tick(2.0)
+    with pytest.raises(UbxBaudError) as caught:
+        cfg.result()
+    message = str(caught.value)
+    assert "no acknowledgement at 9600 baud and no answer at 115200" in message
+    assert "stayed at 9600" in message
+
+
+def test_a_usb_wired_receiver_keeps_its_rate_and_gets_rates_on_its_own_port() -> None:
+    cfg = UbxConfigurator(baud=115200, current_baud=9600, save=True, eeprom=True)
+    log = run_happy_path(cfg, mon_ver(*NEO6M), port=3)
+    assert "CFG-PRT" not in [m.identity for m in log]  # no line rate to set on USB
+    assert cfg.pending_baud is None
+    msgs = [m for m in log if m.identity == "CFG-MSG"]
+    assert len(msgs) == 6 and all(isinstance(m, CfgMsgRate) for m in msgs)
+    assert (log[-1].devBBR, log[-1].devFlash, log[-1].devEEPROM) == (1, 0, 1)
+    result = cfg.result()
+    assert (result.port, result.baud, result.saved_to) == ("USB", 9600, ("BBR", "EEPROM"))
+    assert result.describe().endswith("on USB, 5 Hz; saved to BBR and EEPROM")
+
+
+def test_a_receiver_that_naks_the_port_poll_is_taken_to_be_on_uart1() -> None:
+    cfg = UbxConfigurator(baud=38400, current_baud=9600)
+    cfg.start(0.0)
+    cfg.receive(mon_ver(*NEO6M), 0.0)
+    out = cfg.receive(ack(0x06, 0x00, ok=False), 0.1)
+    assert sent(out).identity == "CFG-PRT" and sent(out).baudRate == 38400
+    assert cfg.port == "UART1"
+
+
+def test_cfg_msg_is_the_manuals_three_byte_form_byte_for_byte() -> None:
+    """GLL off as MultiWii's u-blox set-up string has it (the multiwii.com forum, "UBLOX_INIT":
+    B5 62 06 01 03 00 F0 01 00 FB 11), an independent encoding of the same rule."""
+    cfg = UbxConfigurator(baud=9600, current_baud=9600, nmea_on=(), nmea_off=("GLL",))
+    assert start_until(cfg, "CFG-MSG") == bytes.fromhex("b562060103 00f00100fb11")
+
+
+def test_unsaved_configuration_says_so() -> None:
+    cfg = UbxConfigurator(baud=9600, current_baud=9600)
+    run_happy_path(cfg, mon_ver(*NEO6M))
+    result = cfg.result()
+    assert result.saved_to == () and "not saved" in result.describe()
 
 
 def test_prt_nak_is_surfaced() -> None:

@@ -8,6 +8,7 @@ so a consumer can never mistake an old altitude for a current one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
@@ -56,6 +57,10 @@ class GpsFix:
     longitude present. An RMC status V, GGA quality 0 or GSA mode 1 makes it False whatever
     the other sentences say, as does a GLL status V.
 
+    Only a measured fix is valid: a dead-reckoning estimate (GGA quality 6, mode indicator
+    E; `dead_reckoning` says so), manual input or simulator output keeps its position but is
+    never valid, nor is an epoch that repeats the time of the one before it.
+
     `received_at` is the monotonic clock reading (`time.monotonic()` in the daemon) of the
     sentence that completed the epoch; `age_s(now)` measures from it, never from the
     receiver's UTC time, so a receiver clock error cannot make a fix look fresh.
@@ -74,10 +79,11 @@ class GpsFix:
     pdop: float | None
     hdop: float | None
     vdop: float | None
-    satellites: tuple[Satellite, ...]
+    satellites: Sequence[Satellite]  # `epoch.GsvSatellites`: decoded on first use
     valid: bool
     source: str
     received_at: float
+    dead_reckoning: bool = False
 
     def age_s(self, now: float) -> float:
         """Seconds since the epoch was received, on the same monotonic clock as `now`."""

@@ -3,7 +3,8 @@
 It listens on the bus like any other subscriber: fixes (how many, how many valid, how far
 each valid one lay from the autopilot's position at the time), the driver's statuses and
 the integrity alarms. `as_dict` adds what the driver itself knows: the receiver that
-answered the UBX handshake, the rate it was switched to, and the decoder's error counters.
+answered the UBX handshake, the port and rate it was set up on, where that configuration was
+saved, and the decoder's error counters.
 """
 
 from __future__ import annotations
@@ -76,8 +77,10 @@ class GpsFlightSummary:
                     "hw_version": result.version.hw_version,
                     "sw_version": result.version.sw_version,
                     "generation": result.version.generation,
+                    "port": result.port,
                     "baud": result.baud,
                     "applied": list(result.applied),
+                    "saved_to": list(result.saved_to),
                 },
                 "fixes": self.fixes,
                 "valid_fixes": self.valid_fixes,

@@ -48,6 +48,8 @@ def start_gps(
                 baud=gps.target_baud,
                 current_baud=current,
                 meas_rate_ms=rate_ms,
+                save=gps.save,
+                eeprom=gps.eeprom,
                 timeout=ack_timeout_s,
             )
 

@@ -19,21 +19,32 @@ decides what follows.
 - anything else: garbage, skipped up to the next byte that can start one of the above.
 
 The common case, a run of well-formed lines of supported sentences, is taken in bulk: one
-regular expression over the run and one vectorised XOR per line for the checksums (numpy),
-so the per-sentence Python work is splitting the fields. A line that is anything but
-well-formed (bad checksum, lower-case digits, reserved characters, unknown type, no line
-end yet) ends the run and goes through the byte-level path above, which names the fault.
-`Sentence.fields` are the raw text fields; `Sentence.msg`, pynmea2's object for them, is
-built only when asked for.
+regular expression over the run, split into lines in C, and one vectorised XOR reduction
+for the checksums of the whole run (numpy); a line whose checksum fails is rejected there.
+Runs of other lines with a checksum field (other talkers and types, lower-case digits) are
+taken the same way and sorted line by line; what no run takes (no line end yet, a reserved
+`*` in a field, an overlong line, noise) goes through the byte-level path above, which
+names the fault. `Sentence.fields` are the raw text fields, split on first use;
+`Sentence.msg`, pynmea2's object for them, and `UbxFrame.msg`, pyubx2's, are built only
+when asked for.
 
 Every byte fed is accounted for in exactly one byte counter of `StreamStats` once it has
 been decided on, and the ones not yet decided on are `pending`; `StreamStats.accounted()`
 checks that the buckets add up to `bytes_in`.
+
+Cost is linear in the bytes fed whatever their shape, so that noise, a receiver at the wrong
+rate or a hostile device costs about what good data does (tests/fuzz_gps.py measures it):
+each byte is examined a bounded number of times (a `$` that is not the start of a good line
+costs one anchored match of that line; a UBX sync costs a constant-time checksum test from
+per-feed prefix sums, not a pass over the length it claims), and rejects are reported as one
+`DecodeError` per kind per `feed()` with a `count`, so a flood of bad lines costs a counter
+each rather than an object each. Nothing is lost: every reject is in the counters.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import numpy
@@ -59,33 +70,37 @@ MAX_PENDING = max(MAX_SENTENCE + 1, MAX_UBX_PAYLOAD + _UBX_OVERHEAD)
 TALKERS = frozenset({"GP", "GN", "GL", "GA", "GB"})
 SENTENCE_TYPES = frozenset({"GGA", "RMC", "GSA", "GSV", "VTG", "GLL", "ZDA", "TXT"})
 
-_SYNC1 = 0xB5
-_SYNC2 = 0x62
-_CR = 0x0D
-_LF = 0x0A
-_DOLLAR = 0x24
-_HEX = frozenset(b"0123456789ABCDEFabcdef")
+_HEX_PAIRS = frozenset(a + b for a in "0123456789ABCDEFabcdef" for b in "0123456789ABCDEFabcdef")
 _EXCERPT = 40
 
 
 class Sentence:
     """A checksum-verified NMEA sentence of a supported talker and type.
 
-    `fields` are the comma-separated fields after the address field, as text; `raw` is the
-    sentence from `$` to the checksum digits, without the line end. `msg` is the pynmea2
-    sentence object for the same fields (`msg.lat`, `msg.timestamp`, ...), built on first
-    use: the epoch assembler reads `fields` directly, so the hot path does not pay for
-    pynmea2's attribute machinery on every sentence of a 5 Hz stream.
+    `fields_text` is what follows the address field, up to the `*`; `fields` the same split
+    at the commas, on first use; `raw` is the sentence from `$` to the checksum digits,
+    without the line end. `msg` is the pynmea2 sentence object for the same fields
+    (`msg.lat`, `msg.timestamp`, ...), built on first use: the epoch assembler reads the
+    text directly, so the hot path pays neither for splitting a sentence it has seen before
+    nor for pynmea2's attribute machinery on every sentence of a 5 Hz stream.
     """
 
-    __slots__ = ("_msg", "fields", "raw", "sentence_type", "talker")
+    __slots__ = ("_fields", "_msg", "fields_text", "raw", "sentence_type", "talker")
 
-    def __init__(self, talker: str, sentence_type: str, fields: list[str], raw: bytes) -> None:
+    def __init__(self, talker: str, sentence_type: str, fields_text: str, raw: bytes) -> None:
         self.talker = talker
         self.sentence_type = sentence_type
-        self.fields = fields
+        self.fields_text = fields_text
         self.raw = raw
+        self._fields: list[str] | None = None
         self._msg: pynmea2.NMEASentence | None = None
+
+    @property
+    def fields(self) -> list[str]:
+        """The comma-separated fields after the address field, as text."""
+        if self._fields is None:
+            self._fields = self.fields_text.split(",")
+        return self._fields
 
     @property
     def msg(self) -> pynmea2.NMEASentence:
@@ -98,21 +113,53 @@ class Sentence:
         return f"Sentence({self.raw!r})"
 
 
-@dataclass(frozen=True)
-class UbxFrame:
-    """A UBX frame whose Fletcher checksum matched, decoded by pyubx2; `raw` is the frame."""
+class UbxParseError(ValueError):
+    """A UBX frame whose checksum matched but which pyubx2 cannot decode (`UbxFrame.msg`)."""
 
-    msg: UBXMessage
-    raw: bytes
+
+class UbxFrame:
+    """A UBX frame whose Fletcher checksum matched; `raw` is the frame, sync to checksum.
+
+    `msg`, pyubx2's decode, is built on first use and raises `UbxParseError` when pyubx2
+    refuses the frame. Decoding costs 5-70 µs a frame, as much as a hundred NMEA sentences,
+    so it is left to the consumer that needs it (the driver, only while it configures the
+    receiver): a stream of UBX output, or of frames forged to pass the checksum, then costs
+    the framing alone.
+    """
+
+    __slots__ = ("_msg", "msg_class", "msg_id", "raw")
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self.msg_class = raw[2]
+        self.msg_id = raw[3]
+        self._msg: UBXMessage | None = None
+
+    @property
+    def msg(self) -> UBXMessage:
+        if self._msg is None:
+            try:
+                self._msg = UBXReader.parse(self.raw)
+            except Exception as exc:  # pyubx2 raises several types; callers get one
+                raise UbxParseError(
+                    f"UBX class 0x{self.msg_class:02X} id 0x{self.msg_id:02X}: {exc}"
+                ) from exc
+        return self._msg
+
+    def __repr__(self) -> str:
+        return f"UbxFrame({self.raw!r})"
 
 
 @dataclass(frozen=True)
 class DecodeError:
-    """Input that was rejected. `kind` is one of `ERROR_KINDS`; `raw_excerpt` its first bytes."""
+    """Input that was rejected. `kind` is one of `ERROR_KINDS`; `detail` and `raw_excerpt`
+    (its first bytes) describe the first reject of that kind in one `feed()`, and `count` is
+    how many rejects of that kind the feed held (see the module docstring: bounded cost)."""
 
     kind: str
     detail: str
     raw_excerpt: bytes
+    count: int = 1
 
 
 ERROR_KINDS = (
@@ -124,7 +171,6 @@ ERROR_KINDS = (
     "parse",  # checksum fine, but a field holds the reserved '*' (NMEA 0183 §6.1.4)
     "ubx_length",  # a UBX length field above MAX_UBX_PAYLOAD (taken as a false sync)
     "ubx_checksum",  # a UBX Fletcher checksum mismatch
-    "ubx_parse",  # checksum fine, but pyubx2 cannot decode the frame
 )
 
 
@@ -134,9 +180,9 @@ class StreamStats:
 
     Invariant (tested): bytes_in == sentence_bytes + unsupported_bytes + ubx_bytes
     + rejected_bytes + garbage_bytes + line_end_bytes + pending, where `pending` is what
-    `NmeaUbxStream` still holds undecided. For each kind in ERROR_KINDS other than
-    "garbage", the counter of that name (e.g. `checksum`, `ubx_checksum`) equals the number
-    of DecodeError events of that kind emitted; `garbage` counts the garbage runs reported.
+    `NmeaUbxStream` still holds undecided. For each kind in ERROR_KINDS the counter of that
+    name (e.g. `checksum`, `ubx_checksum`; `garbage` counts garbage runs) equals the sum of
+    `count` over the DecodeError events of that kind emitted.
     """
 
     bytes_in: int = 0
@@ -151,7 +197,6 @@ class StreamStats:
     parse: int = 0
     ubx_length: int = 0
     ubx_checksum: int = 0
-    ubx_parse: int = 0
     sentence_bytes: int = 0
     unsupported_bytes: int = 0
     ubx_bytes: int = 0
@@ -176,6 +221,14 @@ class StreamStats:
 
 
 Event = Sentence | UbxFrame | DecodeError
+#: Where `NmeaUbxStream.feed` can hand sentences instead: lists of whole sentences as text,
+#: "$" to the checksum digits, checksums verified.
+SentenceSink = Callable[[list[str]], object]
+
+
+def _sentence_of(line: str) -> Sentence:
+    """The `Sentence` of a verified line, "$" to the checksum digits."""
+    return Sentence(line[1:3], line[3:6], line[7:-3], line.encode("latin-1"))
 
 
 def nmea_checksum(body: bytes) -> int:
@@ -193,42 +246,114 @@ def nmea_checksum(body: bytes) -> int:
     return x & 0xFF
 
 
-def _run_end(buf: bytearray, start: int, limit: int) -> int:
-    """Where the run of sentence-body bytes from `start` ends (at most `limit`)."""
-    match = _SENTENCE_RUN.match(buf, start, limit)
-    return match.end() if match is not None else start
+_WEIGHTS = numpy.arange(MAX_UBX_PAYLOAD + 4, 0, -1, dtype=numpy.int64)
 
 
 def ubx_checksum(body: bytes) -> bytes:
-    """The 8-bit Fletcher CK_A, CK_B over class, id, length and payload (NEO-6 spec §31)."""
-    ck_a = ck_b = 0
-    for b in body:
-        ck_a = (ck_a + b) & 0xFF
-        ck_b = (ck_b + ck_a) & 0xFF
-    return bytes((ck_a, ck_b))
+    """The 8-bit Fletcher CK_A, CK_B over class, id, length and payload (NEO-6 spec §31).
+
+    CK_A is the byte sum and CK_B the sum of the running CK_A, that is each byte weighted by
+    how many bytes follow it plus one: two vectorised reductions for a long body instead of
+    a Python step per byte (a false sync may claim a kilobyte of payload).
+    """
+    n = len(body)
+    if n < 32 or n > len(_WEIGHTS):
+        ck_a = ck_b = 0
+        for b in body:
+            ck_a = (ck_a + b) & 0xFF
+            ck_b = (ck_b + ck_a) & 0xFF
+        return bytes((ck_a, ck_b))
+    data = numpy.frombuffer(body, dtype=numpy.uint8)
+    return bytes((int(data.sum()) & 0xFF, int(numpy.dot(data, _WEIGHTS[-n:])) & 0xFF))
 
 
 # Inside a sentence only printable ASCII 0x20..0x7E is allowed (NMEA 0183 §6.1), and `$`
 # only as the first character: a run of these is a sentence body, anything else ends it.
-# A compiled pattern finds the end of the run in C instead of a Python loop per byte.
-_SENTENCE_RUN = re.compile(rb"[\x20-\x23\x25-\x7e]*")
+# Compiled patterns find the ends of runs in C instead of a Python loop per byte. The
+# decoder matches them against the buffer decoded as latin-1, one character per byte.
+_BODY = r"[\x20-\x23\x25-\x7e]"
+_SENTENCE_RUN = re.compile(_BODY + "*")
 
 # The common case, matched whole in C: a supported talker and type, fields without `$` or
 # `*`, upper-case checksum digits, within MAX_SENTENCE, and its line end already received.
-# Anything else, and a line whose checksum does not add up, takes the byte-by-byte path
-# that says what is wrong.
-_GOOD_LINE = re.compile(
-    r"\$(%s)(%s),([\x20-\x23\x25-\x29\x2b-\x7e]{0,%d})\*([0-9A-F]{2})(\r\n|\r|\n)"  # noqa: UP031
+# A run of them is matched in one call, and split into lines in C: no `$` or `*` can appear
+# inside one, so in a run the `$` are exactly the line starts and the `*` exactly the
+# checksum stars, which is what lets the checksums be computed for the whole run at once.
+_GOOD_RUN = re.compile(
+    r"(?:\$(?:%s)(?:%s),[\x20-\x23\x25-\x29\x2b-\x7e]{0,%d}\*[0-9A-F]{2}(?:\r\n|\r|\n))+"  # noqa: UP031
     % (
         "|".join(sorted(TALKERS)),
         "|".join(sorted(SENTENCE_TYPES)),
         MAX_SENTENCE - len("$GPGGA,*hh"),
     )
 )
-_UPPER_HEX = [f"{value:02X}" for value in range(256)]
+# Any run of lines that end in a checksum field: other talkers and types ($PUBX, GST, ...),
+# lower-case digits; taken together too, and sorted line by line (`_checked_lines`).
+_CHECKED_RUN = re.compile(
+    r"(?:\$[\x20-\x23\x25-\x29\x2b-\x7e]{0,%d}\*[0-9A-Fa-f]{2}(?:\r\n|\r|\n))+"  # noqa: UP031
+    % (MAX_SENTENCE - len("$*hh"))
+)
+#: The value of each hex digit's byte (the run patterns admit no other).
+_HEX_VALUE = numpy.zeros(256, dtype=numpy.uint8)
+_HEX_VALUE[numpy.frombuffer(b"0123456789ABCDEF", dtype=numpy.uint8)] = numpy.arange(16)
+_HEX_VALUE[numpy.frombuffer(b"abcdef", dtype=numpy.uint8)] = numpy.arange(10, 16)
 
-# Most bytes one `_good_lines` call looks at: bounds the text decoded per call.
-_RUN_WINDOW = 16384
+# The units that need no more than a look to be decided, taken one match each whatever
+# their size, so that noise costs a step per unit instead of a step per byte. The groups
+# number the unit kinds (`Match.lastindex`):
+_LINE = _BODY + "{0,%d}" % (MAX_SENTENCE - 1)  # noqa: UP031 (regex braces)
+_NOT_STAR = r"[\x20-\x23\x25-\x29\x2b-\x7e]"
+_JUNK_UNITS = (
+    # 1: a run of `$`, each one a line cut short by the next;
+    r"(\$+(?=\$))",
+    # 2: a line cut short by a `$` or a byte that may not appear in a sentence (NMEA 0183
+    # §6.1), within MAX_SENTENCE (a longer one is overlong, which `_nmea` decides);
+    r"(\$" + _LINE + r"(?=[^\r\n\x20-\x23\x25-\x7e]))",
+    # 3: a whole line whose end is not `*hh` (no checksum field, NMEA 0183 §6.2);
+    r"(\$(?!" + _BODY + r"*\*" + _NOT_STAR + r"{2}[\r\n])" + _LINE + r"(?=[\r\n]))",
+    # 4: garbage: bytes that start nothing, or a 0xB5 not followed by the UBX 0x62;
+    r"([^$\xb5\r\n]+|\xb5(?=[^b])[^$\xb5\r\n]*)",
+    # 5: line ends between sentences.
+    r"([\r\n]+)",
+)
+_JUNK = re.compile("|".join(_JUNK_UNITS))
+_GARBAGE_RUN = re.compile(_JUNK_UNITS[3][1:-1])
+# A whole run of them, in one match: the same units, as the repetition takes the first
+# alternative that matches each time and nothing follows it to backtrack for.
+_JUNK_RUN = re.compile("(?:%s)+" % "|".join(unit[1:-1] for unit in _JUNK_UNITS))  # noqa: UP031
+# A longer run is counted in bulk (`_junk_bulk`), with C-level searches over it whose cost
+# does not depend on how many units it holds; a shorter one unit by unit, cheaper there.
+_BULK_JUNK = 64
+# Inside a run: every `$` starts a line (units 1-3), that line followed by a line end is a
+# unit 3, by anything else a unit 1 or 2; the rest, line ends aside, is garbage, whose units
+# start after a line or a line end, and at each 0xB5.
+_RUN_LINE = re.compile(r"\$" + _BODY + "*")
+_OPEN_LINE = re.compile(r"\$" + _BODY + r"*(?=[\r\n])")
+_CUT_LINE = re.compile(r"\$" + _BODY + r"*(?=[^\r\n\x20-\x23\x25-\x7e])")
+_GARBAGE_UNIT = re.compile(r"\xb5[^\r\n\xb5]*|[^\r\n\xb5]+")
+_TRUNCATED_RUN, _TRUNCATED, _NO_CHECKSUM, _GARBAGE, _LINE_END = 1, 2, 3, 4, 5
+_UNIT_KINDS = (None, "truncated", "truncated", "no_checksum", "garbage", None)
+
+
+def _prefix_sums(raw: bytes) -> tuple[bytes, bytes]:
+    """Prefix sums modulo 256 of `raw` (S) and of each byte times its position (W), as bytes.
+
+    The Fletcher checksum of `raw[a:e]` is then CK_A = S[e] - S[a] and CK_B = e·CK_A -
+    (W[e] - W[a]), modulo 256: CK_B adds each byte once for every byte from it to the end
+    of the window (see `ubx_checksum`), that is (e - i) times the byte at i.
+    """
+    data = numpy.frombuffer(raw, dtype=numpy.uint8)
+    sums = numpy.zeros(len(data) + 1, dtype=numpy.uint8)
+    weighted = numpy.zeros(len(data) + 1, dtype=numpy.uint8)
+    numpy.cumsum(data, dtype=numpy.uint8, out=sums[1:])
+    index = numpy.arange(len(data), dtype=numpy.uint8)  # the position modulo 256
+    numpy.cumsum(index * data, dtype=numpy.uint8, out=weighted[1:])
+    return sums.tobytes(), weighted.tobytes()
+
+
+# Runs shorter than this get their checksums one by one: numpy's fixed cost per call is
+# worth paying only over several lines.
+_VECTOR_RUN = 4
 
 
 class NmeaUbxStream:
@@ -238,224 +363,480 @@ class NmeaUbxStream:
         self._buf = bytearray()
         self._discarding = False  # inside an overlong line, dropping until its end
         self.stats = StreamStats()
+        # Per feed: the buffer as bytes, the rejects by kind ([index of its event, count,
+        # bytes]; the counters are updated from it when the feed ends), and the UBX
+        # checksum prefix sums once a frame is checked.
+        self._raw = b""
+        self._errors: dict[str, list[int]] = {}
+        self._prefix: tuple[bytes, bytes] | None = None
+        self._on_sentence: SentenceSink | None = None
 
     @property
     def pending(self) -> int:
         """Bytes held, not yet decided on (at most MAX_PENDING)."""
         return len(self._buf)
 
-    def feed(self, data: bytes) -> list[Event]:
-        """Add bytes read from the receiver; return the events they complete, in order."""
-        self.stats.bytes_in += len(data)
-        self._buf += data
-        events: list[Event] = []
+    def feed(self, data: bytes, on_sentence: SentenceSink | None = None) -> list[Event]:
+        """Add bytes read from the receiver; return the events they complete, in order.
+
+        With `on_sentence`, sentences are handed to it as they are decoded, a run of lines
+        at a time ("$" to the checksum digits, `SentenceSink`), instead of being returned as
+        `Sentence` events: the consumer that only wants the text (`EpochAssembler.decode`)
+        then costs neither an object nor a call per sentence.
+        """
+        self._on_sentence = on_sentence
+        stats = self.stats
+        stats.bytes_in += len(data)
         buf = self._buf
+        buf += data
+        self._raw = bytes(buf)
+        text = self._raw.decode("latin-1")
+        self._errors = {}
+        self._prefix = None
+        events: list[Event] = []
         pos = 0
-        n = len(buf)
+        n = len(text)
+        last_end = max(text.rfind("\n"), text.rfind("\r"))  # a line after it is not complete
         while pos < n:
             if self._discarding:
-                end = _run_end(buf, pos, n)
-                self.stats.rejected_bytes += end - pos
+                end = _SENTENCE_RUN.match(text, pos).end()
+                stats.rejected_bytes += end - pos
                 pos = end
                 if end < n:
                     self._discarding = False
                 continue
-            b = buf[pos]
-            if b in (_CR, _LF):
-                self.stats.line_end_bytes += 1
-                pos += 1
-            elif b == _DOLLAR:
-                used = self._good_lines(buf, pos, events)
+            c = text[pos]
+            if c == "$":
+                if pos > last_end and _SENTENCE_RUN.match(text, pos + 1).end() == n:
+                    if n - pos > MAX_SENTENCE:
+                        pos += self._nmea(text, pos, n, events)  # overlong
+                        continue
+                    break  # the line's end has not come yet: wait for it, at no cost
+                used = self._good_lines(text, pos, events) or self._checked_lines(text, pos, events)
                 if used:
                     pos += used
                     continue
-                used = self._nmea(buf, pos, n, events)
-                if used == 0:
-                    break
-                pos += used
-            elif b == _SYNC1:
-                if pos + 1 >= n:
-                    break
-                if buf[pos + 1] != _SYNC2:
-                    pos += self._garbage(buf, pos, n, events)
-                    continue
-                used = self._ubx(buf, pos, n, events)
-                if used == 0:
-                    break
-                pos += used
-            else:
-                pos += self._garbage(buf, pos, n, events)
+            elif c == "\xb5" and text.startswith("b", pos + 1):
+                end = self._ubx(text, pos, n, events)
+                if end == pos:
+                    break  # frame not complete yet
+                pos = end
+                continue
+            junk = _JUNK_RUN.match(text, pos)
+            if junk is not None:
+                end = junk.end()
+                if end - pos < _BULK_JUNK:
+                    pos = self._junk(text, _JUNK.match(text, pos), events)
+                else:
+                    pos = self._junk_bulk(text, pos, end, events)
+                continue
+            if c != "$":
+                break  # a 0xB5 at the very end: whether a UBX frame follows is not known yet
+            used = self._nmea(text, pos, n, events)
+            if used == 0:
+                break  # line not complete yet
+            pos += used
         del buf[:pos]
+        for kind, (index, count, consumed) in self._errors.items():
+            setattr(stats, kind, getattr(stats, kind) + count)
+            stats.rejected_bytes += consumed
+            if count > 1:
+                event = events[index]
+                assert isinstance(event, DecodeError) and event.kind == kind
+                events[index] = DecodeError(kind, event.detail, event.raw_excerpt, count)
+        self._raw = b""
+        self._prefix = None
         return events
 
     # -- NMEA ---------------------------------------------------------------------------
 
-    def _good_lines(self, buf: bytearray, pos: int, events: list[Event]) -> int:
+    def _good_lines(self, text: str, pos: int, events: list[Event]) -> int:
         """Take the run of well-formed lines starting at `pos`; return the bytes consumed.
 
-        The run is matched as text in C and its checksums computed in one vectorised pass
-        (an XOR reduction per line), which is what lets the decoder outrun a plain pynmea2
-        loop while doing more. The run stops at the first line whose checksum fails,
-        leaving it to `_nmea` to reject with a reason, and at `_RUN_WINDOW` bytes, so a long
-        feed broken up by noise costs linear time.
+        The run is one anchored C-level match (a `$` that starts no good line costs that one
+        line), split into lines in C; its checksums are computed together (`_run_sums`),
+        which is what lets the decoder outrun a plain pynmea2 loop while doing more. A line
+        whose checksum fails is rejected here, naming both sums.
         """
-        chunk = bytes(buf[pos : pos + _RUN_WINDOW])
-        text = chunk.decode("latin-1")
-        run = []
-        end = 0
-        for match in _GOOD_LINE.finditer(text):
-            if match.start() != end:
-                break
-            run.append(match)
-            end = match.end()
-        if not run:
+        match = _GOOD_RUN.match(text, pos)
+        if match is None:
             return 0
-        bounds = []
-        for match in run:
-            bounds += (match.start() + 1, match.start(4) - 1)
-        sums = numpy.bitwise_xor.reduceat(
-            numpy.frombuffer(chunk, dtype=numpy.uint8, count=end), bounds
-        )[0::2].tolist()
-        consumed = sentence_bytes = accepted = 0
-        for match, got in zip(run, sums, strict=True):
-            talker, kind, fields_text, digits, line_end = match.groups()
-            if digits != _UPPER_HEX[got]:
-                break
-            start, consumed = match.span()
-            raw = chunk[start : consumed - len(line_end)]
-            sentence_bytes += len(raw)
-            accepted += 1
-            events.append(Sentence(talker, kind, fields_text.split(","), raw))
+        end = match.end()
+        lines = text[pos:end].splitlines()
+        body_bytes = sum(map(len, lines))
+        sums = self._run_sums(lines, pos, end)
+        good = lines
+        if sums is not None:
+            good = []
+            for line, got in zip(lines, sums, strict=True):
+                if got is True:
+                    good.append(line)
+                    if self._on_sentence is None:
+                        events.append(_sentence_of(line))
+                    continue
+                self._reject(
+                    events,
+                    "checksum",
+                    line.encode("latin-1"),
+                    len(line),
+                    "checksum is %s, the sentence sums to %02X",
+                    line[-2:],
+                    got,
+                )
+        elif self._on_sentence is None:
+            events += map(_sentence_of, lines)
+        if self._on_sentence is not None and good:
+            self._on_sentence(good)
         stats = self.stats
-        stats.sentences += accepted
-        stats.sentence_bytes += sentence_bytes
-        stats.line_end_bytes += consumed - sentence_bytes
-        return consumed
+        stats.sentences += len(good)
+        stats.sentence_bytes += body_bytes if good is lines else sum(map(len, good))
+        stats.line_end_bytes += end - pos - body_bytes
+        return end - pos
 
-    def _nmea(self, buf: bytearray, pos: int, n: int, events: list[Event]) -> int:
-        """Decide on the line at `pos`; return bytes consumed, 0 to wait for more."""
-        end = _run_end(buf, pos + 1, min(n, pos + MAX_SENTENCE + 1))
+    def _checked_lines(self, text: str, pos: int, events: list[Event]) -> int:
+        """Take the run of lines with a checksum field at `pos` that `_good_lines` left (an
+        unsupported talker or type, lower-case digits, and whatever follows them); return
+        the bytes consumed. Checksums as in `_good_lines`; then each line is a supported
+        sentence, counted as unsupported, or rejected."""
+        match = _CHECKED_RUN.match(text, pos)
+        if match is None:
+            return 0
+        end = match.end()
+        lines = text[pos:end].splitlines()
+        body_bytes = sum(map(len, lines))
+        sums = self._run_sums(lines, pos, end) or [True] * len(lines)
+        good = []
+        unsupported = unsupported_bytes = 0
+        for line, got in zip(lines, sums, strict=True):
+            if got is not True:
+                self._reject(
+                    events,
+                    "checksum",
+                    line.encode("latin-1"),
+                    len(line),
+                    "checksum is %s, the sentence sums to %02X",
+                    line[-2:],
+                    got,
+                )
+            elif line[1:3] in TALKERS and line[3:6] in SENTENCE_TYPES and line[6:7] == ",":
+                good.append(line)
+                if self._on_sentence is None:
+                    events.append(_sentence_of(line))
+            else:
+                # Proprietary ($PUBX), other talkers, or types we do not use (GST, GBS, ...).
+                unsupported += 1
+                unsupported_bytes += len(line)
+        if self._on_sentence is not None and good:
+            self._on_sentence(good)
+        stats = self.stats
+        stats.sentences += len(good)
+        stats.sentence_bytes += sum(map(len, good))
+        stats.unsupported += unsupported
+        stats.unsupported_bytes += unsupported_bytes
+        stats.line_end_bytes += end - pos - body_bytes
+        return end - pos
+
+    def _run_sums(self, lines: list[str], pos: int, end: int) -> list[bool | int] | None:
+        """None when the checksums of all lines of the run at `pos:end` are right; else,
+        for each line, True if its checksum is right, else the sum its body has (NMEA 0183
+        §6.2: XOR of the characters between `$` and `*`).
+
+        Short runs are summed line by line; longer ones in one pass: an XOR reduction
+        between each `$` and the next `*`, against the digits after each `*`.
+        """
+        if len(lines) < _VECTOR_RUN:
+            result: list[bool | int] | None = None
+            for i, line in enumerate(lines):
+                got = nmea_checksum(line[1:-3].encode("latin-1"))
+                if got != int(line[-2:], 16):
+                    if result is None:
+                        result = [True] * len(lines)
+                    result[i] = got
+            return result
+        run = numpy.frombuffer(self._raw, dtype=numpy.uint8, count=end - pos, offset=pos)
+        stars = numpy.flatnonzero(run == 0x2A)
+        bounds = numpy.empty(2 * len(stars), dtype=numpy.intp)
+        bounds[0::2] = numpy.flatnonzero(run == 0x24) + 1
+        bounds[1::2] = stars
+        sums = numpy.bitwise_xor.reduceat(run, bounds)[0::2]
+        good = sums == _HEX_VALUE[run[stars + 1]] * 16 + _HEX_VALUE[run[stars + 2]]
+        if good.all():
+            return None
+        return [True if g else s for g, s in zip(good.tolist(), sums.tolist(), strict=True)]
+
+    def _junk(self, text: str, match: re.Match[str], events: list[Event]) -> int:
+        """Take the run of `_JUNK` units that starts with `match`; return where it ends.
+
+        Each unit is one anchored C-level match and a few counter updates: the first of
+        each kind in the feed becomes its event (`_reject`), later ones add to its count.
+        """
+        errors = self._errors
+        raw = self._raw
+        line_end_bytes = garbage_bytes = 0
+        pos = match.start()
+        while match is not None:
+            unit = match.lastindex
+            end = match.end()
+            size = end - pos
+            if unit == _LINE_END:
+                line_end_bytes += size
+            else:
+                kind = _UNIT_KINDS[unit]
+                seen = errors.get(kind)
+                if unit == _GARBAGE:
+                    garbage_bytes += size
+                    if seen is None:
+                        detail = "%d bytes outside any NMEA/UBX frame"
+                        self._reject(events, kind, raw[pos:end], 0, detail, size)
+                    else:
+                        seen[1] += 1
+                elif seen is not None:
+                    seen[1] += size if unit == _TRUNCATED_RUN else 1
+                    seen[2] += size
+                elif unit == _NO_CHECKSUM:
+                    detail = "NMEA sentence without a '*hh' checksum"
+                    self._reject(events, kind, raw[pos:end], size, detail)
+                else:
+                    # A run of `$` is that many lines, each cut short by the next `$`.
+                    self._reject(
+                        events,
+                        kind,
+                        raw[pos:end],
+                        size,
+                        "NMEA line cut short by byte 0x%02X before its line end",
+                        0x24 if unit == _TRUNCATED_RUN else ord(text[end]),
+                        count=size if unit == _TRUNCATED_RUN else 1,
+                    )
+            pos = end
+            match = _JUNK.match(text, pos)
+        stats = self.stats
+        stats.line_end_bytes += line_end_bytes
+        stats.garbage_bytes += garbage_bytes
+        return pos
+
+    def _junk_bulk(self, text: str, pos: int, end: int, events: list[Event]) -> int:
+        """Count the run of `_JUNK` units at `pos:end` with a few C-level passes that count
+        matches without making an object for each (see the patterns above `_BULK_JUNK`), and
+        report each kind once, from its first unit."""
+        seg = text[pos:end]
+        stats = self.stats
+        line_end = seg.count("\r") + seg.count("\n")
+        rest, lines = _RUN_LINE.subn("\n", seg)  # each line becomes one separator
+        line_bytes = len(seg) - len(rest) + lines
+        garbage_bytes = len(seg) - line_end - line_bytes
+        stats.line_end_bytes += line_end
+        stats.garbage_bytes += garbage_bytes
+        if garbage_bytes:
+            first = _GARBAGE_UNIT.search(rest)
+            assert first is not None
+            self._reject(
+                events,
+                "garbage",
+                first.group()[:_EXCERPT].encode("latin-1"),
+                0,
+                "%d bytes outside any NMEA/UBX frame",
+                len(first.group()),
+                count=_GARBAGE_UNIT.subn("", rest)[1],
+            )
+        closed, open_lines = _OPEN_LINE.subn("", seg)
+        open_bytes = len(seg) - len(closed)
+        if open_lines:
+            first = _OPEN_LINE.search(seg)
+            assert first is not None
+            self._reject(
+                events,
+                "no_checksum",
+                first.group()[:_EXCERPT].encode("latin-1"),
+                open_bytes,
+                "NMEA sentence without a '*hh' checksum",
+                count=open_lines,
+            )
+        if lines > open_lines:
+            cut = _CUT_LINE.search(text, pos, end + 1)
+            assert cut is not None
+            self._reject(
+                events,
+                "truncated",
+                cut.group()[:_EXCERPT].encode("latin-1"),
+                line_bytes - open_bytes,
+                "NMEA line cut short by byte 0x%02X before its line end",
+                ord(text[cut.end()]),
+                count=lines - open_lines,
+            )
+        return end
+
+    def _nmea(self, text: str, pos: int, n: int, events: list[Event]) -> int:
+        """Decide on a line at `pos` that `_JUNK` left: one that ends in `*hh` and a line
+        end, an overlong one, or one not complete yet; return bytes consumed, 0 to wait."""
+        end = _SENTENCE_RUN.match(text, pos + 1, min(n, pos + MAX_SENTENCE + 1)).end()
         if end - pos > MAX_SENTENCE:
-            raw = bytes(buf[pos:end])
             self._reject(
                 events,
                 "overlong",
-                f"NMEA line longer than {MAX_SENTENCE} bytes (NMEA 0183 allows 82); dropped "
-                "up to its end",
-                raw,
+                self._raw[pos:end],
+                end - pos,
+                "NMEA line longer than %d bytes (NMEA 0183 allows 82); dropped up to its end",
+                MAX_SENTENCE,
             )
             self._discarding = True
             return end - pos
         if end == n:
-            return 0  # line not complete yet
-        raw = bytes(buf[pos:end])
-        if buf[end] not in (_CR, _LF):
-            self._reject(
-                events,
-                "truncated",
-                f"NMEA line cut short by byte 0x{buf[end]:02X} before its line end",
-                raw,
-            )
-            return end - pos
-        self._line(raw, events)
+            return 0
+        self._line(text[pos:end], self._raw[pos:end], events)
         return end - pos
 
-    def _line(self, raw: bytes, events: list[Event]) -> None:
-        star = raw.rfind(b"*")
-        if star < 0 or len(raw) - star != 3:
-            self._reject(events, "no_checksum", "NMEA sentence without a '*hh' checksum", raw)
-            return
-        digits = raw[star + 1 :]
-        if not all(c in _HEX for c in digits):
-            self._reject(events, "checksum", f"checksum field {digits!r} is not hex", raw)
+    def _line(self, line: str, raw: bytes, events: list[Event]) -> None:
+        """A whole line ending in `*hh` (`line` is `raw` as text): check it, then emit it,
+        count it as unsupported, or reject it."""
+        n = len(raw)
+        digits = line[-2:]
+        if digits not in _HEX_PAIRS:
+            self._reject(events, "checksum", raw, n, "checksum field %r is not hex", digits)
             return
         want = int(digits, 16)
-        got = nmea_checksum(raw[1:star])
+        got = nmea_checksum(raw[1:-3])
         if want != got:
             self._reject(
-                events, "checksum", f"checksum is {want:02X}, the sentence sums to {got:02X}", raw
+                events, "checksum", raw, n, "checksum is %02X, the sentence sums to %02X", want, got
             )
             return
-        talker, kind = raw[1:3].decode("ascii"), raw[3:6].decode("ascii")
-        if talker not in TALKERS or kind not in SENTENCE_TYPES or raw[6:7] != b",":
+        talker, kind = line[1:3], line[3:6]
+        if talker not in TALKERS or kind not in SENTENCE_TYPES or line[6:7] != ",":
             # Proprietary ($PUBX), other talkers, or types we do not use (GST, GBS, ...).
             self.stats.unsupported += 1
-            self.stats.unsupported_bytes += len(raw)
+            self.stats.unsupported_bytes += n
             return
-        fields_text = raw[7:star]
-        if b"*" in fields_text:
-            self._reject(events, "parse", f"{talker}{kind}: a field holds the reserved '*'", raw)
+        fields_text = line[7:-3]
+        if "*" in fields_text:
+            self._reject(
+                events, "parse", raw, n, "%s%s: a field holds the reserved '*'", talker, kind
+            )
             return
         self.stats.sentences += 1
-        self.stats.sentence_bytes += len(raw)
-        events.append(Sentence(talker, kind, fields_text.decode("ascii").split(","), raw))
+        self.stats.sentence_bytes += n
+        if self._on_sentence is None:
+            events.append(Sentence(talker, kind, fields_text, raw))
+        else:
+            self._on_sentence([line])
 
     # -- UBX ----------------------------------------------------------------------------
 
-    def _ubx(self, buf: bytearray, pos: int, n: int, events: list[Event]) -> int:
-        """Decide on the frame at `pos` (sync seen); return bytes consumed, 0 to wait."""
-        if n - pos < 6:
-            return 0
-        length = buf[pos + 4] | (buf[pos + 5] << 8)
-        if length > MAX_UBX_PAYLOAD:
-            # Treated as a false sync: drop the two sync bytes only and rescan what follows.
+    def _ubx(self, text: str, pos: int, n: int, events: list[Event]) -> int:
+        """Decide on the frame at `pos` (sync seen), and on any that follows at once, with
+        garbage between them; return where they end, `pos` to wait for the rest of a frame.
+
+        A false sync drops the two sync bytes only and the scan goes on after them, as gpsd
+        does: if it was noise that looked like a header, the sentences behind it are still
+        found. Its checksum test is constant-time (prefix sums over this feed, see
+        `_prefix_sums`) however long a payload it claims, and the runs of syncs and garbage
+        that noise or a hostile device can pack are taken in this loop, a few operations
+        each.
+        """
+        raw = self._raw
+        garbage = garbage_bytes = 0
+        first_garbage: re.Match[str] | None = None
+        if self._prefix is None:
+            self._prefix = _prefix_sums(raw)
+        sums, weighted = self._prefix
+        long_sync = bad_sync = -1  # where the first false sync of each kind was
+        long_count = bad_count = 0
+        while True:
+            if n - pos < 6:
+                break
+            length = raw[pos + 4] | (raw[pos + 5] << 8)
+            if length > MAX_UBX_PAYLOAD:
+                # Longer than any NEO-6 output: taken as a false sync.
+                long_count += 1
+                if long_sync < 0:
+                    long_sync = pos
+                pos += 2
+            else:
+                end = pos + 6 + length  # the checksum's position
+                if end + 2 > n:
+                    break  # frame not complete yet
+                total = sums[end] - sums[pos + 2]
+                if (
+                    raw[end] == total & 0xFF
+                    and raw[end + 1] == (end * total - weighted[end] + weighted[pos + 2]) & 0xFF
+                ):
+                    self.stats.ubx_frames += 1
+                    self.stats.ubx_bytes += end + 2 - pos
+                    events.append(UbxFrame(raw[pos : end + 2]))
+                    pos = end + 2
+                else:
+                    bad_count += 1
+                    if bad_sync < 0:
+                        bad_sync = pos
+                    pos += 2
+            if text.startswith("\xb5b", pos):
+                continue
+            unit = _GARBAGE_RUN.match(text, pos)
+            while unit is not None:
+                garbage += 1
+                garbage_bytes += unit.end() - pos
+                if first_garbage is None:
+                    first_garbage = unit
+                pos = unit.end()
+                unit = _GARBAGE_RUN.match(text, pos)
+            if not text.startswith("\xb5b", pos):
+                break
+        if long_count:
             self._reject(
                 events,
                 "ubx_length",
-                f"UBX length {length} above {MAX_UBX_PAYLOAD}; taken as a false sync",
-                bytes(buf[pos : pos + 6]),
-                consumed=2,
+                raw[long_sync : long_sync + 6],
+                2 * long_count,
+                "UBX length %d above %d; taken as a false sync",
+                raw[long_sync + 4] | (raw[long_sync + 5] << 8),
+                MAX_UBX_PAYLOAD,
+                count=long_count,
             )
-            return 2
-        total = length + _UBX_OVERHEAD
-        if n - pos < total:
-            return 0
-        raw = bytes(buf[pos : pos + total])
-        if ubx_checksum(raw[2:-2]) != raw[-2:]:
-            # As gpsd does, only the sync bytes are dropped: if this was noise that looked
-            # like a header, the sentences behind it are still found.
+        if bad_count:
             self._reject(
                 events,
                 "ubx_checksum",
-                f"UBX class 0x{raw[2]:02X} id 0x{raw[3]:02X}: Fletcher checksum mismatch",
-                raw,
-                consumed=2,
+                raw[bad_sync : bad_sync + _EXCERPT],
+                2 * bad_count,
+                "UBX class 0x%02X id 0x%02X: Fletcher checksum mismatch",
+                raw[bad_sync + 2],
+                raw[bad_sync + 3],
+                count=bad_count,
             )
-            return 2
-        try:
-            msg = UBXReader.parse(raw)
-        except Exception as exc:  # pyubx2 raises several types; none may escape
+        if first_garbage is not None:
+            self.stats.garbage_bytes += garbage_bytes
             self._reject(
-                events, "ubx_parse", f"UBX class 0x{raw[2]:02X} id 0x{raw[3]:02X}: {exc}", raw
+                events,
+                "garbage",
+                raw[first_garbage.start() : first_garbage.end()],
+                0,
+                "%d bytes outside any NMEA/UBX frame",
+                first_garbage.end() - first_garbage.start(),
+                count=garbage,
             )
-            return total
-        self.stats.ubx_frames += 1
-        self.stats.ubx_bytes += total
-        events.append(UbxFrame(msg, raw))
-        return total
+        return pos
 
     # -- rejects ------------------------------------------------------------------------
-
-    def _garbage(self, buf: bytearray, pos: int, n: int, events: list[Event]) -> int:
-        end = pos + 1
-        while end < n and buf[end] not in (_DOLLAR, _SYNC1, _CR, _LF):
-            end += 1
-        raw = bytes(buf[pos:end])
-        self.stats.garbage += 1
-        self.stats.garbage_bytes += len(raw)
-        events.append(
-            DecodeError("garbage", f"{len(raw)} bytes outside any NMEA/UBX frame", raw[:_EXCERPT])
-        )
-        return end - pos
 
     def _reject(
         self,
         events: list[Event],
         kind: str,
-        detail: str,
         raw: bytes,
-        consumed: int | None = None,
+        consumed: int,
+        detail: str,
+        *args: object,
+        count: int = 1,
     ) -> None:
-        setattr(self.stats, kind, getattr(self.stats, kind) + 1)
-        self.stats.rejected_bytes += len(raw) if consumed is None else consumed
-        events.append(DecodeError(kind, detail, raw[:_EXCERPT]))
+        """Note `count` rejects of `kind` that used `consumed` bytes (for rejected_bytes).
+
+        The first of its kind in this feed becomes an event, with `detail % args` formatted
+        only then; the counters, and the event's count, are brought up to date when the feed
+        ends.
+        """
+        seen = self._errors.get(kind)
+        if seen is not None:
+            seen[1] += count
+            seen[2] += consumed
+            return
+        self._errors[kind] = [len(events), count, consumed]
+        events.append(DecodeError(kind, detail % args, raw[:_EXCERPT]))

@@ -19,7 +19,7 @@ from typing import TextIO
 from companion.gps.driver import GpsDriver, GpsStatus
 from companion.gps.epoch import EpochAssembler
 from companion.gps.fix import MODE_NO_FIX, GpsFix
-from companion.gps.stream import NmeaUbxStream, Sentence
+from companion.gps.stream import NmeaUbxStream
 from companion.gps.ubx_config import UbxConfigurator
 
 _CHUNK = 4096
@@ -56,9 +56,7 @@ def decode_log(data: bytes) -> Iterator[GpsFix]:
     stream, assembler = NmeaUbxStream(), EpochAssembler()
     data = _without_header(data)
     for start in range(0, len(data), _CHUNK):
-        for event in stream.feed(data[start : start + _CHUNK]):
-            if isinstance(event, Sentence):
-                yield from assembler.push(event, 0.0)
+        yield from assembler.decode(stream, data[start : start + _CHUNK], 0.0)[0]
     yield from assembler.flush()
 
 
@@ -74,8 +72,23 @@ def replay(path: Path, out: TextIO = sys.stdout) -> int:
     return 0
 
 
-def monitor(port: str, baud: int, configure: bool, seconds: float | None = None) -> int:
-    """Show the live fix on `port` once a second until interrupted (or `seconds` pass)."""
+def monitor(
+    port: str,
+    baud: int,
+    configure: bool,
+    seconds: float | None = None,
+    *,
+    save: bool = False,
+    eeprom: bool = False,
+    out: TextIO = sys.stdout,
+) -> int:
+    """Show the live fix on `port` once a second until interrupted (or `seconds` pass).
+
+    Every status change is printed as it comes; with `configure`, the `configured` one says
+    on which port and at what rate the receiver was set up, and whether the configuration
+    was saved, and where (`save`: battery-backed RAM, and the board's EEPROM with `eeprom`),
+    or lasts only until the receiver loses power.
+    """
     latest: dict[str, object] = {}
     lock = threading.Lock()
 
@@ -84,17 +97,19 @@ def monitor(port: str, baud: int, configure: bool, seconds: float | None = None)
             if isinstance(item, GpsFix):
                 latest["fix"] = item
             elif isinstance(item, GpsStatus):
-                print(f"[{item.state}] {item.detail}", flush=True)
+                print(f"[{item.state}] {item.detail}", file=out, flush=True)
 
-    make = (lambda current: UbxConfigurator(current_baud=current)) if configure else None
+    def make(current: int) -> UbxConfigurator:
+        return UbxConfigurator(current_baud=current, save=save, eeprom=eeprom)
+
     end = None if seconds is None else time.monotonic() + seconds
-    with GpsDriver(port, publish, baud=baud, configurator=make) as driver:
+    with GpsDriver(port, publish, baud=baud, configurator=make if configure else None) as driver:
         try:
             while end is None or time.monotonic() < end:
                 time.sleep(1.0)
                 with lock:
                     fix = latest.get("fix")
-                print(_status_line(fix, driver), flush=True)
+                print(_status_line(fix, driver), file=out, flush=True)
         except KeyboardInterrupt:
             pass
     return 0
@@ -106,11 +121,18 @@ def _status_line(fix: object, driver: GpsDriver) -> str:
         f"sentences {s.sentences} ubx {s.ubx_frames} checksum-errors {s.checksum} "
         f"garbage {s.garbage} overlong {s.overlong}"
     )
+    result = driver.config_result
+    if result is not None:
+        saved = " and ".join(result.saved_to) if result.saved_to else "nowhere (until power-off)"
+        counters += f" | config saved to {saved}"
     if not isinstance(fix, GpsFix):
         return f"no epoch yet | {counters}"
     used = sum(1 for sat in fix.satellites if sat.used)
     where = "no position" if fix.lat is None else f"{fix.lat:.7f} {fix.lon:.7f}"
+    # u-blox prints empty times before its first fix: no time is not an error here.
+    when = "--:--:--" if fix.time is None else f"{fix.time:%H:%M:%S}"
+    validity = "valid" if fix.valid else "DEAD-RECKONING" if fix.dead_reckoning else "INVALID"
     return (
-        f"{fix.time:%H:%M:%S} mode {fix.mode} {'valid' if fix.valid else 'INVALID'} {where} "
+        f"{when} mode {fix.mode} {validity} {where} "
         f"alt {fix.alt_msl_m} m hdop {fix.hdop} sats {used}/{len(fix.satellites)} | {counters}"
     )

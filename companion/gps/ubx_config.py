@@ -12,19 +12,33 @@ GPS.G6-SW-10018; u-blox 7 Receiver Description, GPS.G7-SW-12001, same message la
 
 1. poll MON-VER and record software/hardware version and extensions; the protocol
    version decides what UBX navigation output exists (NAV-PVT from protocol 14 only);
-2. CFG-PRT: UART1 baud rate, UBX+NMEA in and out. When the rate changes, the receiver
-   switches as soon as it applies the message, so its ACK may come at the old rate, at
-   the new one, or be lost in the switch (CFG-PRT description: "a message currently in
-   transmission may be corrupted by a protocol change. Host data reception parameters may
-   have to be changed to be able to receive future messages, including the acknowledge
-   message resulting from the CFG-PRT message"). That step is therefore explicit: after
-   the old-rate ACK window, `pending_baud` names the rate the transport must re-open the
-   port at; it then calls `baud_changed(now)`, and the core verifies the new rate by
-   polling CFG-PRT there;
-3. CFG-RATE: measurement period (200 ms = 5 Hz), navRate 1, time reference GPS;
-4. CFG-NAV5: dynamic platform model airborne <2g;
-5. CFG-MSG per NMEA sentence on UART1 (and UBX NAV messages if asked for);
-6. optionally CFG-CFG: save the current configuration to BBR and flash.
+2. poll CFG-PRT without a port id, which answers for "the used I/O port": the port the
+   host is wired to, UART1 (the board's pins or a USB-serial bridge) or the module's own
+   USB. A receiver that NAKs the poll is taken to be on UART1;
+3. on UART1, CFG-PRT: baud rate, UBX+NMEA in and out (on USB there is no line rate to
+   set). When the rate changes, the receiver switches as soon as it applies the message,
+   so its ACK may come at the old rate, at the new one, or be lost in the switch (CFG-PRT
+   description: "a message currently in transmission may be corrupted by a protocol
+   change. Host data reception parameters may have to be changed to be able to receive
+   future messages, including the acknowledge message resulting from the CFG-PRT
+   message"). That step is therefore explicit: after the old-rate ACK window,
+   `pending_baud` names the rate the transport must re-open the port at; it then calls
+   `baud_changed(now)`, having read and fed everything that arrived before the switch, so
+   that whatever it feeds from then on arrived at the new rate; the core polls CFG-PRT
+   there, and the answer, or the CFG-PRT ACK-ACK if that is what arrives at the new rate,
+   proves the switch;
+4. CFG-RATE: measurement period (200 ms = 5 Hz), navRate 1, time reference GPS;
+5. CFG-NAV5: dynamic platform model airborne <2g;
+6. CFG-MSG per NMEA sentence (and UBX NAV messages if asked for), in the three-byte "Set
+   Message Rate" form, which sets the rate on the port the message came in on and leaves
+   the others alone (the eight-byte form sets all six ports, so one written for UART1
+   silences a receiver wired by USB). ArduPilot's AP_GPS_UBLOX and gpsd's driver_ubx.c
+   configure rates with the same three-byte form;
+7. optionally CFG-CFG: save the configuration. The NEO-6M has no flash (a ROM part): it
+   keeps a configuration in battery-backed RAM, while the board's backup battery or
+   supercap lasts, and in an I2C EEPROM where the board has one. deviceMask names BBR,
+   and the EEPROM when `eeprom` says the board has one; `UbxConfigResult.saved_to` says
+   which.
 
 Each CFG message waits for ACK-ACK or ACK-NAK whose class/id match it (UBX-ACK: the
 payload carries the class and id of the message acknowledged, nothing more); one message is
@@ -51,6 +65,10 @@ UBX_CLASS_NAV = 0x01
 
 #: CFG message ids (GPS.G6-SW-10018, "UBX-CFG" message overview).
 CFG_IDS = {"CFG-PRT": 0x00, "CFG-MSG": 0x01, "CFG-RATE": 0x08, "CFG-CFG": 0x09, "CFG-NAV5": 0x24}
+
+#: I/O port ids (CFG-PRT portID, GPS.G6-SW-10018 "Port Configuration").
+PORT_NAMES = {0: "DDC", 1: "UART1", 2: "UART2", 3: "USB", 4: "SPI"}
+PORT_UART1 = 1
 
 #: Standard NMEA messages as UBX class 0xF0 ids, for CFG-MSG ("NMEA Messages Overview").
 NMEA_MSG_IDS = {
@@ -90,7 +108,6 @@ BAUD_RATES = (9600, 19200, 38400, 57600, 115200)
 #: CFG-PRT UART mode 8N1: charLen 3 (8 bit), parity 4 (none), nStopBits 0 (1), and bit 4
 #: set "for compatibility with ANTARIS 4" (the receiver's own default mode word 0x08D0).
 _UART_MODE_8N1 = {"reserved2": 0x10, "charLen": 3, "parity": 4, "nStopBits": 0}
-_PORT_UART1 = 1
 
 #: Firmware version -> protocol version, for receivers whose MON-VER carries no PROTVER
 #: extension (protocol < 15). From gpsd's driver_ubx.c `fw_protver_map`, itself based on
@@ -209,15 +226,32 @@ def parse_mon_ver(msg: UBXMessage) -> ReceiverVersion:
 
 @dataclass(frozen=True)
 class UbxConfigResult:
-    """The outcome: who answered, the rate the port now runs at, what was applied."""
+    """The outcome: who answered, on which port, the rate the port now runs at, what was
+    applied, and where the configuration was saved (empty: until the next power loss)."""
 
     version: ReceiverVersion
+    port: str
     baud: int
+    meas_rate_ms: int
     applied: tuple[str, ...]
-    saved: bool
-    #: False when the CFG-PRT acknowledgement was lost in the rate switch (the new rate was
-    #: then proven by the CFG-PRT poll answered at it).
+    saved_to: tuple[str, ...]
+    #: False when no CFG-PRT acknowledgement came at the old rate (it was lost in the
+    #: switch, or sent at the new rate): the new rate was then proven at that rate.
     baud_change_acked: bool = True
+
+    def describe(self) -> str:
+        """One line for people: `skycourier gps monitor` and the driver's status."""
+        where = (
+            "saved to " + " and ".join(self.saved_to)
+            if self.saved_to
+            else "not saved (lasts until the receiver loses power)"
+        )
+        rate = f"{1000 / self.meas_rate_ms:g} Hz"
+        line = "" if self.port != "UART1" else f" at {self.baud} baud"
+        return (
+            f"{self.version.generation} (software {self.version.sw_version}) on"
+            f" {self.port}{line}, {rate}; {where}"
+        )
 
 
 @dataclass
@@ -228,7 +262,8 @@ class _Step:
     frame: bytes
     msg_class: int
     msg_id: int
-    kind: str = "ack"  # "ack": ACK-ACK/NAK; "monver": MON-VER; "prt": baud change
+    kind: str = "ack"  # "ack": ACK-ACK/NAK; "monver": MON-VER; "port": the port poll;
+    # "prt": baud change
     sends: int = 0
 
 
@@ -237,11 +272,11 @@ class UbxConfigurator:
     """Configure a NEO-6M class receiver; see the module docstring for the sequence.
 
     `baud` is the rate wanted, `current_baud` the one the host talks at now (found by
-    `detect_baud`). `nmea_on` sentences are enabled once per fix on UART1 and `nmea_off`
-    disabled. `ubx_nav` adds UBX navigation output adapted to the receiver: NAV-PVT where
-    the protocol has it, else NAV-POSLLH + NAV-SOL + NAV-VELNED. `save` persists the result
-    with CFG-CFG to BBR and flash. Each request is re-sent every `timeout` seconds up to
-    `retries` times.
+    `detect_baud`). `nmea_on` sentences are enabled once per fix on the host's port and
+    `nmea_off` disabled. `ubx_nav` adds UBX navigation output adapted to the receiver:
+    NAV-PVT where the protocol has it, else NAV-POSLLH + NAV-SOL + NAV-VELNED. `save`
+    persists the result with CFG-CFG to BBR, and to the board's EEPROM when `eeprom` says
+    it has one. Each request is re-sent every `timeout` seconds up to `retries` times.
     """
 
     baud: int = 115200
@@ -252,9 +287,12 @@ class UbxConfigurator:
     nmea_off: Sequence[str] = ("GLL",)
     ubx_nav: bool = False
     save: bool = False
+    eeprom: bool = False
     timeout: float = 1.0
     retries: int = 3
     version: ReceiverVersion | None = field(default=None, init=False)
+    #: The port the host is wired to, once the CFG-PRT poll answered ("UART1", "USB").
+    port: str | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         if self.timeout <= 0 or self.retries < 0:
@@ -313,23 +351,41 @@ class UbxConfigurator:
             return b""
         step = self._steps[0]
         identity = getattr(msg, "identity", "")
-        if step.kind == "monver" and identity == "MON-VER":
-            self.version = parse_mon_ver(msg)
+        if step.kind == "monver":
+            if identity == "MON-VER":
+                self.version = parse_mon_ver(msg)
+                self._steps = [self._port_step()]
+                return self._send(now)
+            return b""
+        ack = (getattr(msg, "clsID", None), getattr(msg, "msgID", None))
+        if step.kind == "port":
+            if identity == "CFG-PRT":
+                port_id = getattr(msg, "portID", None)
+                self.port = PORT_NAMES.get(port_id, f"port {port_id}")
+            elif identity == "ACK-NAK" and ack == (UBX_CLASS_CFG, CFG_IDS["CFG-PRT"]):
+                self.port = "UART1"  # no answer for "the used port": the usual wiring
+            else:
+                return b""
+            assert self.version is not None
             self._steps = self._plan(self.version)
             return self._send(now)
-        if self._verifying and identity == "CFG-PRT":
-            # The receiver answered our poll at the new rate: the switch worked.
-            if getattr(msg, "baudRate", None) == self.baud:
+        if self._verifying:
+            # Anything that proves the receiver talks at the new rate: the answer to our
+            # poll, or the CFG-PRT acknowledgement, decoded from bytes that arrived after
+            # the transport switched (see `baud_changed`).
+            proof = (identity == "CFG-PRT" and getattr(msg, "baudRate", None) == self.baud) or (
+                identity == "ACK-ACK" and ack == (step.msg_class, step.msg_id)
+            )
+            if proof:
                 self._verifying = False
                 self.current_baud = self.baud
                 return self._next(now)
+            if identity == "ACK-NAK" and ack == (step.msg_class, step.msg_id):
+                self._fail(UbxNak(step.what, step.msg_class, step.msg_id))
             return b""
-        if identity not in ("ACK-ACK", "ACK-NAK") or step.kind == "monver" or self._verifying:
+        if identity not in ("ACK-ACK", "ACK-NAK"):
             return b""
-        if (getattr(msg, "clsID", None), getattr(msg, "msgID", None)) != (
-            step.msg_class,
-            step.msg_id,
-        ):
+        if ack != (step.msg_class, step.msg_id):
             return b""  # an acknowledgement of something else (another tool, a late copy)
         if identity == "ACK-NAK":
             self._fail(UbxNak(step.what, step.msg_class, step.msg_id))
@@ -353,13 +409,7 @@ class UbxConfigurator:
         if step.sends <= self.retries:
             return self._send(now)
         if self._verifying:
-            self._fail(
-                UbxBaudError(
-                    f"CFG-PRT: no answer at {self.baud} baud after switching from"
-                    f" {self.current_baud} ({step.sends} polls, {self.timeout:g} s each);"
-                    f" the receiver may still be at {self.current_baud}"
-                )
-            )
+            self._fail(self._baud_error(step.sends))
         else:
             hint = (
                 " (not a u-blox receiver, or the wrong baud rate?)" if step.kind == "monver" else ""
@@ -373,13 +423,14 @@ class UbxConfigurator:
         return b""
 
     def baud_changed(self, now: float) -> bytes:
-        """The transport now talks at `pending_baud`; verify with a CFG-PRT poll there."""
+        """The transport now talks at `pending_baud`, and feeds only what arrives from now
+        on; verify with a CFG-PRT poll there."""
         if self._pending_baud is None or self._finished:
             return b""
         self._pending_baud = None
         self._verifying = True
         step = self._steps[0]
-        step.frame = UBXMessage("CFG", "CFG-PRT", POLL, portID=_PORT_UART1).serialize()
+        step.frame = UBXMessage("CFG", "CFG-PRT", POLL, portID=PORT_UART1).serialize()
         step.sends = 0
         return self._send(now)
 
@@ -389,16 +440,22 @@ class UbxConfigurator:
             raise RuntimeError("UbxConfigurator has not finished")
         if self._error is not None:
             raise self._error
-        assert self.version is not None
+        assert self.version is not None and self.port is not None
         return UbxConfigResult(
-            self.version, self.current_baud, tuple(self._applied), self.save, self._baud_acked
+            self.version,
+            self.port,
+            self.current_baud,
+            self.meas_rate_ms,
+            tuple(self._applied),
+            self._saved_to() if self.save else (),
+            self._baud_acked,
         )
 
     # -- internals --
 
     def _plan(self, version: ReceiverVersion) -> list[_Step]:
-        """The CFG messages, adapted to the receiver MON-VER identified."""
-        steps = [self._prt_step()]
+        """The CFG messages, adapted to the receiver MON-VER identified and the port."""
+        steps = [self._prt_step()] if self.port == "UART1" else []
         steps.append(
             _Step(
                 f"CFG-RATE (measRate {self.meas_rate_ms} ms)",
@@ -437,10 +494,14 @@ class UbxConfigurator:
         for msg_class, msg_id, name, rate in messages:
             steps.append(
                 _Step(
-                    f"CFG-MSG ({name} {'on' if rate else 'off'}, UART1)",
-                    # The 8-byte form sets every port: UART1 only, DDC/UART2/USB/SPI off.
+                    f"CFG-MSG ({name} {'on' if rate else 'off'}, {self.port})",
+                    # "Set Message Rate", 3 bytes: class, id, rate on the port it came in on
+                    # (pyubx2 knows only the 8-byte form, hence the raw payload).
                     UBXMessage(
-                        "CFG", "CFG-MSG", SET, msgClass=msg_class, msgID=msg_id, rateUART1=rate
+                        UBX_CLASS_CFG.to_bytes(1, "little"),
+                        CFG_IDS["CFG-MSG"].to_bytes(1, "little"),
+                        SET,
+                        payload=bytes((msg_class, msg_id, rate)),
                     ).serialize(),
                     UBX_CLASS_CFG,
                     CFG_IDS["CFG-MSG"],
@@ -449,11 +510,16 @@ class UbxConfigurator:
         if self.save:
             steps.append(
                 _Step(
-                    "CFG-CFG (save to BBR and flash)",
+                    f"CFG-CFG (save to {' and '.join(self._saved_to())})",
                     # saveMask 0x1F1F: bits 0-4 (ioPort, msgConf, infMsg, navConf, rxmConf)
                     # and 8-12 (rinvConf, antConf, ...): every section of CFG-CFG.
                     UBXMessage(
-                        "CFG", "CFG-CFG", SET, saveMask=b"\x1f\x1f\x00\x00", devBBR=1, devFlash=1
+                        "CFG",
+                        "CFG-CFG",
+                        SET,
+                        saveMask=b"\x1f\x1f\x00\x00",
+                        devBBR=1,
+                        devEEPROM=int(self.eeprom),
                     ).serialize(),
                     UBX_CLASS_CFG,
                     CFG_IDS["CFG-CFG"],
@@ -461,12 +527,40 @@ class UbxConfigurator:
             )
         return steps
 
+    def _saved_to(self) -> tuple[str, ...]:
+        return ("BBR", "EEPROM") if self.eeprom else ("BBR",)
+
+    def _port_step(self) -> _Step:
+        return _Step(
+            "CFG-PRT poll (the port in use)",
+            UBXMessage("CFG", "CFG-PRT", POLL).serialize(),
+            UBX_CLASS_CFG,
+            CFG_IDS["CFG-PRT"],
+            kind="port",
+        )
+
+    def _baud_error(self, polls: int) -> UbxBaudError:
+        """Why the switch could not be verified, from what was seen (the caller's transport
+        then no longer knows the receiver's rate: it has to detect it again)."""
+        tried = f"{polls} polls at {self.baud} baud, {self.timeout:g} s each"
+        if self._baud_acked:
+            return UbxBaudError(
+                f"CFG-PRT: the receiver acknowledged the switch to {self.baud} baud at"
+                f" {self.current_baud} but never answered at {self.baud} ({tried}): the host"
+                f" port may not run at {self.baud} baud, or the line loses bytes at that rate"
+            )
+        return UbxBaudError(
+            f"CFG-PRT: no acknowledgement at {self.current_baud} baud and no answer at"
+            f" {self.baud} ({tried}): the receiver may have refused {self.baud} baud and stayed"
+            f" at {self.current_baud}, or switched on a line that loses bytes at {self.baud}"
+        )
+
     def _prt_step(self) -> _Step:
         frame = UBXMessage(
             "CFG",
             "CFG-PRT",
             SET,
-            portID=_PORT_UART1,
+            portID=PORT_UART1,
             baudRate=self.baud,
             inUBX=1,
             inNMEA=1,

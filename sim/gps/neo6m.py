@@ -8,6 +8,24 @@ Behaviour follows the u-blox 6 Receiver Description including Protocol Specifica
 (GPS.G6-SW-10018), cited at each rule, and what real NEO-6M boards print: the factory
 output is RMC, VTG, GGA, GSA, GSV, GLL once a second at 9600 baud, talker GP. Faults
 (`Faults`) are injected deterministically from `seed`.
+
+Wiring and storage, as on the boards the NEO-6M is sold on:
+- the host talks to UART1 (through the board's pins or a USB-serial bridge) or to the
+  module's own USB port (`wiring="USB"`, a CDC-ACM device, where the line rate means
+  nothing). Message rates are kept per port (CFG-MSG "Set Message Rates", six of them:
+  DDC, UART1, UART2, USB, SPI, reserved), protocol masks per port (CFG-PRT), and the
+  three-byte CFG-MSG "Set Message Rate" form applies to the port it came in on;
+- the NEO-6M is a ROM part without flash: CFG-CFG can save to battery-backed RAM (kept over
+  a power cycle only while the board's backup battery or supercap holds it) and to an I2C
+  EEPROM where the board has one (`eeprom=True`). A deviceMask naming a device that is not
+  there is acknowledged, and that device skipped (set-up code for NEO-6M modules commonly
+  sends mask 0x17, every device, and waits for the ACK, as the Arduino playground's u-blox
+  configuration does). At power-up the configuration comes from BBR if it holds one, else
+  from the EEPROM, else the factory defaults;
+- after CFG-PRT changes the UART rate, the receiver answers at the new rate (the CFG-PRT
+  description warns that the host may have to change its rate "to be able to receive ...
+  the acknowledge message resulting from the CFG-PRT message"); `prt_ack_after_switch=False`
+  sends that ACK at the old rate first, the other behaviour the description allows.
 """
 
 from __future__ import annotations
@@ -44,6 +62,19 @@ NMEA_ORDER = (
 #: Factory default: all but ZDA on, once per fix.
 DEFAULT_NMEA_RATES = {0x00: 1, 0x01: 1, 0x02: 1, 0x03: 1, 0x04: 1, 0x05: 1, 0x08: 0}
 
+#: Port ids (CFG-PRT portID; CFG-MSG rate index): DDC (I2C), UART1, UART2, USB, SPI.
+PORT_DDC, PORT_UART1, PORT_UART2, PORT_USB, PORT_SPI = 0, 1, 2, 3, 4
+WIRINGS = {"UART1": PORT_UART1, "USB": PORT_USB}
+#: CFG-CFG deviceMask bits: devBBR, devFlash, devEEPROM, devSpiFlash (bit 3 reserved).
+DEVICES = ((0, "BBR"), (1, "flash"), (2, "EEPROM"), (4, "SPI flash"))
+
+
+def _factory_rates(rate: int) -> tuple[int, ...]:
+    """One message's factory rates on the six ports: on DDC, UART1, USB and SPI (NEO-6 has
+    no UART2)."""
+    return (rate, rate, 0, rate, rate, 0)
+
+
 #: UBX messages CFG-MSG accepts on a u-blox 6 (protocol 13): NMEA ones and NAV ones.
 #: NAV-PVT (0x01 0x07) only exists from protocol 14 (u-blox 7), so a u-blox 6 NAKs it.
 _UBX6_NAV_IDS = frozenset({0x01, 0x02, 0x03, 0x04, 0x06, 0x11, 0x12, 0x20, 0x21, 0x30})
@@ -70,19 +101,23 @@ UBLOX7 = MonVer("1.00 (59842)", "00070000", ("PROTVER 14.00", "GPS;SBAS;GLO;QZSS
 class ReceiverConfig:
     """The settings UBX-CFG changes, and CFG-CFG saves; the defaults are the factory ones."""
 
-    baud: int = 9600
+    baud: int = 9600  # UART1
     meas_rate_ms: int = 1000
     time_ref: int = 1
     dyn_model: int = 0
-    in_mask: int = 0x3  # inProtoMask: UBX + NMEA
-    out_mask: int = 0x3  # outProtoMask: UBX + NMEA
-    #: (class, id) -> output rate on UART1, in navigation solutions (0 = off).
-    msg_rates: dict[tuple[int, int], int] = field(
-        default_factory=lambda: {(0xF0, i): r for i, r in DEFAULT_NMEA_RATES.items()}
+    #: port -> (inProtoMask, outProtoMask), bit 0 UBX, bit 1 NMEA: both, on UART1 and USB.
+    protocols: dict[int, tuple[int, int]] = field(
+        default_factory=lambda: {PORT_UART1: (0x3, 0x3), PORT_USB: (0x3, 0x3)}
+    )
+    #: (class, id) -> output rates on the six ports, in navigation solutions (0 = off).
+    msg_rates: dict[tuple[int, int], tuple[int, ...]] = field(
+        default_factory=lambda: {
+            (0xF0, i): _factory_rates(r) for i, r in DEFAULT_NMEA_RATES.items()
+        }
     )
 
     def copy(self) -> ReceiverConfig:
-        return replace(self, msg_rates=dict(self.msg_rates))
+        return replace(self, protocols=dict(self.protocols), msg_rates=dict(self.msg_rates))
 
 
 @dataclass(frozen=True)
@@ -102,6 +137,7 @@ class Faults:
     `checksum_every` corrupts every Nth sentence, `checksum_probability` each with that
     chance; `dropouts` are (start, end) intervals of total silence (no NMEA, no UBX
     answers); `no_fix` intervals report no fix (RMC status V, GGA quality 0, GSA mode 1);
+    `two_d` intervals a 2-D fix (GSA mode 2, as with too few satellites for 3-D);
     `cold_start_s` is the time to first fix, during which no satellite is tracked;
     `jumps` shift the reported position.
     """
@@ -110,6 +146,7 @@ class Faults:
     checksum_probability: float = 0.0
     dropouts: tuple[tuple[float, float], ...] = ()
     no_fix: tuple[tuple[float, float], ...] = ()
+    two_d: tuple[tuple[float, float], ...] = ()
     cold_start_s: float = 0.0
     jumps: tuple[Jump, ...] = ()
 
@@ -199,13 +236,18 @@ def _lon(value: float) -> tuple[str, str]:
     return f"{deg:03d}{(abs(value) - deg) * 60:08.5f}", "E" if value >= 0 else "W"
 
 
+#: What `sky` may be: a fixed sky, or one that changes with emulator time.
+Sky = tuple[Satellite, ...] | Callable[[float], tuple[Satellite, ...]]
+
+
 class Neo6m:
     """The emulated receiver.
 
-    `baud` is the UART rate it talks at; it changes when a CFG-PRT is applied, after its
-    acknowledgement has been returned (a runner writes what `receive` returned at the rate
-    in force before the call, then switches). Configuration that CFG-CFG saved survives
-    `power_cycle()`; the rest returns to the factory state (9600 baud, 1 Hz).
+    `baud` is the UART1 rate it talks at; a CFG-PRT that changes it takes effect before the
+    ACK is returned, or, with `prt_ack_after_switch=False`, once the ACK is out (at the
+    next `receive` or `tick`); a runner writes what `receive` returned at the rate in force
+    after the call. What CFG-CFG saved survives `power_cycle()` as the module docstring
+    says; the rest returns to the factory state (9600 baud, 1 Hz).
 
     UTC is `utc_start` at the first tick; or, with `utc_origin`, at that clock reading, so a
     receiver on a simulator's clock tells the same time as the simulated autopilot.
@@ -221,21 +263,36 @@ class Neo6m:
         meas_rate_ms: int = 1000,
         utc_start: datetime = datetime(2026, 6, 1, 12, 0, 0, tzinfo=timezone.utc),
         geoid_sep_m: float = 47.0,
-        sky: tuple[Satellite, ...] = DEFAULT_SKY,
+        sky: Sky = DEFAULT_SKY,
         utc_origin: float | None = None,
+        wiring: str = "UART1",
+        backup_battery: bool = True,
+        eeprom: bool = False,
+        prt_ack_after_switch: bool = True,
     ) -> None:
+        if wiring not in WIRINGS:
+            raise ValueError(f"wiring {wiring!r}: one of {', '.join(WIRINGS)}")
         self.faults = faults or Faults()
         self.mon_ver = mon_ver
         self.utc_start = utc_start
         self.utc_origin = utc_origin
         self.geoid_sep_m = geoid_sep_m
         self.sky = sky
+        self.wiring = wiring
+        self.port = WIRINGS[wiring]
+        self.backup_battery = backup_battery
+        self.eeprom = eeprom
+        self.prt_ack_after_switch = prt_ack_after_switch
         self.counters = Counters()
         self._rng = random.Random(seed)
         self._factory = ReceiverConfig(baud=baud, meas_rate_ms=meas_rate_ms)
         self.config = self._factory.copy()
-        self._saved = self._factory.copy()
+        #: What CFG-CFG saved, by device ("BBR", "EEPROM"): None when it holds nothing.
+        self.stored: dict[str, ReceiverConfig | None] = {"BBR": None, "EEPROM": None}
+        #: The devices the last CFG-CFG save wrote to.
         self.saved_to: set[str] = set()
+        self._pending_baud: int | None = None  # a CFG-PRT rate waiting for its ACK to leave
+        self._two_d = False  # the epoch being printed is a 2-D fix (Faults.two_d)
         self._t0: float | None = None
         self._next_epoch: float | None = None
         self._inbuf = bytearray()
@@ -249,9 +306,15 @@ class Neo6m:
     def meas_rate_ms(self) -> int:
         return self.config.meas_rate_ms
 
-    def power_cycle(self) -> None:
-        """Power loss (unplug): back to the saved configuration, first fix again."""
-        self.config = self._saved.copy()
+    def power_cycle(self, *, backup: bool | None = None) -> None:
+        """Power loss and return: configuration from BBR if the backup supply held it
+        (`backup`, by default whether the board has a backup battery), else from the
+        EEPROM, else the factory's; first fix again."""
+        if not (self.backup_battery if backup is None else backup):
+            self.stored["BBR"] = None
+        saved = self.stored["BBR"] or self.stored["EEPROM"] or self._factory
+        self.config = saved.copy()
+        self._pending_baud = None
         self._t0 = None
         self._next_epoch = None
         self._inbuf.clear()
@@ -262,9 +325,17 @@ class Neo6m:
         return 1000.0 / self.meas_rate_ms
 
     def enabled(self, name: str) -> bool:
-        """Whether NMEA sentence `name` (e.g. "GLL") is output on UART1."""
-        ids = dict(NMEA_ORDER)
-        return self.config.msg_rates.get((0xF0, ids[name]), 0) > 0
+        """Whether NMEA sentence `name` (e.g. "GLL") is output on the port the host is on."""
+        return self.output_rate(name) > 0
+
+    def output_rate(self, name: str, port: int | None = None) -> int:
+        """The CFG-MSG rate of NMEA sentence `name` on `port` (default: the host's)."""
+        rates = self.config.msg_rates.get((0xF0, dict(NMEA_ORDER)[name]), (0,) * 6)
+        return rates[self.port if port is None else port]
+
+    def _apply_pending_baud(self) -> None:
+        if self._pending_baud is not None:
+            self.config.baud, self._pending_baud = self._pending_baud, None
 
     # -- output --
 
@@ -276,6 +347,7 @@ class Neo6m:
         """The NMEA of the fix cycle due by `now`, b"" if none is. A late call gets only the
         latest cycle: the missed ones belong to the past, and a burst of stale epochs would
         not be what a receiver on a wire looks like."""
+        self._apply_pending_baud()
         if self._t0 is None:
             self._t0 = now
             self._next_epoch = now
@@ -297,7 +369,7 @@ class Neo6m:
         if _in(self.faults.dropouts, t):
             self.counters.silent_epochs += 1
             return b""
-        if not self.config.out_mask & 0x2:  # outProtoMask bit 1: NMEA
+        if not self.config.protocols[self.port][1] & 0x2:  # outProtoMask bit 1: NMEA
             return b""
         since = t if self.utc_origin is None else now - self.utc_origin
         utc = self.utc_start + timedelta(seconds=round(since, 3))
@@ -307,10 +379,11 @@ class Neo6m:
             position = self._spoofed(position, t)
         else:
             self.counters.no_fix_epochs += 1
-        sky = () if cold else self.sky
+        sky = () if cold else self.sky(t) if callable(self.sky) else self.sky
+        self._two_d = _in(self.faults.two_d, t)
         out = bytearray()
         for name, msg_id in NMEA_ORDER:
-            rate = self.config.msg_rates.get((0xF0, msg_id), 0)
+            rate = self.config.msg_rates.get((0xF0, msg_id), (0,) * 6)[self.port]
             # CFG-MSG rate: "send rate is relative to the event a message is registered on",
             # i.e. once every `rate` navigation solutions.
             if rate <= 0 or (self.counters.epochs - 1) % rate:
@@ -376,7 +449,8 @@ class Neo6m:
             return ["GPGSA,A,1,,,,,,,,,,,,,99.99,99.99,99.99"]
         prns = [f"{s.prn:02d}" for s in sky if s.used][:12]
         prns += [""] * (12 - len(prns))
-        return [f"GPGSA,A,3,{','.join(prns)},1.65,0.92,1.37"]
+        mode = 2 if self._two_d else 3
+        return [f"GPGSA,A,{mode},{','.join(prns)},1.65,0.92,1.37"]
 
     def _gsv(self, utc: datetime, pos: Position | None, sky: tuple[Satellite, ...]) -> list[str]:
         # Four satellites per sentence; "total number of messages" and "message number"
@@ -411,6 +485,7 @@ class Neo6m:
         Frames with a bad checksum are dropped silently, as the receiver does; NMEA input
         and garbage are skipped. The buffer keeps at most one maximal frame's worth.
         """
+        self._apply_pending_baud()
         if self._t0 is not None and _in(self.faults.dropouts, now - self._t0):
             return b""
         self._inbuf += data
@@ -435,7 +510,7 @@ class Neo6m:
                 self.counters.ubx_bad_checksum += 1
                 continue
             self.counters.ubx_in += 1
-            if self.config.in_mask & 0x1:  # CFG-PRT inProtoMask bit 0: UBX input accepted
+            if self.config.protocols[self.port][0] & 0x1:  # inProtoMask bit 0: UBX input
                 out += self._on_ubx(msg_class, msg_id, frame[6:-2])
         return bytes(out)
 
@@ -472,36 +547,35 @@ class Neo6m:
             payload += ext.encode().ljust(30, b"\0")
         return ubx_frame(0x0A, 0x04, payload)
 
-    def _prt_payload(self) -> bytes:
-        return struct.pack(
-            "<BBHIIHHHH",
-            1,
-            0,
-            0,
-            0x08D0,
-            self.baud,
-            self.config.in_mask,
-            self.config.out_mask,
-            0,
-            0,
-        )
+    def _prt_payload(self, port: int) -> bytes:
+        """CFG-PRT as polled: the UART layout (mode 8N1, baud rate) or the USB one, whose
+        mode and baud fields are reserved (zero)."""
+        in_mask, out_mask = self.config.protocols[port]
+        mode, baud = (0x08D0, self.baud) if port == PORT_UART1 else (0, 0)
+        return struct.pack("<BBHIIHHHH", port, 0, 0, mode, baud, in_mask, out_mask, 0, 0)
 
     def _cfg_prt(self, payload: bytes) -> bytes:
-        if len(payload) in (0, 1):  # poll: current port, or the port named
-            if payload and payload[0] != 1:
+        if len(payload) in (0, 1):  # poll: the port the poll came in on, or the port named
+            port = payload[0] if payload else self.port
+            if port not in self.config.protocols:
                 return self._ack(0x06, 0x00, False)
-            return ubx_frame(0x06, 0x00, self._prt_payload())
+            return ubx_frame(0x06, 0x00, self._prt_payload(port))
         if len(payload) != 20:
             return self._ack(0x06, 0x00, False)
         port, _, _, mode, baud, in_mask, out_mask, _, _ = struct.unpack("<BBHIIHHHH", payload)
-        if port in (0, 3, 4):  # DDC, USB, SPI exist but are not emulated: accepted
+        if port in (PORT_DDC, PORT_SPI):  # exist, but not emulated: accepted
             return self._ack(0x06, 0x00, True)
-        if port != 1 or baud not in SUPPORTED_BAUDS or (mode >> 6) & 0x3 != 3:
+        if port == PORT_USB:
+            self.config.protocols[port] = (in_mask, out_mask)
+            return self._ack(0x06, 0x00, True)
+        if port != PORT_UART1 or baud not in SUPPORTED_BAUDS or (mode >> 6) & 0x3 != 3:
             return self._ack(0x06, 0x00, False)  # no UART2 on NEO-6; only 8-bit characters
-        ack = self._ack(0x06, 0x00, True)
-        self.config.in_mask, self.config.out_mask = in_mask, out_mask
-        self.config.baud = baud  # after the ACK: the runner writes the ACK at the old rate
-        return ack
+        self.config.protocols[port] = (in_mask, out_mask)
+        if self.prt_ack_after_switch:
+            self.config.baud = baud  # the ACK then goes out at the new rate
+        else:
+            self._pending_baud = baud  # switched once the ACK is out, at the old rate
+        return self._ack(0x06, 0x00, True)
 
     def _cfg_rate(self, payload: bytes) -> bytes:
         if not payload:
@@ -548,32 +622,39 @@ class Neo6m:
         )
         if not known:
             return self._ack(0x06, 0x01, False)
-        if len(payload) == 2:  # poll
-            rate = self.config.msg_rates.get(key, 0)
-            return ubx_frame(0x06, 0x01, bytes((*key, 0, rate, 0, 0, 0, 0)))
-        if len(payload) == 3:  # rate on the port the message came in on: UART1
-            self.config.msg_rates[key] = payload[2]
-        elif len(payload) == 8:  # rates per port: DDC, UART1, UART2, USB, SPI, reserved
-            self.config.msg_rates[key] = payload[3]
+        rates = self.config.msg_rates.get(key, (0,) * 6)
+        if len(payload) == 2:  # poll: the rates on all six ports
+            return ubx_frame(0x06, 0x01, bytes((*key, *rates)))
+        if len(payload) == 3:  # "Set Message Rate": on the port the message came in on
+            rates = (*rates[: self.port], payload[2], *rates[self.port + 1 :])
+        elif len(payload) == 8:  # "Set Message Rates": DDC, UART1, UART2, USB, SPI, reserved
+            rates = tuple(payload[2:8])
         else:
             return self._ack(0x06, 0x01, False)
+        self.config.msg_rates[key] = rates
         return self._ack(0x06, 0x01, True)
 
     def _cfg_cfg(self, payload: bytes) -> bytes:
         if len(payload) not in (12, 13):
             return self._ack(0x06, 0x09, False)
         clear, save, load = struct.unpack_from("<III", payload)
-        devices = payload[12] if len(payload) == 13 else 0x3  # no deviceMask: BBR + flash
+        # Without a deviceMask: BBR, flash and EEPROM (as u-blox describes the default).
+        mask = payload[12] if len(payload) == 13 else 0x07
+        named = {name for bit, name in DEVICES if mask >> bit & 1}
+        # Only BBR and, where fitted, the EEPROM exist on a NEO-6M board: no flash.
+        devices = named & ({"BBR", "EEPROM"} if self.eeprom else {"BBR"})
         # CFG-CFG executes clear, then save, then load. Sections are all or nothing here:
         # any mask bit stands for the whole configuration.
         if clear:
-            self._saved = self._factory.copy()
+            for device in devices:
+                self.stored[device] = None  # back to the defaults
         if save:
-            self._saved = self.config.copy()
-            self.saved_to = {
-                n for bit, n in ((0, "BBR"), (1, "flash"), (2, "EEPROM")) if devices >> bit & 1
-            }
+            for device in devices:
+                self.stored[device] = self.config.copy()
+            self.saved_to = devices
         ack = self._ack(0x06, 0x09, True)
         if load:
-            self.config = self._saved.copy()  # after the ACK, which goes at the old rate
+            # After the ACK, which goes out with the configuration in force before.
+            loaded = next((self.stored[d] for d in ("BBR", "EEPROM") if d in devices), None)
+            self.config = (loaded or self._factory).copy()
         return ack

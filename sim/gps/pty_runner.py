@@ -13,11 +13,15 @@ master side reads back with `termios.tcgetattr`. When it differs from the emulat
 sentence or frame gets through, and a host that has not switched after a CFG-PRT sees
 only noise, as with the real part.
 
+A receiver on its own USB port (`Neo6m(wiring="USB")`, a CDC-ACM device) has no line
+rate: the mismatch is then not simulated unless asked for.
+
 Unplug/replug: `unplug()` closes both sides (the host's reads fail, as when a USB adapter
 vanishes) and removes the by-id link; `replug()` opens a new pty (its path usually
 differs, as /dev/ttyUSB0 may come back as /dev/ttyUSB1), power-cycles the receiver (only
-what CFG-CFG saved survives) and points the by-id link at the new path, like udev's
-/dev/serial/by-id/ names.
+what CFG-CFG saved, and the backup supply kept, survives) and points the by-id link at the
+new path, like udev's /dev/serial/by-id/ names. `power_cycle()` is the receiver losing
+power while the port stays open, as a UART-wired module on its own supply does.
 """
 
 from __future__ import annotations
@@ -78,14 +82,16 @@ class Neo6mPty:
         *,
         link_dir: Path | None = None,
         link_name: str = DEFAULT_BY_ID,
-        simulate_baud_mismatch: bool = True,
+        simulate_baud_mismatch: bool | None = None,
         period_s: float = 0.005,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.emulator = emulator
         self.position_provider = position_provider
         self.link = link_dir / link_name if link_dir is not None else None
-        self.simulate_baud_mismatch = simulate_baud_mismatch
+        self.simulate_baud_mismatch = (
+            emulator.wiring == "UART1" if simulate_baud_mismatch is None else simulate_baud_mismatch
+        )
         self.period_s = period_s
         self.clock = clock
         self.path: str | None = None
@@ -137,13 +143,22 @@ class Neo6mPty:
                 with contextlib.suppress(FileNotFoundError):
                     self.link.unlink()
 
-    def replug(self) -> str:
-        """The device comes back after a power cycle, on a new pty; returns its path."""
+    def replug(self, *, backup: bool | None = None) -> str:
+        """The device comes back after a power cycle, on a new pty; returns its path.
+
+        `backup`: whether the board's backup supply kept BBR over the outage (default: it
+        did if the board has one, `Neo6m.backup_battery`)."""
         self.unplug()
-        self.emulator.power_cycle()
+        with self._lock:
+            self.emulator.power_cycle(backup=backup)
         self._plug()
         assert self.path is not None
         return self.path
+
+    def power_cycle(self, *, backup: bool | None = None) -> None:
+        """The receiver loses power and comes back while the port stays open."""
+        with self._lock:
+            self.emulator.power_cycle(backup=backup)
 
     def host_baud(self) -> int | None:
         """The rate the host's termios asks for, None when unplugged or not a known rate."""
@@ -190,7 +205,10 @@ class Neo6mPty:
                 data = self._garbled(data)
             self.received += data
             del self.received[:-RECEIVED_KEEP]
-            self._write(master, self.emulator.receive(data, now), matched)
+            answers = self.emulator.receive(data, now)
+            # At the rate in force once the receiver has taken them (see Neo6m: a CFG-PRT
+            # may switch it before its ACK goes out).
+            self._write(master, answers, self._matched(master))
         self._write(master, self.emulator.tick(now, self.position_provider), self._matched(master))
 
     def _write(self, master: int, data: bytes, matched: bool) -> None:
