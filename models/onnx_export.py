@@ -202,48 +202,100 @@ def _activation(g: _GraphBuilder, x: str, kind: str, prefix: str, line: int) -> 
     raise DarknetError(f"cfg line {line}: activation '{kind}' not supported")
 
 
-def _decode(g: _GraphBuilder, x: str, head: YoloHead, net: tuple[int, int]) -> tuple[str, str]:
+def _decode(
+    g: _GraphBuilder, x: str, head: YoloHead, net: tuple[int, int], dynamic: bool = False
+) -> tuple[str, str]:
     """Decode one head, as darknet's `get_yolo_box`:
     cx = (grid_x + sigmoid(tx) * s - (s - 1) / 2) * stride_x, w = exp(tw) * anchor_w, and
-    score = sigmoid(objectness) * sigmoid(class). Rows are anchor-major, then y, then x."""
+    score = sigmoid(objectness) * sigmoid(class). Rows are anchor-major, then y, then x.
+
+    The stride (network pixels per grid cell) is the cfg's: input size over grid size. With
+    `dynamic`, the grid's size is read from the head's input at run time (any input whose
+    sides are multiples of the network's largest stride), so one graph serves every aspect
+    ratio; otherwise the grid offsets are constants."""
     p = f"{DECODE_PREFIX}{head.layer}"
     gh, gw = head.grid
     anchors = len(head.anchors)
     attrs = 5 + head.classes
-    cells = gh * gw
-    shape = g.const(f"{p}/shape1", np.array([-1, anchors, attrs, cells], np.int64))
+    # (batch, anchors * attrs, gh, gw) -> (batch, anchors, cells, attrs); 0 copies the batch.
+    shape = g.const(f"{p}/shape1", np.array([0, anchors, attrs, -1], np.int64))
     t = g.node("Reshape", [x, shape], f"{p}/reshape1")
     t = g.node("Transpose", [t], f"{p}/transpose", perm=[0, 1, 3, 2])
-    shape2 = g.const(f"{p}/shape2", np.array([-1, anchors * cells, attrs], np.int64))
-    t = g.node("Reshape", [t, shape2], f"{p}/reshape2")
 
     def part(start: int, end: int, name: str) -> str:
         starts = g.const(f"{p}/{name}_start", np.array([start], np.int64))
         ends = g.const(f"{p}/{name}_end", np.array([end], np.int64))
-        axes = g.const(f"{p}/{name}_axes", np.array([2], np.int64))
+        axes = g.const(f"{p}/{name}_axes", np.array([3], np.int64))
         return g.node("Slice", [t, starts, ends, axes], f"{p}/{name}")
 
     net_h, net_w = net
     stride = np.array([net_w / gw, net_h / gh], np.float32)
     s = head.scale_x_y
-    ys, xs = np.divmod(np.arange(cells), gw)
-    grid = np.stack([xs, ys], axis=1).astype(np.float32)  # (cells, 2)
-    grid = np.tile(grid, (anchors, 1))
-    offset = (grid - (s - 1.0) / 2.0) * stride
-    anchor_wh = np.repeat(np.array(head.anchors, np.float32), cells, axis=0)
+    if dynamic:
+        offset = _dynamic_grid(g, x, p, stride, s)
+    else:
+        ys, xs = np.divmod(np.arange(gh * gw), gw)
+        grid = np.stack([xs, ys], axis=1).astype(np.float32)  # (cells, 2)
+        offset = g.const(f"{p}/xy_offset", (grid - (s - 1.0) / 2.0) * stride)
+    anchor_half = np.array(head.anchors, np.float32).reshape(1, anchors, 1, 2) / 2
 
     xy = g.node("Sigmoid", [part(0, 2, "xy")], f"{p}/xy_sigmoid")
     xy = g.node("Mul", [xy, g.const(f"{p}/xy_scale", stride * s)], f"{p}/xy_mul")
-    centre = g.node("Add", [xy, g.const(f"{p}/xy_offset", offset)], f"{p}/centre")
+    centre = g.node("Add", [xy, offset], f"{p}/centre")
     wh = g.node("Exp", [part(2, 4, "wh")], f"{p}/wh_exp")
-    half = g.node("Mul", [wh, g.const(f"{p}/anchors_half", anchor_wh / 2)], f"{p}/half")
+    half = g.node("Mul", [wh, g.const(f"{p}/anchors_half", anchor_half)], f"{p}/half")
     top_left = g.node("Sub", [centre, half], f"{p}/x1y1")
     bottom_right = g.node("Add", [centre, half], f"{p}/x2y2")
-    boxes = g.node("Concat", [top_left, bottom_right], f"{p}/boxes", axis=2)
+    boxes = g.node("Concat", [top_left, bottom_right], f"{p}/boxes4d", axis=3)
+    boxes_shape = g.const(f"{p}/boxes_shape", np.array([0, -1, 4], np.int64))
+    boxes = g.node("Reshape", [boxes, boxes_shape], f"{p}/boxes")
     obj = g.node("Sigmoid", [part(4, 5, "obj")], f"{p}/obj_sigmoid")
     cls = g.node("Sigmoid", [part(5, attrs, "cls")], f"{p}/cls_sigmoid")
-    scores = g.node("Mul", [obj, cls], f"{p}/scores")
+    scores = g.node("Mul", [obj, cls], f"{p}/scores4d")
+    scores_shape = g.const(f"{p}/scores_shape", np.array([0, -1, head.classes], np.int64))
+    scores = g.node("Reshape", [scores, scores_shape], f"{p}/scores")
     return boxes, scores
+
+
+def _dynamic_grid(g: _GraphBuilder, x: str, p: str, stride: np.ndarray, s: float) -> str:
+    """(cells, 2) offsets (grid_x - (s - 1) / 2) * stride_x, likewise y, row-major over the
+    grid, for the grid size of `x` (batch, channels, gh, gw) at run time."""
+    shape = g.node("Shape", [x], f"{p}/grid_shape")
+    hw = g.node(
+        "Slice",
+        [
+            shape,
+            g.const(f"{p}/hw_start", np.array([2], np.int64)),
+            g.const(f"{p}/hw_end", np.array([4], np.int64)),
+        ],
+        f"{p}/grid_hw",
+    )
+    zero = g.const(f"{p}/zero", np.array(0, np.int64))
+    one = g.const(f"{p}/one", np.array(1, np.int64))
+    axis = {}
+    for name, index in (("h", 0), ("w", 1)):
+        size = g.node(
+            "Gather", [hw, g.const(f"{p}/{name}_index", np.array(index, np.int64))], f"{p}/g{name}"
+        )
+        steps = g.node("Range", [zero, size, one], f"{p}/range_{name}")
+        axis[name] = g.node("Cast", [steps], f"{p}/range_{name}_f", to=TensorProto.FLOAT)
+    # x varies along the row, y down the rows: (1, gw) and (gh, 1), each expanded to (gh, gw)
+    xs = g.node("Unsqueeze", [axis["w"], g.const(f"{p}/ax0", np.array([0], np.int64))], f"{p}/xs")
+    ys = g.node("Unsqueeze", [axis["h"], g.const(f"{p}/ax1", np.array([1], np.int64))], f"{p}/ys")
+    xs = g.node("Expand", [xs, hw], f"{p}/xs_grid")
+    ys = g.node("Expand", [ys, hw], f"{p}/ys_grid")
+    last = g.const(f"{p}/ax2", np.array([2], np.int64))
+    xs = g.node("Unsqueeze", [xs, last], f"{p}/xs3")
+    ys = g.node("Unsqueeze", [ys, last], f"{p}/ys3")
+    grid = g.node("Concat", [xs, ys], f"{p}/grid", axis=2)
+    grid = g.node(
+        "Reshape",
+        [grid, g.const(f"{p}/grid_cells_shape", np.array([-1, 2], np.int64))],
+        f"{p}/grid_cells",
+    )
+    shift = g.const(f"{p}/grid_shift", np.array((s - 1.0) / 2.0, np.float32))
+    grid = g.node("Sub", [grid, shift], f"{p}/grid_shifted")
+    return g.node("Mul", [grid, g.const(f"{p}/grid_stride", stride)], f"{p}/xy_offset")
 
 
 def export(
@@ -253,6 +305,7 @@ def export(
     names: list[str] | None = None,
     dtype: str = "float32",
     expose_layers: bool = False,
+    dynamic: bool = False,
     doc: str = "",
 ) -> onnx.ModelProto:
     """Build the ONNX model for `cfg` and `weights`.
@@ -261,6 +314,10 @@ def export(
     (batch, N, 4) x1, y1, x2, y2 in network-input pixels and `scores`: (batch, N, classes).
     With `expose_layers`, every layer's output is also a graph output `layer_<i>` (float32),
     which the converter tests compare to a reference implementation one layer at a time.
+    With `dynamic`, height and width are free (any multiples of the `stride` recorded in the
+    metadata; the cfg's size stays the nominal one), so a frame can be letterboxed to its own
+    aspect ratio instead of padded to a square: a 4:3 frame at 416 wide is 416 x 320, a
+    quarter fewer pixels to convolve than 416 x 416, for the same objects at the same scale.
     """
     if dtype not in ("float32", "float16"):
         raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")
@@ -354,7 +411,7 @@ def export(
             src = prev
             if dtype == "float16":
                 src = g.node("Cast", [prev], f"{p}/cast_fp32", to=TensorProto.FLOAT)
-            boxes, scores = _decode(g, src, heads[index], net)
+            boxes, scores = _decode(g, src, heads[index], net, dynamic)
             all_boxes.append(boxes)
             all_scores.append(scores)
             out = prev
@@ -365,8 +422,13 @@ def export(
 
     g.node("Concat", all_boxes, BOXES_NAME, axis=1)
     g.node("Concat", all_scores, SCORES_NAME, axis=1)
-    total = sum(len(h.anchors) * h.grid[0] * h.grid[1] for h in heads.values())
+    total: int | str = sum(len(h.anchors) * h.grid[0] * h.grid[1] for h in heads.values())
     classes = next(iter(heads.values())).classes
+    stride = max(cfg.width // s.w for s in shapes)
+    height: int | str = cfg.height
+    width: int | str = cfg.width
+    if dynamic:
+        total, height, width = "rows", "height", "width"
     graph_outputs = [
         helper.make_tensor_value_info(BOXES_NAME, TensorProto.FLOAT, ["batch", total, 4]),
         helper.make_tensor_value_info(SCORES_NAME, TensorProto.FLOAT, ["batch", total, classes]),
@@ -378,15 +440,14 @@ def export(
                 exposed = g.node("Cast", [name], f"expose{index}/cast", to=TensorProto.FLOAT)
             exposed = g.node("Identity", [exposed], f"layer_{index}")
             s = shapes[index]
-            graph_outputs.append(
-                helper.make_tensor_value_info(exposed, TensorProto.FLOAT, ["batch", s.c, s.h, s.w])
-            )
+            dims = ["batch", s.c, f"h{index}", f"w{index}"] if dynamic else ["batch", s.c, s.h, s.w]
+            graph_outputs.append(helper.make_tensor_value_info(exposed, TensorProto.FLOAT, dims))
     graph = helper.make_graph(
         g.nodes,
         "darknet",
         [
             helper.make_tensor_value_info(
-                INPUT_NAME, TensorProto.FLOAT, ["batch", cfg.channels, cfg.height, cfg.width]
+                INPUT_NAME, TensorProto.FLOAT, ["batch", cfg.channels, height, width]
             )
         ],
         graph_outputs,
@@ -404,6 +465,9 @@ def export(
         "dtype": dtype,
         "names": json.dumps(names or [str(i) for i in range(classes)]),
     }
+    if dynamic:
+        meta["dynamic_size"] = "1"
+        meta["stride"] = str(stride)
     helper.set_model_props(model, meta)
     onnx.checker.check_model(model)
     return model

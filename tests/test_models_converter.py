@@ -11,6 +11,7 @@ importer on the same files.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -449,3 +450,29 @@ def test_bad_cfg_names_the_problem(text: str, message: str):
     with pytest.raises(DarknetError, match=message):
         cfg = parse_cfg_text(text, Path("bad.cfg"))
         layer_shapes(cfg)
+
+
+@pytest.mark.parametrize(("height", "width"), [(64, 64), (64, 96), (96, 32), (128, 64)])
+def test_free_size_graph_matches_the_reference_at_any_multiple_of_the_stride(height, width):
+    """The `dynamic` export (one graph for every aspect ratio, grid offsets computed at run
+    time) against the numpy reference of darknet run at that input size."""
+    cfg = parse_cfg_text(TINY_CFG)
+    weights = random_weights(cfg)
+    model = export(cfg, weights, dynamic=True)
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["dynamic_size"] == "1" and meta["stride"] == "8"
+    assert json.loads(meta["input_size"]) == [64, 64]  # the cfg's, the nominal size
+    dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, "height", "width"]
+    sized = parse_cfg_text(
+        TINY_CFG.replace("width=64", f"width={width}").replace("height=64", f"height={height}")
+    )
+    image = np.random.default_rng(2).uniform(0, 1, (3, height, width)).astype(np.float32)
+    got = run(model, image)
+    _, boxes, scores = reference_forward(sized, weights, image)
+    assert got["boxes"].shape == (1, len(boxes), 4)
+    np.testing.assert_allclose(got["boxes"][0], boxes, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(got["scores"][0], scores, rtol=1e-4, atol=1e-5)
+    # and the fixed-size graph built for that size computes the same rows
+    fixed = run(export(sized, weights), image)
+    np.testing.assert_allclose(got["boxes"], fixed["boxes"], rtol=1e-5, atol=1e-4)

@@ -26,8 +26,9 @@ def test_default_sim_holds_for_the_person_in_the_cone_and_still_delivers_on_a_bu
     tmp_path: Path,
 ) -> None:
     pytest.importorskip("onnxruntime", reason="pip install 'onnxruntime>=1.17'")
-    if not model_path("fp32").exists():
-        pytest.skip(f"{model_path('fp32')} is missing: run `skycourier models build`")
+    shipped = model_path(Config().vision.variant)
+    if not shipped.exists():
+        pytest.skip(f"{shipped} is missing: run `skycourier models build`")
     out = tmp_path / "report"
     # Every core kept busy by other processes for the whole run: the simulated vehicle waits
     # for the companion and the camera (lockstep), so the outcome must not change.

@@ -44,7 +44,7 @@ def sources():
 def models_dir(sources) -> Path:
     from models.build import build_models
 
-    build_models(CACHE, ["fp32"], sources=sources)
+    build_models(CACHE, ["fp32", VisionConfig().variant], sources=sources)
     return CACHE
 
 
@@ -76,7 +76,7 @@ class Recorder:
 
 def test_vision_section_defaults_and_class_list() -> None:
     vision = Config().vision
-    assert vision.source is None and vision.variant == "fp32" and vision.threads == 2
+    assert vision.source is None and vision.variant == "int8" and vision.threads == 2
     assert vision.class_names is None
     config = parse_config('[vision]\nsource = "/dev/video0"\nclasses = " person, car "\n')
     assert config.vision.source == "/dev/video0"
@@ -171,13 +171,16 @@ def test_folder_frames_give_people_on_the_bus_and_obstacle_distance(
         service.stop()
     assert [d.frame_index for d in detections] == [s.frame_index for s in summaries]
     assert len(detections) >= 1  # frames may be dropped for newer ones, never queued
+    # bus.jpg (810 x 1080) shows four people, the default model finds two or more; zidane.jpg
+    # two, the second of which INT8 scores just under the 0.25 threshold.
+    people = {(810, 1080): 2, (1280, 720): 1}
     for message in detections:
-        assert message.count("person") >= 2 and message.t == 100.0
+        assert message.count("person") >= people[message.frame_size] and message.t == 100.0
         assert message.as_dict() == dict(message.counts)
         assert len(message.detections) == sum(n for _, n in message.counts)
         assert message.frame_size in ((810, 1080), (1280, 720))
     last = summaries[-1]
-    assert len(last.sectors) == SECTORS and last.count("person") >= 2
+    assert len(last.sectors) == SECTORS and last.count("person") >= 1
     assert last.nearest is not None and last.nearest.class_name == "person"
     assert min(last.sectors) < last.max_distance_cm  # someone in view, within range
     msg = link.sent[-1]

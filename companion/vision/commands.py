@@ -23,6 +23,16 @@ from pathlib import Path
 from typing import TextIO
 
 VARIANTS = ("fp32", "int8", "fp16")
+
+
+def default_variant() -> str:
+    """The variant `[vision]` uses by default (`VisionConfig.variant`): what `detect` runs
+    and `models build` builds unless told otherwise."""
+    from companion.config import VisionConfig
+
+    return str(VisionConfig.model_fields["variant"].default)
+
+
 #: Colours (BGR) for the annotation, cycled by class id.
 _PALETTE = (
     (56, 56, 255),
@@ -54,7 +64,8 @@ def add_models_arguments(parser: argparse.ArgumentParser) -> None:
         "--variant",
         action="append",
         choices=(*VARIANTS, "all"),
-        help="variant to build (repeatable; default fp32; 'all' for every one)",
+        help="variant to build (repeatable; default: the [vision] default, int8; 'all' for "
+        "every one)",
     )
     build.add_argument(
         "--out", type=Path, default=None, help="output folder (default: models/build)"
@@ -71,7 +82,7 @@ def run_models(
     from models import BUILD_DIR
     from models.build import ModelBuildError, build_models
 
-    chosen = args.variant or ["fp32"]
+    chosen = args.variant or [default_variant()]
     variants = list(VARIANTS) if "all" in chosen else chosen
     target = Path(args.out) if args.out else BUILD_DIR
     live = not getattr(args, "quiet", False) and out.isatty()
@@ -132,7 +143,12 @@ def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
         "a GStreamer pipeline or an rtsp:// URL",
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per frame")
-    parser.add_argument("--variant", choices=VARIANTS, default="fp32", help="model variant")
+    parser.add_argument(
+        "--variant",
+        choices=VARIANTS,
+        default=None,
+        help="model variant (default: the [vision] default, int8)",
+    )
     parser.add_argument("--models-dir", type=Path, default=None, help="where the models are built")
     parser.add_argument(
         "--annotate",
@@ -178,13 +194,14 @@ def run_detect(
     if args.max_frames is not None and args.max_frames < 1:
         return fail("--max-frames must be 1 or more", 2)
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    variant = args.variant or default_variant()
     try:
         source = parse_source(args.source)
     except CaptureError as exc:
         return fail(str(exc))
     try:
         detector = Detector(
-            model_path(args.variant, args.models_dir),
+            model_path(variant, args.models_dir),
             conf_threshold=args.conf,
             iou_threshold=args.iou,
             classes=classes,
@@ -192,8 +209,8 @@ def run_detect(
         )
     except ModelError as exc:
         hint = ""
-        if "no such model" in exc.cause and args.variant != "fp32":
-            hint = f" (`skycourier models build --variant {args.variant}`)"
+        if "no such model" in exc.cause:
+            hint = f" (`skycourier models build --variant {variant}`)"
         return fail(f"{exc}{hint}")
     except ValueError as exc:  # an unknown class name in --classes
         return fail(f"--classes: {exc}", 2)

@@ -4,7 +4,10 @@ One code path for every variant (FP32, INT8, FP16): the graphs all take float32 
 NCHW `images` and return decoded `boxes` (x1, y1, x2, y2 in network pixels) and `scores`
 (objectness x class probability), so the Python side is pre-process, one `session.run`,
 and a few vectorised numpy steps (best class, threshold, class filter, class-wise NMS, map
-back to source pixels). The class names and input size travel inside the model's metadata.
+back to source pixels). The class names and input size travel inside the model's metadata,
+and so does whether the input size is free (`dynamic_size`, `stride`): such a model (the INT8
+build, the CPU default) gets each frame letterboxed to its own aspect ratio ("rect"), so a
+4:3 frame costs 416 x 320 pixels of convolution instead of 416 x 416.
 """
 
 from __future__ import annotations
@@ -120,11 +123,15 @@ class Detector:
     """Detects objects in BGR frames or image files.
 
     `conf_threshold` applies to objectness x class probability; `iou_threshold` to class-wise
-    NMS; `classes` keeps only those names or ids; `preprocess` is "letterbox" (accurate) or
-    "stretch" (darknet/OpenCV's own input, for comparisons); `threads` is ONNX Runtime's
-    intra-op thread count (None: its default, one per physical core); `spin_wait` lets idle
-    worker threads busy-wait between runs (slightly lower latency on an otherwise idle
-    machine, at the cost of CPU the rest of the daemon needs).
+    NMS; `classes` keeps only those names or ids; `preprocess` is "letterbox" (padded to the
+    square input), "rect" (letterboxed to the frame's own aspect ratio, padded only to the
+    network stride: fewer pixels, same scale; needs a model with a free input size),
+    "stretch" (darknet/OpenCV's own input, for comparisons) or "auto" (rect where the model
+    allows it, else letterbox); `input_size` overrides the model's nominal size (an int for a
+    square, or height, width; multiples of the stride, free-size models only); `threads` is
+    ONNX Runtime's intra-op thread count (None: its default, one per physical core);
+    `spin_wait` lets idle worker threads busy-wait between runs (slightly lower latency on an
+    otherwise idle machine, at the cost of CPU the rest of the daemon needs).
     """
 
     def __init__(
@@ -134,7 +141,8 @@ class Detector:
         conf_threshold: float = 0.25,
         iou_threshold: float = 0.45,
         classes: Iterable[str | int] | None = None,
-        preprocess: str = "letterbox",
+        preprocess: str = "auto",
+        input_size: int | tuple[int, int] | None = None,
         pad_value: int = 114,
         threads: int | None = None,
         providers: Sequence[str] | None = None,
@@ -143,8 +151,8 @@ class Detector:
         max_candidates: int = 3000,
         spin_wait: bool = False,
     ) -> None:
-        if preprocess not in MODES:
-            raise ValueError(f"preprocess must be one of {MODES}, got {preprocess!r}")
+        if preprocess not in (*MODES, "auto"):
+            raise ValueError(f"preprocess must be one of {(*MODES, 'auto')}, got {preprocess!r}")
         if graph_optimization not in _OPT_LEVELS:
             raise ValueError(f"graph_optimization must be one of {_OPT_LEVELS}")
         if not 0.0 <= conf_threshold <= 1.0 or not 0.0 <= iou_threshold <= 1.0:
@@ -152,12 +160,21 @@ class Detector:
         self.model_path = Path(model_path)
         self.conf_threshold = conf_threshold
         self.iou_threshold = iou_threshold
-        self.preprocess_mode = preprocess
         self.pad_value = pad_value
         self.max_detections = max_detections
         self.max_candidates = max_candidates
         self.session = self._open(threads, providers, graph_optimization, spin_wait)
         self._read_metadata()
+        if preprocess == "auto":
+            preprocess = "rect" if self.dynamic_size else "letterbox"
+        if preprocess == "rect" and not self.dynamic_size:
+            raise ValueError(
+                f"preprocess 'rect' needs a model built with a free input size; "
+                f"{self.model_path.name} is fixed at {self.input_size[1]}x{self.input_size[0]}"
+            )
+        self.preprocess_mode = preprocess
+        if input_size is not None:
+            self.input_size = self._checked_size(input_size)
         self.class_mask = self._class_mask(classes)
 
     # -- model -----------------------------------------------------------------------------
@@ -209,8 +226,29 @@ class Detector:
         except (KeyError, ValueError, TypeError) as exc:
             raise ModelError(path, f"model metadata lacks input_size/names: {exc}") from exc
         self.input_size: tuple[int, int] = (int(height), int(width))
+        self.dynamic_size = meta.get("dynamic_size") == "1"
+        try:
+            self.stride = int(meta.get("stride", "32"))
+        except ValueError as exc:
+            raise ModelError(path, f"model metadata has a bad stride: {exc}") from exc
         self.dtype = meta.get("dtype", "float32")
         self.providers: list[str] = self.session.get_providers()
+
+    def _checked_size(self, size: int | tuple[int, int]) -> tuple[int, int]:
+        height, width = (size, size) if isinstance(size, int) else size
+        height, width = int(height), int(width)
+        if (height, width) == self.input_size:
+            return self.input_size
+        if not self.dynamic_size:
+            raise ValueError(
+                f"{self.model_path.name} is fixed at {self.input_size[1]}x{self.input_size[0]}; "
+                f"it cannot run at {width}x{height}"
+            )
+        if height <= 0 or width <= 0 or height % self.stride or width % self.stride:
+            raise ValueError(
+                f"input size {width}x{height} must be positive multiples of {self.stride}"
+            )
+        return height, width
 
     def _class_mask(self, classes: Iterable[str | int] | None) -> np.ndarray | None:
         if classes is None:
@@ -231,7 +269,7 @@ class Detector:
 
     def prepare(self, image: np.ndarray) -> tuple[np.ndarray, Transform]:
         """The network input for a BGR frame, and the way back to its pixels."""
-        return prepare(image, self.input_size, self.preprocess_mode, self.pad_value)
+        return prepare(image, self.input_size, self.preprocess_mode, self.pad_value, self.stride)
 
     def infer(self, tensor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw decoded outputs for one prepared input: boxes (N, 4) and scores (N, classes)."""

@@ -109,21 +109,24 @@ def _vision_summary(vision: dict) -> str:
 
 
 def _ensure_sim_model(quiet: bool) -> None:
-    """Build the detector's FP32 model once for the simulated camera, when the default models
+    """Build the detector's deployment-default model (`[vision] variant`) once for the
+    simulated camera, so the simulator flies the model that ships, when the default models
     folder lacks it (a `$SKYCOURIER_MODELS` folder is the user's to fill). A build that cannot
     run (no package index) leaves the simulator flying without vision, which it reports."""
     import os
 
+    from companion.vision.commands import default_variant
     from companion.vision.detector import model_path
     from models.build import ModelBuildError, build_models
 
-    target = model_path("fp32")
+    variant = default_variant()
+    target = model_path(variant)
     if target.exists() or os.environ.get("SKYCOURIER_MODELS"):
         return
     if not quiet:
         print("building the YOLOv4-Tiny model for the simulated camera (once)...", flush=True)
     try:
-        build_models(target.parent, ["fp32"])
+        build_models(target.parent, [variant])
     except ModelBuildError as exc:
         print(f"skycourier sim: cannot build the detector model: {exc}", file=sys.stderr)
 

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from companion.bus import Bus
+from companion.config import VisionConfig
 from companion.geo import distance_m, local_en_m
 from companion.mission.events import MissionEvent
 from companion.mission.inputs import ConeVerdict
@@ -80,7 +81,7 @@ class SimVision:
     def __init__(self, bus: Bus, drop: tuple[float, float], *, wanted: bool = True) -> None:
         self.bus = bus
         self.drop = drop
-        self.model = model_path("fp32")
+        self.model = model_path(VisionConfig().variant)  # the model that ships
         self.guard: DescentGuard | None = None
         self.note = ""
         self.lockstep = False
