@@ -52,7 +52,13 @@ def _gps(args: argparse.Namespace) -> int:
 
     if args.gps_command == "replay":
         return replay(args.file)
-    return monitor(args.port, args.baud, args.configure)
+    return monitor(args.port, args.baud, args.configure, save=args.save, eeprom=args.eeprom)
+
+
+def _sms_sign(args: argparse.Namespace) -> int:
+    from companion.modem.operator_sms import run_sign
+
+    return run_sign(args)
 
 
 def _config(args: argparse.Namespace) -> int:
@@ -96,6 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument(
         "--configure", action="store_true", help="configure the receiver over UBX first"
     )
+    live.add_argument(
+        "--save",
+        action="store_true",
+        help="with --configure: save the configuration (CFG-CFG) to battery-backed RAM",
+    )
+    live.add_argument(
+        "--eeprom",
+        action="store_true",
+        help="with --save: also to the board's configuration EEPROM (where one is fitted)",
+    )
     gps.set_defaults(func=_gps)
 
     models = sub.add_parser("models", help="build the detector's ONNX models")
@@ -113,6 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_track_arguments(track)
     track.set_defaults(func=_track)
+
+    sms = sub.add_parser("sms", help="operator commands by SMS")
+    sms_sub = sms.add_subparsers(dest="sms_command", required=True)
+    sign = sms_sub.add_parser(
+        "sign", help="print the text of a signed command (status, abort, land, hold, resume)"
+    )
+    from companion.modem.operator_sms import add_sign_arguments
+
+    add_sign_arguments(sign)
+    sign.set_defaults(func=_sms_sign)
 
     config = sub.add_parser("config", help="check a configuration file or print the defaults")
     config.add_argument("file", type=Path, nargs="?", default=None)

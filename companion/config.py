@@ -341,7 +341,22 @@ class GpsConfig(_Section):
     )
     rate_hz: float = Field(5.0, gt=0, le=5, description="Navigation rate (NEO-6M: at most 5 Hz).")
     silence_s: float = Field(
-        2.0, gt=0, le=60, description="Report the receiver silent after this long without data."
+        2.0,
+        gt=0,
+        le=60,
+        description="Report the receiver silent after this long without data; as long "
+        "without anything that decodes, look for it at the other rates again.",
+    )
+    save: bool = Field(
+        True,
+        description="Save the configuration in the receiver (CFG-CFG), so that it comes back "
+        "configured after a power loss: to its battery-backed RAM (kept while the board's "
+        "backup battery lasts; the NEO-6M has no flash) and to the board's EEPROM if it has one.",
+    )
+    eeprom: bool = Field(
+        False,
+        description="The receiver's board carries a configuration EEPROM (some NEO-6M boards "
+        "do): save to it too.",
     )
 
     @field_validator("port")
@@ -387,11 +402,34 @@ class ModemConfig(_Section):
     )
     sms_operators: str = Field(
         "",
-        description="Comma-separated numbers whose SMS commands are accepted (with the "
-        "secret); all others are logged and ignored.",
+        description="Comma-separated numbers whose SMS commands are read (and answered); SMS "
+        "from any other number are logged and deleted unread.",
+        examples=["+447700900123,+447700900124"],
     )
-    sms_secret: str | None = Field(
-        None, min_length=8, description="Shared secret an operator's SMS command starts with."
+    sms_key_file: Path | None = Field(
+        None,
+        strict=False,
+        description="File holding the key (hex, 16 octets or more: `openssl rand -hex 32`) that "
+        "authenticates operator SMS commands (HMAC-SHA256 over the command, a counter and the "
+        "time); unset: SMS commands are refused.",
+        examples=["/etc/skycourier/sms.key"],
+    )
+    sms_counter_path: Path = Field(
+        Path("skycourier-sms-counters.json"),
+        strict=False,
+        description="Where the last accepted command counter of each operator number is kept, "
+        "so that no command is accepted twice, across restarts too.",
+    )
+    sms_validity_s: float = Field(
+        300.0,
+        ge=10.0,
+        le=86400.0,
+        description="An SMS command signed longer ago than this is refused as stale.",
+    )
+    sms_storage: Literal["ME", "SM"] = Field(
+        "ME",
+        description='Where the modem stores received SMS (AT+CPMS): "ME" its flash (180 '
+        'messages), "SM" the SIM (a few dozen). Each is read and deleted once handled.',
     )
 
     @field_validator("port")
@@ -446,6 +484,20 @@ class TelemetryConfig(_Section):
     handover_hz: float = Field(
         5.0, gt=0, le=10, description="Telemetry rate while descending to and at the recipient."
     )
+    status_period_s: float = Field(
+        30.0,
+        ge=5,
+        le=3600,
+        description='Seconds between "online" heartbeats; each is believed for three periods '
+        "(its time-to-live), so a drone that dies without a will looks offline within that.",
+    )
+    batch_linger_s: float = Field(
+        1.0,
+        ge=0,
+        le=10,
+        description="How long a telemetry message that is not full waits for more records "
+        "(events never wait): fewer modem AT commands per second, that much more latency.",
+    )
 
     @field_validator("broker")
     @classmethod
@@ -471,9 +523,10 @@ class VisionConfig(_Section):
         examples=["/dev/video0", "csi", "rtsp://192.168.1.20:8554/cam"],
     )
     variant: Literal["fp32", "int8", "fp16"] = Field(
-        "fp32",
-        description='Model variant: "fp32" (CPU default), "int8" (faster on a Pi\'s CPU), '
-        '"fp16" (GPUs: Jetson).',
+        "int8",
+        description='Model variant: "int8" (CPU default: 8-bit, letterboxed to the frame\'s '
+        'own aspect ratio; over 2x OpenCV DNN, within 1 mAP@0.5 point of FP32), "fp32" (the '
+        'float reference), "fp16" (GPUs: Jetson).',
     )
     models_dir: Path | None = Field(
         None,

@@ -35,6 +35,7 @@ from companion.bus import Bus
 from companion.config import Config, FlightConfig
 from companion.geo import bearing_deg, distance_m
 from companion.mission.events import FLYING_PHASES, MissionEvent, Phase
+from companion.mission.journal import FINISHED_EVENT
 from firmware_bridge.state import VehicleState
 
 #: Phases that count towards `duration_s` once the vehicle has flown (abort ends in RTL/LAND).
@@ -148,9 +149,11 @@ class FlightRecorder:
 
     def on_event(self, event: MissionEvent) -> None:
         """Map the delivery's transitions onto phases: each "enter" opens its phase, "abort"
-        opens the abort phase, and DONE or the abort's "landed" closes the flight."""
+        opens the abort phase, and DONE, the abort's "landed" or the mission's "finished"
+        closes the flight."""
         at, wall = event.boot_time_s, event.wall_time or None
-        if event.phase is Phase.DONE or (event.phase is Phase.ABORT and event.event == "landed"):
+        ends = event.phase is Phase.DONE or event.event == FINISHED_EVENT
+        if ends or (event.phase is Phase.ABORT and event.event == "landed"):
             self.finish(at, wall)
         elif event.event in ("enter", "abort"):
             self.phase_started(event.phase.value, at, wall)

@@ -1,9 +1,15 @@
 """`skycourier track`: watch a drone's live telemetry, events and status from an MQTT broker.
 
-One line per record (or the record's JSON with ``--json``), in arrival order. Records are
-delivered at least once, so a record re-sent after an outage arrives twice with the same id:
-`Tracker` drops the repeat. A malformed message is reported on stderr with the reason and
-skipped; it never stops the watch.
+One line per record (or the record's JSON with ``--json``), in arrival order; a batch message
+(schema version 2) prints each of its records. Records are delivered at least once, so a
+record re-sent after an outage arrives twice with the same id: `Tracker` drops the repeat. A
+malformed message is reported on stderr with the reason and skipped; it never stops the watch.
+
+Liveness: an ``online`` status is believed until its time-to-live runs out
+(`schema.status_expires_at`), unless a newer status came; then a line says so (``STATUS
+expired``, or with ``--json`` an object of type ``status-expired``). A drone on the modem
+path cannot leave a retained last will, so without this a dead drone's last ``online`` would
+be shown for ever.
 """
 
 from __future__ import annotations
@@ -12,8 +18,10 @@ import argparse
 import json
 import sys
 import threading
+import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import TextIO
 
 from companion.telemetry import schema
@@ -21,37 +29,72 @@ from companion.telemetry.transport import PahoTransport
 
 #: Ids remembered for de-duplication: hours of 5 Hz telemetry, a few MB at most.
 DEDUP_WINDOW = 100_000
+#: Drones whose status is remembered (a wildcard watch on a busy broker must stay bounded).
+MAX_DRONES = 10_000
 
 
 class Tracker:
-    """Decodes and de-duplicates records received on a drone's topics (sans-I/O)."""
+    """Decodes and de-duplicates records received on drones' topics and follows each
+    drone's status and its time-to-live (sans-I/O: `clock` is the receiver's wall clock)."""
 
-    def __init__(self, window: int = DEDUP_WINDOW) -> None:
+    def __init__(self, window: int = DEDUP_WINDOW, clock: Callable[[], float] = time.time) -> None:
         self.window = window
+        self.clock = clock
         self._seen: OrderedDict[str, None] = OrderedDict()
+        # drone -> (latest status, unix time it stops meaning online or None, reported expired)
+        self._status: OrderedDict[str, tuple[schema.Status, float | None, bool]] = OrderedDict()
         self.duplicates = 0
         self.malformed = 0
 
-    def receive(self, topic: str, payload: bytes) -> schema.Record | None:
-        """The record carried by one message, or None for a repeat of one already seen.
+    def receive(self, topic: str, payload: bytes) -> list[schema.Record]:
+        """The records one message carries that were not seen before, in order (a status is
+        always returned: it is state, re-announced on purpose).
 
-        Raises schema.SchemaError (naming the field) for a message that is not a valid record
-        for its topic; the caller reports it.
+        Raises schema.SchemaError (naming the field) for a message that is not valid for its
+        topic; the caller reports it.
         """
         try:
-            record = schema.decode_for(topic, payload)
+            records = schema.decode_message(topic, payload)
         except schema.SchemaError:
             self.malformed += 1
             raise
-        if isinstance(record, schema.Status):
-            return record  # retained state, re-announced on purpose: always shown
-        if record.id in self._seen:
-            self.duplicates += 1
-            return None
-        self._seen[record.id] = None
-        if len(self._seen) > self.window:
-            self._seen.popitem(last=False)
-        return record
+        fresh: list[schema.Record] = []
+        for record in records:
+            if isinstance(record, schema.Status):
+                expires = schema.status_expires_at(record, self.clock())
+                self._status[record.drone_id] = (record, expires, False)
+                self._status.move_to_end(record.drone_id)
+                if len(self._status) > MAX_DRONES:
+                    self._status.popitem(last=False)
+                fresh.append(record)
+            elif record.id in self._seen:
+                self.duplicates += 1
+            else:
+                self._seen[record.id] = None
+                if len(self._seen) > self.window:
+                    self._seen.popitem(last=False)
+                fresh.append(record)
+        return fresh
+
+    def expired(self) -> list[tuple[schema.Status, float]]:
+        """Online statuses whose time-to-live has run out since the last call, each with the
+        time it did (each reported once; a newer status starts over)."""
+        now = self.clock()
+        out: list[tuple[schema.Status, float]] = []
+        for status, expires, reported in self._status.values():
+            if expires is not None and not reported and now >= expires:
+                out.append((status, expires))
+        for status, expires in out:
+            self._status[status.drone_id] = (status, expires, True)
+        return out
+
+
+def format_expired(status: schema.Status, expired_at: float) -> str:
+    """The line for a drone whose online status ran out: it is not online any more."""
+    return (
+        f"{schema.utc_iso(expired_at)} {status.drone_id} #{status.seq} STATUS expired: online"
+        f" said at {status.t} with a ttl of {status.ttl_s:g} s, nothing since"
+    )
 
 
 def _num(value: float | None, fmt: str, unit: str = "") -> str:
@@ -62,7 +105,8 @@ def format_record(record: schema.Record) -> str:
     """One human line for a record: time, drone, seq, then what it says."""
     head = f"{record.t} {record.drone_id} #{record.seq}"
     if isinstance(record, schema.Status):
-        return f"{head} STATUS {record.state}"
+        ttl = "" if record.ttl_s is None else f" (ttl {record.ttl_s:g} s)"
+        return f"{head} STATUS {record.state}{ttl}"
     if isinstance(record, schema.Event):
         where = " ".join(
             part
@@ -150,26 +194,50 @@ def run_track(
     shown = 0
     lock = threading.Lock()
 
-    def on_message(topic: str, payload: bytes) -> None:
+    def show(line: str) -> None:
         nonlocal shown
-        try:
-            record = tracker.receive(topic, payload)
-        except schema.SchemaError as exc:
-            print(f"skipping a malformed message on {topic}: {exc}", file=err, flush=True)
-            return
-        if record is None:
-            return
         with lock:
             if done.is_set():
                 return
-            if args.json:
-                line = json.dumps(schema.to_dict(record), separators=(",", ":"))
-            else:
-                line = format_record(record)
             print(line, file=out, flush=True)
             shown += 1
             if args.count is not None and shown >= args.count:
                 done.set()
+
+    def report_expired() -> None:
+        with lock:
+            expired = tracker.expired()
+        for status, at in expired:
+            if args.json:
+                line = json.dumps(
+                    {
+                        "type": "status-expired",
+                        "drone_id": status.drone_id,
+                        "seq": status.seq,
+                        "t": status.t,
+                        "ttl_s": status.ttl_s,
+                        "expired_at": schema.utc_iso(at),
+                    },
+                    separators=(",", ":"),
+                )
+            else:
+                line = format_expired(status, at)
+            show(line)
+
+    def on_message(topic: str, payload: bytes) -> None:
+        try:
+            with lock:
+                records = tracker.receive(topic, payload)
+        except schema.SchemaError as exc:
+            print(f"skipping a malformed message on {topic}: {exc}", file=err, flush=True)
+            return
+        for record in records:
+            if args.json:
+                show(json.dumps(schema.to_dict(record), separators=(",", ":")))
+            else:
+                show(format_record(record))
+        if any(isinstance(r, schema.Status) for r in records):
+            report_expired()  # a retained online that ran out long ago says so at once
 
     transport = PahoTransport(host, port, f"skycourier-track-{uuid.uuid4().hex[:12]}")
     try:
@@ -184,7 +252,8 @@ def run_track(
                 file=err,
                 flush=True,
             )
-        done.wait()
+        while not done.wait(1.0):
+            report_expired()
     except KeyboardInterrupt:
         pass
     finally:

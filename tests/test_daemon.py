@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from companion import daemon
 from companion.config import Config, load_config
 from companion.daemon import recover_unfinished, run_daemon
 from companion.mission.journal import Journal, JournalError
+from companion.telemetry.store import StoreError
 from companion.telemetry.uplink import TelemetryUplink
 from firmware_bridge.dialect import mavlink
 from firmware_bridge.errors import LinkError
@@ -153,7 +153,7 @@ def test_vision_failing_to_start_stops_telemetry_the_journal_and_the_link(
         assert run_daemon(config, threading.Event()) == 1
     started.assert_all_stopped()
     uplink: TelemetryUplink = started.made["open_uplink"]
-    with pytest.raises(sqlite3.ProgrammingError, match="closed database"):
+    with pytest.raises(StoreError, match="closed database"):
         uplink.store.peek()  # the telemetry queue was closed with the rest
 
 

@@ -103,7 +103,8 @@ def test_a_delivery_on_the_shipped_parameters_is_flown_and_journaled(tmp_path: P
         Phase.PREFLIGHT, Phase.ARM, Phase.TAKEOFF, Phase.CRUISE, Phase.DESCEND,
         Phase.RELEASE, Phase.CLIMB, Phase.RETURN, Phase.LAND, Phase.DONE,
     ]  # fmt: skip
-    assert journal[:-1] == [(p.value, e) for p, e in f.story()]  # journaled, then published
+    # Journaled, then published; the end is both (journal.finish, then "finished" on the bus).
+    assert journal == [(p.value, e) for p, e in f.story()]
     assert journal[-1] == ("done", "finished")
     assert f.event("checked").detail["findings"] == []
 
@@ -153,7 +154,7 @@ def test_low_battery_returns_home(tmp_path: Path) -> None:
         assert not state.armed and state.alt_rel_m < 0.5 and abs(state.north_m) < 3.0
     assert outcome.startswith("battery low")
     assert f.event("abort").detail["action"] == "RTL"
-    assert f.story()[-1] == (Phase.ABORT, "landed")
+    assert f.story()[-2:] == [(Phase.ABORT, "landed"), (Phase.ABORT, "finished")]
 
 
 def test_a_pilot_on_a_second_link_takes_over_and_the_companion_stops(tmp_path: Path) -> None:
@@ -205,7 +206,7 @@ def test_a_pulled_link_leaves_the_return_to_the_autopilots_watchdog(tmp_path: Pa
         assert not f.server.state.armed and f.server.state.alt_rel_m < 0.5
     assert outcome.startswith("link to the autopilot lost")
     assert f.event("abort").detail["action"] == "FAILSAFE"
-    assert f.story()[-1] == (Phase.ABORT, "landed")
+    assert f.story()[-2:] == [(Phase.ABORT, "landed"), (Phase.ABORT, "finished")]
 
 
 def _restore_when_landed(f: Flight) -> None:

@@ -16,12 +16,18 @@ from hypothesis import strategies as st
 
 from companion.modem.at_engine import (
     MAX_LINE,
+    MAX_RESPONSE,
+    MAX_RX_PAYLOAD,
+    UNFRAMED_URC_S,
     AtCommand,
     AtEngine,
     AtResponse,
     MqttMessage,
+    SmsData,
     Urc,
     command_prefix,
+    redact,
+    sms_framing,
 )
 from companion.modem.at_errors import (
     CME_ERRORS,
@@ -393,7 +399,7 @@ def test_late_answer_after_timeout_is_not_taken_by_next_command() -> None:
     events = engine.receive(late + echo("AT+CEREG?") + wire("+CEREG: 0,1", "OK"), 9.5)
     assert events[:2] == [Urc("+CSQ", "+CSQ: 27,99"), Urc("", "OK")]
     assert events[2] == AtResponse(AtCommand("AT+CEREG?"), ("+CEREG: 0,1",), "OK")
-    assert engine.stats.stale_lines == 1
+    assert engine.stats.stale_lines == 2  # the late answer's line and its OK
 
 
 def test_stale_guard_gives_up_when_module_does_not_echo() -> None:
@@ -494,27 +500,175 @@ def test_cmgs_failure() -> None:
     assert response.error == AtError("cms", 331, "no network service", "+CMS ERROR: 331")
 
 
-# ---------------------------------------------------------------- SMS read
+# ---------------------------------------------------------------- SMS bodies
+
+# The real A7670 of [ISS#7], PDU mode: `+CMGRD: 0,"",30` and its PDU (38 octets: 7 of SMSC
+# address after their length octet, then the 30 the header announced).
+ISS7_HEADER = '+CMGRD: 0,"",30'
+ISS7_PDU = "07914346220050F0040B914326764060F60000524072319385800C31D98C062ACFE961F21B04"
+# The manual's text-mode example with AT+CSDH=1 (§9.2.12): an SMS-SUBMIT, <length> 11.
+MANUAL_SUBMIT = '+CMGR: "STO UNSENT","+10011",,145,17,0,0,167,"+8613800100500",145,11'
 
 
-def test_cmgr_text_with_message_on_next_line() -> None:
-    # SMS-AN §4: +CMTI: "SM",1 -> AT+CMGR=1 -> header / text / OK
-    engine = AtEngine()
-    assert engine.receive(wire('+CMTI: "SM",1'), 0) == [Urc("+CMTI", '+CMTI: "SM",1')]
-    send(engine, AtCommand("AT+CMGR=1"))
-    header = '+CMGR: "REC UNREAD","+86135888xxxx",,"08/01/30,20:40:31+00"'
-    [response] = engine.receive(
-        echo("AT+CMGR=1") + wire(header) + b"This is a test\r\n" + wire("OK"), 1
+def csdh_deliver(length: int, *, dcs: int = 0, fo: int = 4) -> str:
+    """A text-mode SMS-DELIVER header with AT+CSDH=1 (§9.2.12 form 1)."""
+    return (
+        '+CMGR: "REC UNREAD","+447700900123",,"25/04/27,13:44:52+08",'
+        f'145,{fo},0,{dcs},"+447785016005",145,{length}'
     )
-    assert response.lines == (header, "This is a test") and response.ok
 
 
-@pytest.mark.parametrize("text", ["OK", '+CMTI: "SM",9', "ERROR", "", "  spaced  "])
-def test_cmgr_message_text_is_data_whatever_it_says(text: str) -> None:
-    header = '+CMGR: "REC READ","+34626704066","","25/04/27,13:44:52+8"'
-    reply = wire(header) + text.encode() + CRLF + wire("OK")
+def test_cmgrd_pdu_of_a_real_module() -> None:
+    [response] = exchange(
+        AtCommand("AT+CMGRD=1"), echo("AT+CMGRD=1") + wire(ISS7_HEADER, ISS7_PDU, "OK")
+    )
+    assert response.ok and response.lines == (ISS7_HEADER,)
+    assert response.data == (SmsData(ISS7_HEADER, ISS7_PDU.encode(), "pdu"),)
+
+
+def test_manual_text_mode_example_with_csdh() -> None:
+    reply = wire(f"{MANUAL_SUBMIT}\r\nHello World", "OK")  # header<CR><LF>data, one block
     [response] = exchange(AtCommand("AT+CMGR=1"), reply)
-    assert response.lines == (header, text) and response.final == "OK"
+    assert response.ok
+    assert response.data == (SmsData(MANUAL_SUBMIT, b"Hello World", "length"),)
+
+
+HOSTILE = [
+    b"OK",
+    b"ERROR",
+    b"+CME ERROR: 13",
+    b"hi\r\nOK\r\n+CMQTTRXSTART: 0,3,5\r\n+CMQTTRXTOPIC: 0,3\r\nabc",
+    b'+CMTI: "SM",9\n+CMQTTCONNLOST: 0,1\rERROR',
+    b"",
+    b"  spaced  ",
+    b"\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("body", HOSTILE)
+def test_text_mode_body_is_data_by_its_length_whatever_it_says(body: bytes) -> None:
+    header = csdh_deliver(len(body))
+    engine = AtEngine()
+    send(engine, AtCommand("AT+CMGR=1"))
+    stream = echo("AT+CMGR=1") + wire(header) + body + CRLF + wire("OK")
+    events = engine.receive(stream, 0.1)
+    assert events == [
+        AtResponse(AtCommand("AT+CMGR=1"), (header,), "OK", None, None,
+                   (SmsData(header, body, "length"),))
+    ]  # fmt: skip
+    assert engine.stats.urcs == engine.stats.garbage_lines == 0
+
+
+def test_ucs2_and_udh_text_bodies_are_twice_their_length_in_hex() -> None:
+    hex_body = "4F60597D003100320033"  # SMS-AN p.10: 你好123 in UCS2, <length> 10 octets
+    header = csdh_deliver(10, dcs=8)
+    [response] = exchange(AtCommand("AT+CMGR=2"), wire(f"{header}\r\n{hex_body}", "OK"))
+    assert response.data[0].data == hex_body.encode() and response.ok
+    header = csdh_deliver(3, fo=0x44)  # a user-data header: shown as hex too
+    [response] = exchange(AtCommand("AT+CMGR=2"), wire(f"{header}\r\n050003", "OK"))
+    assert response.data[0].data == b"050003"
+
+
+@pytest.mark.parametrize("body", HOSTILE[:5])
+def test_pdu_mode_listing_hostile_text_inside_stays_hex(body: bytes) -> None:
+    """AT+CMGL=4 in PDU mode: each header, then its PDU line, nothing else."""
+    lines = []
+    for index in (1, 2):
+        lines += [f'+CMGL: {index},0,"",30', ISS7_PDU]
+    [response] = exchange(AtCommand("AT+CMGL=4"), wire(*lines, "OK"))
+    assert [d.header for d in response.data] == ['+CMGL: 1,0,"",30', '+CMGL: 2,0,"",30']
+    assert all(d.framing == "pdu" and d.ok for d in response.data)
+
+
+def test_unframed_text_body_is_held_as_data_until_the_deadline() -> None:
+    """AT+CSDH=0: the body has no length. Nothing after the header is parsed: not the fake
+    OK, not the fake MQTT message; the answer ends at the deadline with all of it."""
+    header = '+CMGR: "REC UNREAD","+447700900999",,"25/04/27,13:44:52+08"'
+    body = b"x\r\nOK\r\n" + rx(b"cmd/x", b"RTL")
+    engine = AtEngine()
+    send(engine, AtCommand("AT+CMGR=1"))
+    assert engine.receive(wire(header) + body + wire("OK"), 0.5) == []
+    assert engine.busy
+    [response] = engine.poll(9.0)
+    assert response.error.kind == "unframed" and "AT+CMGR" in response.error.text
+    [data] = response.data
+    assert data.framing == "unframed" and data.data.startswith(b"x\r\nOK")
+    assert engine.stats.mqtt_messages == 0 and engine.stats.urcs == 0
+    send(engine, AtCommand("AT+CSQ"), now=9.0)
+    [after] = engine.receive(wire("+CSQ: 20,99", "OK"), 9.1)
+    assert after.ok and after.lines == ("+CSQ: 20,99",)
+
+
+@pytest.mark.parametrize(
+    ("pdu", "why"),
+    [("0791447758", "announced"), ("OK", "hexadecimal"), ("07914346220050F0040B91ZZ", "hex")],
+)
+def test_a_pdu_that_does_not_match_its_header_is_held_not_parsed(pdu: str, why: str) -> None:
+    engine = AtEngine()
+    send(engine, AtCommand("AT+CMGR=1"))
+    events = engine.receive(wire(ISS7_HEADER.replace("RD", "R"), pdu, "OK") + wire("OK"), 0.1)
+    assert events == []
+    [response] = engine.poll(9.0)
+    assert response.error.kind == "unframed" and why in response.data[0].problem
+
+
+def test_routed_sms_urc_in_pdu_and_text_mode() -> None:
+    engine = AtEngine()
+    header = '+CMT: "",30'
+    [urc] = engine.receive(wire(header, ISS7_PDU), 0)
+    assert urc == Urc("+CMT", header, SmsData(header, ISS7_PDU.encode(), "pdu"))
+    text = '+CMT: "+447700900123",,"25/04/27,13:44:52+08",145,4,0,0,"+447785016005",145,5'
+    [urc] = engine.receive(wire(text) + b"OK\r\nX" + CRLF, 1)
+    assert urc.data == SmsData(text, b"OK\r\nX", "length")
+
+
+def test_late_cmgr_answer_after_a_timeout_is_still_framed() -> None:
+    """The body of an SMS header is data wherever the header arrives: here late, while the
+    next command is in flight."""
+    engine = AtEngine(echo_expected=False)
+    send(engine, AtCommand("AT+CMGR=1"))
+    [timeout] = engine.poll(9.0)
+    assert timeout.final == "TIMEOUT"
+    send(engine, AtCommand("AT+CSQ"), now=9.0)
+    body = b"OK\r\n+CSQ: 1,1"
+    stream = wire(csdh_deliver(len(body))) + body + CRLF + wire("OK", "+CSQ: 20,99", "OK")
+    events = engine.receive(stream, 9.1)
+    late = [e for e in events if isinstance(e, Urc)]
+    assert late[0].data is not None and late[0].data.data == body
+    [response] = responses(events)
+    assert response.lines == ("+CSQ: 20,99",) and response.ok
+
+
+def test_the_sms_data_state_ends_with_a_timeout() -> None:
+    """Issue 10 item 13: "next line is SMS data" survived a timeout. A body cut by the
+    timeout is held as data for a short window; the next command's answer is its own."""
+    engine = AtEngine(echo_expected=False)
+    send(engine, AtCommand("AT+CMGR=1"))
+    assert engine.receive(wire(ISS7_HEADER.replace("RD", "R")), 0.1) == []
+    assert engine.poll(9.0)[0].final == "TIMEOUT"
+    send(engine, AtCommand("AT+CSQ"), now=9.0 + UNFRAMED_URC_S)
+    events = engine.receive(wire("+CSQ: 20,99", "OK"), 9.0 + UNFRAMED_URC_S)
+    assert responses(events)[0].lines == ("+CSQ: 20,99",)
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (ISS7_HEADER, ("pdu", 30)),
+        ('+CMGL: 3,1,"",22', ("pdu", 22)),
+        ("+CDS: 25", ("pdu", 25)),
+        (MANUAL_SUBMIT, ("length", 11)),
+        (csdh_deliver(70, dcs=8), ("length", 140)),
+        ('+CMGR: "REC READ",6,12,,,"25/04/27,13:44:52+08","25/04/27,13:44:55+08",0', ("none", 0)),
+        ('+CMGL: ("REC UNREAD","REC READ","STO UNSENT","STO SENT","ALL")', ("none", 0)),
+        ('+CMGR: "REC UNREAD","+1",,"x"', ("unframed", 0)),
+        ("+CMGR: 0,,9999", ("unframed", 0)),
+        ("+CMT: x", ("unframed", 0)),
+    ],
+)
+def test_sms_framing_of_each_header_form(header: str, expected: tuple[str, int]) -> None:
+    name = header.split(":")[0]
+    assert sms_framing(name, header) == expected
 
 
 # ---------------------------------------------------------------- MQTT receive
@@ -648,7 +802,8 @@ SESSION: list[tuple[AtCommand, list[bytes]]] = [
             + wire("+CMQTTPUB: 0,0")
         ],
     ),
-    (AtCommand("AT+CMGR=2"), [wire('+CMGR: "REC UNREAD","+1",,"x"') + b"OK\r\n" + wire("OK")]),
+    (AtCommand("AT+CMGR=2"), [wire(ISS7_HEADER.replace("RD", "R"), ISS7_PDU, "OK")]),
+    (AtCommand("AT+CMGR=3"), [wire(csdh_deliver(4)) + b"OK\r\n" + CRLF + wire("OK")]),
     (AtCommand("ATE0"), [echo("ATE0") + wire("OK")]),
     (AtCommand("AT+CSQ"), [wire("+CSQ: 27,99", "+CMQTTCONNLOST: 0,1", "OK") + rx(b"t", b"")]),
 ]
@@ -677,6 +832,7 @@ def test_session_events() -> None:
     assert [r.ok for r in responses(events)] == [
         True,
         False,
+        True,
         True,
         True,
         True,
@@ -760,3 +916,98 @@ def test_responses_never_go_to_the_wrong_command(noise: list[list[bytes]], echoe
     assert "+CPSI: LTE,Online" in got[1].lines and "+CSQ: 11,99" not in got[1].lines
     assert all(r.ok for r in got)
     assert all(m == MqttMessage(0, "q/1", b"OK\r\n") for m in events if isinstance(m, MqttMessage))
+
+
+# ---------------------------------------------------------------- issue 10 reproducers
+
+
+def test_digit_like_result_code_is_not_a_number() -> None:
+    """Fuzz reproducer: `+NETOPEN: ²` during AT+NETOPEN raised ValueError (isdigit/int)."""
+    netopen = AtCommand("AT+NETOPEN", timeout_s=120.0, result_urc="+NETOPEN")
+    engine = AtEngine()
+    send(engine, netopen)
+    events = engine.receive(wire("OK", "+NETOPEN: \u00b2", "+NETOPEN: \u0663", "+NETOPEN: 0"), 1)
+    [response] = responses(events)
+    assert response.ok and response.result_line == "+NETOPEN: 0"
+
+
+def test_rx_chunks_past_the_announced_length_are_read_and_refused() -> None:
+    """Fuzz reproducer: 100 chunks of 10 KB held 1 MB for a 1-byte payload."""
+    engine = AtEngine()
+    stream = wire("+CMQTTRXSTART: 0,3,1", "+CMQTTRXTOPIC: 0,3") + b"a/b" + CRLF
+    for _ in range(100):
+        stream += wire("+CMQTTRXPAYLOAD: 0,10240") + b"OK\r\n" * 2560 + CRLF
+    stream += wire("+CMQTTRXEND: 0")
+    events = engine.receive(stream, 0)
+    assert not [e for e in events if isinstance(e, MqttMessage)]
+    assert engine.held_bytes <= MAX_RX_PAYLOAD
+    assert engine.stats.mqtt_rx_errors >= 1
+    assert not any(u.line == "OK" for u in urcs(events))  # the chunks' bytes were not parsed
+
+
+def test_rxstart_announcing_more_than_the_manual_allows_is_refused() -> None:
+    events = AtEngine().receive(wire("+CMQTTRXSTART: 0,2000,99999"), 0)
+    assert "MQTT receive error" in events[0].line
+
+
+def test_after_ate0_a_late_query_answer_is_still_recognised() -> None:
+    """Issue 10 item 8: without echo, a late answer carries the timed-out command's prefix;
+    it and its OK are stale, and the next command gets its own answer."""
+    engine = AtEngine()
+    send(engine, AtCommand("ATE0"))
+    engine.receive(echo("ATE0") + wire("OK"), 0.1)
+    assert engine.echo_expected is False
+    send(engine, AtCommand("AT+COPS?", timeout_s=9.0), now=1.0)
+    [timeout] = engine.poll(10.0)
+    assert timeout.final == "TIMEOUT"
+    send(engine, AtCommand("AT+CPSI?"), now=10.0)
+    late = wire('+COPS: 0,0,"vodafone UK",7', "OK")
+    events = engine.receive(late + wire("+CPSI: LTE,Online", "OK"), 10.5)
+    assert events[:2] == [Urc("+COPS", '+COPS: 0,0,"vodafone UK",7'), Urc("", "OK")]
+    assert events[2] == AtResponse(AtCommand("AT+CPSI?"), ("+CPSI: LTE,Online",), "OK")
+    assert engine.stats.stale_lines == 2
+
+
+def test_a_late_prefix_is_forgotten_after_its_window() -> None:
+    engine = AtEngine(echo_expected=False)
+    send(engine, AtCommand("AT+COPS?"))
+    engine.poll(9.0)
+    engine.poll(30.0)  # the late answer's window (one more timeout) is over
+    send(engine, AtCommand("AT+CGDCONT?"), now=30.0)
+    [response] = engine.receive(wire('+COPS: 0,0,"x",7', "OK"), 30.1)
+    assert response.ok  # no longer taken for a late answer
+
+
+def test_a_queued_command_can_be_withdrawn_never_an_orphan() -> None:
+    engine = AtEngine()
+    first, second = AtCommand("AT+COPS?", timeout_s=60.0), AtCommand("AT+CSQ")
+    engine.submit(first)
+    engine.submit(second)
+    engine.outgoing(0)
+    assert engine.cancel(second) and not engine.cancel(first)  # sent: too late
+    engine.receive(wire('+COPS: 0,0,"x",7', "OK"), 16.0)
+    assert engine.outgoing(16.0) == b"" and engine.stats.cancelled == 1
+
+
+def test_secrets_stay_out_of_reprs_and_errors() -> None:
+    line = 'AT+CMQTTCONNECT=0,"tcp://h:1883",60,1,"user","s3cret-pw"'
+    command = AtCommand(line, result_urc="+CMQTTCONNECT")
+    assert "s3cret" not in repr(command) and "s3cret" not in redact(line)
+    assert redact(line) == 'AT+CMQTTCONNECT=0,"…",60,1,"…","…"'
+    engine = AtEngine()
+    send(engine, command)
+    [timeout] = engine.poll(9.0)
+    assert "s3cret" not in str(timeout.error) and "s3cret" not in repr(timeout)
+    with pytest.raises(ValueError) as refused:
+        engine.submit(AtCommand('AT+CPIN="1234"\rAT'))
+    assert "1234" not in str(refused.value)
+
+
+def test_an_answer_longer_than_the_bound_is_cut_and_says_so() -> None:
+    engine = AtEngine()
+    send(engine, AtCommand("AT+COPS=?", timeout_s=60.0))
+    line = "+COPS: " + "x" * 4000
+    events = engine.receive(wire(*[line] * (MAX_RESPONSE // 4000 + 5), "OK"), 1)
+    [response] = responses(events)
+    assert response.error.kind == "overflow" and "not kept" in response.error.text
+    assert sum(map(len, response.lines)) <= MAX_RESPONSE

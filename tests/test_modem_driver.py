@@ -4,17 +4,24 @@ AT MQTT transport and SMS, each against a scripted module behind a real `AtEngin
 `FakeChannel.call` runs each command through a real `AtEngine`: the `FakeModem` answers with
 the bytes a module would send (echo off, `\\r\\n<line>\\r\\n` framing, `> ` prompts), so the
 code under test sees genuine `AtResponse`s, `Urc`s and `MqttMessage`s; a modem that does not
-answer makes the engine time the command out. No threads (except the transport's delivery
-thread and the SMS fallback's worker), no sleeps beyond the tiny timeouts below.
+answer makes the engine time the command out. The fake knows each command the driver sends
+and checks what it carries (the data after a prompt against the announced length, a
+certificate's name and content, TLS settings that name a downloaded certificate, an SMS PDU
+against its length); anything else is answered ERROR, as a module answers what it does not
+know, so a wrong command fails the test instead of passing unnoticed. No threads (except
+the transport's delivery thread and the SMS fallback's worker), no sleeps beyond the tiny
+timeouts below.
 """
 
 from __future__ import annotations
 
 import itertools
+import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -24,17 +31,11 @@ from hypothesis import strategies as st
 from companion.modem.at_engine import AtCommand, AtEngine, AtResponse, MqttMessage, Urc
 from companion.modem.mqtt_at import AtMqttLimitError, AtMqttTransport
 from companion.modem.responses import csq_to_dbm, parse_cpsi
-from companion.modem.sms import (
-    SmsClient,
-    SmsCommandAuthoriser,
-    SmsError,
-    SmsFallback,
-    SmsMessage,
-    parse_cmgr,
-)
+from companion.modem.sms import SmsClient, SmsError, SmsFallback, SmsMessage, number_is_one_of
 from companion.modem.state import STAGES, ModemState
 from companion.modem.supervisor import ModemSupervisor, SupervisorTimeouts
 from companion.telemetry.transport import TransportError
+from sim.modem import sms_pdu as network
 from tests.waiting import wait_until
 
 
@@ -42,9 +43,24 @@ def framed(*lines: str) -> bytes:
     return b"".join(b"\r\n" + line.encode() + b"\r\n" for line in lines)
 
 
+ERROR = framed("ERROR")
+_WRITE_RE = re.compile(r"^AT(\+[A-Z]+)=(.*)$")
+_PEM_RE = re.compile(
+    rb"^-----BEGIN CERTIFICATE-----\n[A-Za-z0-9+/=\n]+-----END CERTIFICATE-----\n?$"
+)
+WHEN = datetime(2025, 4, 27, 13, 44, 52, tzinfo=timezone.utc)
+
+
+def deliver_pdu(sender: str, text: str) -> str:
+    """An SMS-DELIVER as the network (the emulator's independent codec) builds it."""
+    (part,) = network.split(text, 1)
+    return network.deliver(sender, part, WHEN)[1]
+
+
 @dataclass
 class FakeModem:
-    """Answers by state; tests flip the fields to script a scenario."""
+    """Answers by state; tests flip the fields to script a scenario. Unknown commands and
+    parameters out of the manual's ranges get ERROR."""
 
     sim: str = "READY"  # "READY" | "SIM PIN" | "absent" | "busy"
     pin: str = "1234"
@@ -56,8 +72,18 @@ class FakeModem:
     answering: bool = True
     cmgs_ok: bool = True
     still_connected: bool = False  # what AT+CMQTTDISC? says about client 0
-    inbox: dict[int, tuple[str, str, str]] = field(default_factory=dict)
+    cgdcont_locked: bool = False  # refuse a CGDCONT write while registered (some firmware)
+    apn: str = ""
+    radio: int = 1
+    cmgf: int = 0
+    store: str = "ME"
+    #: The store: index -> PDU in hex (with SMSC part), as AT+CMGR prints it in PDU mode.
+    inbox: dict[int, str] = field(default_factory=dict)
+    sent_pdus: list[tuple[int, str]] = field(default_factory=list)
     urcs_after: dict[str, list[str]] = field(default_factory=dict)
+    certificates: dict[str, bytes] = field(default_factory=dict)
+    ssl: dict[str, str] = field(default_factory=dict)
+    accq_tls: bool = False
 
     def answer(self, command: AtCommand) -> bytes | None:
         """The module's reply to `command` (after its data, if any); None = silence."""
@@ -65,10 +91,15 @@ class FakeModem:
             return None
         line = command.line
         extra = framed(*self.urcs_after.pop(line, []))
+        self.data = command.data
         return self._answer(line) + extra
+
+    data: bytes | None = None  # what the command sent after its prompt
 
     def _answer(self, line: str) -> bytes:
         ok = framed("OK")
+        if line in ("AT", "ATE0", "AT+CMEE=2", "AT+CEREG=2", "AT+CREG=2", "AT+CSDH=1"):
+            return ok
         if line == "AT+CPIN?":
             if self.sim == "absent":
                 return framed("+CME ERROR: SIM not inserted")
@@ -80,6 +111,21 @@ class FakeModem:
                 self.sim = "READY"
                 return ok + framed("+CPIN: READY")
             return framed("+CME ERROR: incorrect password")
+        if line.startswith("AT+CGDCONT="):
+            match = re.fullmatch(r'AT\+CGDCONT=1,"IP","([^",]*)"', line)
+            if match is None:
+                return ERROR
+            if self.cgdcont_locked and self.radio == 1 and match.group(1) != self.apn:
+                return ERROR
+            self.apn = match.group(1)
+            return ok
+        if line == "AT+CGDCONT?":
+            return framed(f'+CGDCONT: 1,"IP","{self.apn}","0.0.0.0",0,0,0,0,0,0', "OK")
+        if line in ("AT+CFUN=0", "AT+CFUN=1"):
+            self.radio = int(line[-1])
+            return ok
+        if line in ("AT+COPS=0", "AT+CRESET"):
+            return ok
         if line == "AT+CEREG?":
             return framed(f"+CEREG: 2,{self.cereg}", "OK")
         if line == "AT+CREG?":
@@ -103,33 +149,125 @@ class FakeModem:
         if line == "AT+NETCLOSE":
             self.net_open = False
             return ok + framed("+NETCLOSE: 0")
+        if line.startswith("AT+CMQTT") or line.startswith(("AT+CCERTDOWN", "AT+CSSLCFG")):
+            return self._mqtt(line, self.data)
+        if line.startswith(("AT+CMGF", "AT+CPMS", "AT+CNMI", "AT+CMG")):
+            return self._sms(line, self.data)
+        return ERROR  # what a module says to a command it does not know
+
+    def _mqtt(self, line: str, data: bytes | None) -> bytes:
+        ok = framed("OK")
         if line == "AT+CMQTTSTART":
             return ok + framed("+CMQTTSTART: 0")
-        if line.startswith("AT+CMQTTCONNECT="):
+        if line == "AT+CMQTTSTOP":
+            return ok + framed("+CMQTTSTOP: 0")
+        if match := re.fullmatch(r'AT\+CMQTTACCQ=0,"([^"]{1,128})"(,1)?', line):
+            self.accq_tls = match.group(2) is not None
+            return ok
+        if line == "AT+CMQTTREL=0":
+            return ok
+        if re.fullmatch(
+            r'AT\+CMQTTCFG="(version",0,[34]|checkUTF8",0,[01]|optimeout",0,\d+)', line
+        ):
+            return ok
+        if match := re.fullmatch(r'AT\+CCERTDOWN="([^"]+\.(?:pem|der))",(\d+)', line):
+            # §19.2.2: exactly <len> bytes after the prompt, a certificate
+            if data is None or len(data) != int(match.group(2)) or not _PEM_RE.match(data):
+                return ERROR
+            self.certificates[match.group(1)] = data
+            return ok
+        if match := re.fullmatch(r'AT\+CSSLCFG="(\w+)",0,(.+)', line):
+            key, value = match.groups()
+            allowed = {
+                "sslversion": r"[0-4]",
+                "authmode": r"[0-3]",
+                "cacert": r'"[^"]+"',
+                "enableSNI": r"[01]",
+            }
+            if key not in allowed or not re.fullmatch(allowed[key], value):
+                return ERROR
+            if key == "cacert" and value.strip('"') not in self.certificates:
+                return ERROR  # a CA the module does not hold
+            self.ssl[key] = value.strip('"')
+            return ok
+        if line == "AT+CMQTTSSLCFG=0,0":
+            # server authentication needs its CA configured in SSL context 0 first
+            if self.ssl.get("authmode") != "1" or self.ssl.get("cacert") not in self.certificates:
+                return ERROR
+            return ok
+        if match := re.fullmatch(
+            r"AT\+CMQTT(WILLTOPIC|TOPIC|PAYLOAD|SUB)=0,(\d+)(,[012])?(,0)?", line
+        ):
+            if data is None or len(data) != int(match.group(2)):
+                return ERROR
+            if match.group(1) == "SUB":
+                return ok + framed("+CMQTTSUB: 0,0")
+            return ok
+        if match := re.fullmatch(r"AT\+CMQTTWILLMSG=0,(\d+),[012]", line):
+            return ok if data is not None and len(data) == int(match.group(1)) else ERROR
+        if line.startswith('AT+CMQTTCONNECT=0,"tcp://'):
+            if self.accq_tls and "cacert" not in self.ssl:
+                return ok + framed("+CMQTTCONNECT: 0,33")  # "not set certificate"
             return ok + framed(f"+CMQTTCONNECT: 0,{self.connect_result}")
-        if line.startswith("AT+CMQTTSUB="):
-            return ok + framed("+CMQTTSUB: 0,0")
-        if line.startswith("AT+CMQTTPUB="):
+        if re.fullmatch(r"AT\+CMQTTPUB=0,[012],\d+(,[01])?", line):
             return ok + framed(f"+CMQTTPUB: 0,{self.pub_result}")
         if line == "AT+CMQTTDISC?":
             return framed(f"+CMQTTDISC: 0,{int(not self.still_connected)}", "+CMQTTDISC: 1,1", "OK")
-        if line.startswith("AT+CMQTTDISC="):
+        if re.fullmatch(r"AT\+CMQTTDISC=0,\d+", line):
             return ok + framed("+CMQTTDISC: 0,0")
-        if line == "AT+CMQTTSTOP":
-            return ok + framed("+CMQTTSTOP: 0")
-        if line.startswith("AT+CMGS="):
-            return framed("+CMGS: 46", "OK") if self.cmgs_ok else framed("+CMS ERROR: 331")
-        if line.startswith("AT+CMGR="):
-            index = int(line.split("=")[1])
-            if index not in self.inbox:
-                return framed("+CMS ERROR: 321")
-            sender, when, text = self.inbox[index]
-            header = f'+CMGR: "REC UNREAD","{sender}",,"{when}"'
-            return framed(f"{header}\r\n{text}", "OK")  # the text follows on the next line
-        if line.startswith("AT+CMGD="):
-            self.inbox.pop(int(line.split("=")[1]), None)
+        return ERROR
+
+    def _sms(self, line: str, data: bytes | None) -> bytes:
+        ok = framed("OK")
+        if line in ("AT+CMGF=0", "AT+CMGF=1"):
+            self.cmgf = int(line[-1])
             return ok
-        return ok  # AT, ATE0, AT+CMEE=2, AT+CGDCONT=..., AT+CEREG=2, AT+CFUN=..., ...
+        if line == "AT+CMGF?":
+            return framed(f"+CMGF: {self.cmgf}", "OK")
+        if line == 'AT+CPMS="ME","ME","ME"':
+            self.store = "ME"
+            return framed(f"+CPMS: {len(self.inbox)},180,{len(self.inbox)},180,0,180", "OK")
+        if line == 'AT+CPMS="SM","SM","SM"':
+            self.store = "SM"  # the SIM's store: empty here
+            return framed("+CPMS: 0,50,0,50,0,50", "OK")
+        if line == "AT+CPMS?":
+            used = len(self.inbox)
+            return framed(f'+CPMS: "ME",{used},180,"ME",{used},180,"ME",{used},180', "OK")
+        if line == "AT+CNMI=2,1,0,0,0":
+            return ok
+        if self.cmgf != 0:  # this fake speaks PDU mode only
+            return framed("+CMS ERROR: 302")
+        if match := re.fullmatch(r"AT\+CMGS=(\d+)", line):
+            tpdu = int(match.group(1))
+            if data is None or not data.endswith(b"\x1a"):
+                return framed("+CMS ERROR: 304")
+            pdu = data[:-1].decode()
+            try:
+                network.read_submit(pdu, tpdu)
+            except network.PduError:
+                return framed("+CMS ERROR: 304")
+            if not self.cmgs_ok:
+                return framed("+CMS ERROR: 331")
+            self.sent_pdus.append((tpdu, pdu))
+            return framed("+CMGS: 46", "OK")
+        if line == "AT+CMGL=4" and self.store == "SM":
+            return ok
+        if line == "AT+CMGL=4":
+            listing = [
+                f'+CMGL: {i},0,"",{len(bytes.fromhex(p)) - 1 - int(p[:2], 16)}\r\n{p}'
+                for i, p in sorted(self.inbox.items())
+            ]
+            return framed(*listing, "OK")
+        if match := re.fullmatch(r"AT\+CMGR=(\d+)", line):
+            pdu = self.inbox.get(int(match.group(1)))
+            if pdu is None:
+                return framed("+CMS ERROR: 321")
+            tpdu = len(bytes.fromhex(pdu)) - 1 - int(pdu[:2], 16)
+            return framed(f'+CMGR: 0,"",{tpdu}\r\n{pdu}', "OK")
+        if match := re.fullmatch(r"AT\+CMGD=(\d+)", line):
+            self.inbox.pop(int(match.group(1)), None)
+            return ok
+        return ERROR
 
 
 class FakeChannel:
@@ -186,12 +324,18 @@ class FakeChannel:
         reply = self.modem.answer(command)
         if reply is None:
             self.now += command.timeout_s + command.urc_timeout_s + 1
-            (response,) = self.engine.poll(self.now)
+            events = self.engine.poll(self.now)
+            for event in events:
+                self._dispatch(event)
+            (response,) = [e for e in events if isinstance(e, AtResponse)]
             return response
         if command.data is not None:
             self._feed(b"\r\n> ")
             self.engine.outgoing(self.now)
         result = [e for e in self._feed(reply) if isinstance(e, AtResponse)]
+        if not result:  # an answer that does not end by itself (an unframed SMS body)
+            self.now += command.timeout_s + 1
+            result = [e for e in self.engine.poll(self.now) if isinstance(e, AtResponse)]
         assert len(result) == 1, f"{command.line}: {result}"
         return result[0]
 
@@ -488,6 +632,68 @@ def test_bad_configuration_is_refused_at_construction() -> None:
         ModemSupervisor(FakeChannel(), print, apn="internet", pin="12a4")  # type: ignore[arg-type]
 
 
+def test_cgdcont_refused_while_the_context_is_active_does_not_halt_the_modem() -> None:
+    """Issue 10, item 9: after a ladder step the module is still attached, and some
+    firmware refuses the CGDCONT write then. Same APN: nothing to do; another APN: written
+    with the radio off. Never a halt that waits for a person."""
+    modem = FakeModem(cgdcont_locked=True)
+    sup, channel, _ = supervisor(modem, apn="internet")
+    sup.step()
+    assert sup.state.stage == "up"
+    modem.cereg = 2  # registration lost; the ladder re-registers (resume: "registering")
+    channel.inject(framed("+CEREG: 2"))
+    sup._lost_since = -1e9  # lost long ago (the watch's timer, driven explicitly)
+    modem.cereg = 1
+    sup.step()
+    sup.step()
+    assert sup.state.stage == "up" and not sup._halted
+    assert channel.lines.count("AT+CGDCONT?") == 1  # refused, but context 1 had the APN
+    sup.apn = "other.apn"
+    sup.restart()
+    sup.step()
+    assert sup.state.stage == "up" and modem.apn == "other.apn"
+    assert channel.lines[-20:].count("AT+CFUN=0") == 1  # written with the radio off
+
+
+def test_a_cgdcont_refused_even_with_the_radio_off_is_retried_later() -> None:
+    modem = FakeModem(cgdcont_locked=True, apn="locked.apn")
+    sup, _, _ = supervisor(modem, apn="internet")
+    original = modem._answer
+    modem._answer = (  # type: ignore[method-assign]
+        lambda line: ERROR if line.startswith("AT+CGDCONT=") else original(line)
+    )
+    sup.step()
+    assert sup.state.stage == "failed" and "not accepted by the module" in (sup.state.error or "")
+    assert not sup._halted  # a refusal: tried again after failed_retry_s, no restart needed
+    modem._answer = original  # type: ignore[method-assign]
+    modem.cgdcont_locked = False
+    sup.step()
+    assert sup.state.stage == "up"
+
+
+@pytest.mark.parametrize("line", ["+CEREG: \u00b2", "+CEREG: \u0663", "+CSQ: \u00b2\u00b2,99"])
+def test_digit_like_characters_in_urcs_are_not_numbers(line: str) -> None:
+    sup, channel, _ = supervisor()
+    sup.step()
+    channel.inject(framed(line))  # would raise ValueError in int() before
+    assert sup.state.registered
+
+
+def test_a_pin_never_appears_in_an_error() -> None:
+    """The PIN is a parameter of AT+CPIN=: errors name the command, never its parameters."""
+    modem = FakeModem(sim="SIM PIN", pin="4321")
+    sup, channel, states = supervisor(modem, pin="9876")
+    original = modem.answer
+    modem.answer = (  # type: ignore[method-assign]
+        lambda command: None if command.line.startswith("AT+CPIN=") else original(command)
+    )
+    sup.step()
+    errors = [s.error for s in states if s.error]
+    assert errors and any("AT+CPIN" in e for e in errors)
+    assert not any("9876" in e for e in errors)
+    assert "9876" not in repr(channel.sent[-1]) and "9876" not in repr(AtCommand('AT+CPIN="9876"'))
+
+
 # -- signal parsing ---------------------------------------------------------------------------
 
 
@@ -716,13 +922,35 @@ def test_a_loss_the_broker_never_saw_needs_no_new_connection() -> None:
 
 # -- SMS ---------------------------------------------------------------------------------------
 
+OPERATOR = "+447700900123"
+STRANGER = "+447700900999"
 
-def test_sms_send_uses_text_mode_and_ctrl_z() -> None:
+
+def sms_client(channel: FakeChannel, got: list[SmsMessage]) -> SmsClient:
+    return SmsClient(channel, on_message=got.append, accept=number_is_one_of([OPERATOR]))  # type: ignore[arg-type]
+
+
+def test_sms_send_uses_pdu_mode_and_ctrl_z() -> None:
     channel = FakeChannel()
     sms = SmsClient(channel)  # type: ignore[arg-type]
-    assert sms.send("+447700900123", "DRONE-7 DELIVERED") == 46
-    assert channel.lines == ["AT+CMGF=1", "AT+CNMI=2,1,0,0,0", 'AT+CMGS="+447700900123"']
-    assert channel.sent[-1].data == b"DRONE-7 DELIVERED\x1a"
+    assert sms.send(OPERATOR, "DRONE-7 DELIVERED") == 46
+    assert channel.lines == [
+        "AT+CMGF=0",
+        "AT+CSDH=1",
+        "AT+CNMI=2,1,0,0,0",
+        'AT+CPMS="SM","SM","SM"',  # messages may wait in the other store
+        "AT+CMGL=4",
+        "AT+CPMS?",
+        'AT+CPMS="ME","ME","ME"',
+        "AT+CMGL=4",  # the set-up sweeps the store
+        "AT+CPMS?",
+        "AT+CMGS=29",
+    ]
+    sms.send(OPERATOR, "again")
+    assert channel.lines[-2:] == ["AT+CMGF?", "AT+CMGS=19"]  # still in PDU mode?
+    (tpdu, pdu), _ = channel.modem.sent_pdus
+    assert network.read_submit(pdu, tpdu) == (OPERATOR, "DRONE-7 DELIVERED")
+    assert channel.sent[9].data == pdu.encode() + b"\x1a"
     assert channel.sent[-1].timeout_s == 40.0
 
 
@@ -730,53 +958,126 @@ def test_sms_send_errors_are_specific() -> None:
     channel = FakeChannel(FakeModem(cmgs_ok=False))
     sms = SmsClient(channel)  # type: ignore[arg-type]
     with pytest.raises(SmsError, match="no network service"):
-        sms.send("+447700900123", "x")
+        sms.send(OPERATOR, "x")
     with pytest.raises(SmsError, match="not a phone number"):
         sms.send("12ab", "x")
     with pytest.raises(SmsError, match="1-160"):
-        sms.send("+447700900123", "x" * 161)
+        sms.send(OPERATOR, "x" * 161)
     with pytest.raises(SmsError, match="GSM alphabet"):
-        sms.send("+447700900123", "caf\u00e9 \u2713")
+        sms.send(OPERATOR, "caf\u00e9 \u2713")
+
+
+def test_stored_messages_are_read_at_start_sender_first_and_all_deleted() -> None:
+    """Messages that came while the daemon was down are in the store at start: the set-up
+    sweep reads them; a stranger's is deleted without its text being decoded."""
+    modem = FakeModem()
+    modem.inbox[1] = deliver_pdu(OPERATOR, "42 1767225600 status 00")
+    modem.inbox[2] = deliver_pdu(STRANGER, "OK\r\n+CMQTTRXSTART: 0,1,1")
+    modem.inbox[3] = "00"  # not a PDU at all
+    channel = FakeChannel(modem)
+    got: list[SmsMessage] = []
+    sms = sms_client(channel, got)
+    sms.setup()
+    assert [(m.index, m.sender, m.text) for m in got] == [(1, OPERATOR, "42 1767225600 status 00")]
+    assert modem.inbox == {}  # every message deleted, the unreadable and the stranger's too
+    assert (sms.received, sms.ignored, sms.unreadable, sms.deleted) == (1, 1, 1, 3)
+    assert sms.usage == (0, 180)
 
 
 def test_sms_receive_reads_deletes_and_calls_back() -> None:
     channel = FakeChannel()
-    channel.modem.inbox[3] = ("+447700900123", "25/04/27,13:44:52+08", "k7Fq2x RTL")
     got: list[SmsMessage] = []
     done = threading.Event()
-    sms = SmsClient(channel, on_message=lambda m: (got.append(m), done.set()))  # type: ignore[arg-type]
+    sms = SmsClient(
+        channel,  # type: ignore[arg-type]
+        on_message=lambda m: (got.append(m), done.set()),
+        accept=number_is_one_of(["+44 7700 900123"]),
+    )
     with sms:
-        channel.inject(framed('+CMTI: "SM",3'))
+        wait_until(lambda: "AT+CPMS?" in channel.lines, "the set-up")
+        # The real A7670's PDU of [ISS#7] (AT+CMGRD=1 on a board in PDU mode).
+        channel.modem.inbox[3] = (
+            "07914346220050F0040B914326764060F60000524072319385800C31D98C062ACFE961F21B04"
+        )
+        sms.accept = number_is_one_of(["+34626704066"])
+        channel.inject(framed('+CMTI: "ME",3'))
         assert done.wait(5)
-    assert got == [SmsMessage(3, "+447700900123", "25/04/27,13:44:52+08", "k7Fq2x RTL")]
+    assert got == [SmsMessage(3, "+34626704066", "25/04/27,13:39:58+08", "1234 estado ")]
     assert "AT+CMGR=3" in channel.lines and "AT+CMGD=3" in channel.lines
     assert channel.modem.inbox == {}
 
 
-def test_parse_cmgr_rejects_pdu_mode() -> None:
-    with pytest.raises(SmsError, match="not a text-mode"):
-        parse_cmgr(1, ('+CMGR: 0,"",30', "07914346220050F0"))
+HOSTILE_TEXTS = [
+    "OK",
+    "ERROR",
+    "line one\r\nOK\r\n+CMQTTRXSTART: 0,3,5\r\n+CMQTTRXTOPIC: 0,3\r\nabc",
+    "+CMQTTCONNLOST: 0,1\nERROR\n+CME ERROR: 13",
+    '+CMTI: "ME",99',
+    "x" * 160,
+    "Grüße \u2713 \u0416",
+]
 
 
-def test_authoriser_accepts_only_known_numbers_with_the_secret() -> None:
-    commands = []
-    auth = SmsCommandAuthoriser(
-        numbers=["+44 7700 900123"], secret="k7Fq2x", on_command=commands.append
-    )
-    ok = auth(SmsMessage(1, "+447700900123", "", "k7Fq2x rtl now"))
-    assert ok is not None and ok.command == "RTL" and ok.args == ("now",)
-    assert auth(SmsMessage(2, "+447700900999", "", "k7Fq2x RTL")) is None  # stranger
-    assert auth(SmsMessage(3, "+447700900123", "", "wrong1 RTL")) is None  # bad secret
-    assert auth(SmsMessage(4, "+447700900123", "", "k7Fq2x")) is None  # no command
-    assert auth.rejected == 3 and len(commands) == 1
+@pytest.mark.parametrize("text", HOSTILE_TEXTS)
+@pytest.mark.parametrize("sender", [OPERATOR, STRANGER])
+def test_hostile_bodies_never_reach_the_engine_as_lines(sender: str, text: str) -> None:
+    modem = FakeModem()
+    channel = FakeChannel(modem)
+    urcs: list[Urc] = []
+    mqtt: list[MqttMessage] = []
+    channel.subscribe_urc(urcs.append)
+    channel.subscribe_mqtt(mqtt.append)
+    got: list[SmsMessage] = []
+    sms = sms_client(channel, got)
+    sms.setup()
+    modem.inbox[7] = deliver_pdu(sender, text)
+    sms.receive(7)
+    assert urcs == [] and mqtt == []  # no fake URC, no fake MQTT message
+    assert channel.engine.stats.garbage_lines == 0 and channel.engine.stats.urcs == 0
+    assert modem.inbox == {}  # handled, then deleted
+    if sender == OPERATOR:
+        assert [m.text for m in got] == [text]
+    else:
+        assert got == [] and sms.ignored == 1
 
 
-@given(st.text(max_size=200), st.text(max_size=20))
-def test_authoriser_never_raises(text: str, sender: str) -> None:
-    auth = SmsCommandAuthoriser(numbers=["+447700900123"], secret="k7Fq2x")
-    result = auth(SmsMessage(1, sender, "", text))
-    if result is not None:
-        assert text.split()[0] == "k7Fq2x"
+def test_an_unframed_text_mode_answer_is_data_and_sets_up_again() -> None:
+    """Someone switched the module to text mode without AT+CSDH=1: the body has no frame.
+    Everything until the deadline is the answer's data, none of it parsed; the client then
+    puts the module back in PDU mode."""
+    modem = FakeModem()
+    channel = FakeChannel(modem)
+    urcs: list[Urc] = []
+    channel.subscribe_urc(urcs.append)
+    sms = sms_client(channel, [])
+    sms.setup()
+    original = modem._answer
+
+    def text_mode(line: str) -> bytes:
+        if line == "AT+CMGR=4":
+            body = "hi\r\nOK\r\n+CMQTTCONNLOST: 0,1"
+            return framed(f'+CMGR: "REC UNREAD","{STRANGER}",,"25/04/27,13:44:52+08"') + (
+                body.encode() + framed("OK")
+            )
+        return original(line)
+
+    modem._answer = text_mode  # type: ignore[method-assign]
+    sms.receive(4)
+    assert urcs == []
+    assert sms.unreadable == 1 and "AT+CMGD=4" in channel.lines
+    before = channel.lines.count("AT+CMGF=0")
+    sms.sweep()
+    assert channel.lines.count("AT+CMGF=0") == before + 1
+
+
+def test_a_module_that_left_pdu_mode_is_set_up_again_before_sending() -> None:
+    modem = FakeModem()
+    channel = FakeChannel(modem)
+    sms = SmsClient(channel)  # type: ignore[arg-type]
+    sms.setup()
+    modem.cmgf = 1  # another program on another port
+    sms.send(OPERATOR, "hello")
+    assert modem.cmgf == 0 and len(modem.sent_pdus) == 1
 
 
 def test_fallback_sends_critical_events_only_while_the_link_is_down() -> None:
@@ -786,7 +1087,7 @@ def test_fallback_sends_critical_events_only_while_the_link_is_down() -> None:
     link = {"up": True}
     with SmsFallback(
         SmsClient(channel),  # type: ignore[arg-type]
-        numbers=["+447700900123", "+447700900124"],
+        numbers=[OPERATOR, "+447700900124"],
         link_up=lambda: link["up"],
         drone_id="drone-7",
     ) as fallback:
@@ -795,10 +1096,40 @@ def test_fallback_sends_critical_events_only_while_the_link_is_down() -> None:
         assert not fallback.notify("telemetry")
         assert fallback.notify("delivered", "order 42")
         wait_until(lambda: fallback.sent == 2, "both SMS sent")
-        sends = [c for c in channel.sent if c.line.startswith("AT+CMGS=")]
-        assert [c.line for c in sends] == ['AT+CMGS="+447700900123"', 'AT+CMGS="+447700900124"']
-        assert sends[0].data == b"drone-7 DELIVERED order 42\x1a"
+        sent = [network.read_submit(pdu, n) for n, pdu in channel.modem.sent_pdus]
+        assert sent == [
+            (OPERATOR, "drone-7 DELIVERED order 42"),
+            ("+447700900124", "drone-7 DELIVERED order 42"),
+        ]
         channel.modem.cmgs_ok = False
         assert fallback.notify("emergency", "motor failure")  # queued; failures are counted
         wait_until(lambda: fallback.failed == 2, "both failures counted")
     assert fallback.sent == 2
+
+
+# -- the fake itself ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "AT+FOO",
+        'AT+CMQTTCFG="verison",0,4',
+        'AT+CSSLCFG="authmode",0,7',
+        'AT+CSSLCFG="cacert",0,"never_downloaded.pem"',
+        "AT+CMQTTSSLCFG=0,0",
+        'AT+CGDCONT=1,"IP",internet',
+    ],
+)
+def test_the_fake_module_answers_error_to_what_it_does_not_know(line: str) -> None:
+    channel = FakeChannel()
+    response = channel.call(AtCommand(line))
+    assert response.final == "ERROR"
+
+
+def test_the_fake_module_checks_what_follows_a_prompt() -> None:
+    channel = FakeChannel()
+    short = channel.call(AtCommand("AT+CMQTTTOPIC=0,5", data=b"abc"))
+    assert short.final == "ERROR"
+    not_pem = channel.call(AtCommand('AT+CCERTDOWN="ca.pem",5', data=b"hello"))
+    assert not_pem.final == "ERROR"

@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -35,6 +36,7 @@ from sim.modem.mqtt_bridge import (
     Subscribed,
 )
 from sim.modem.pty_runner import A7670Pty
+from sim.modem.sms_store import SmsStoreFull
 
 STEP = 0.01
 FINAL = re.compile(rb"\r\n(OK|ERROR|\+CME ERROR: [^\r]*|\+CMS ERROR: [^\r]*)\r\n")
@@ -481,6 +483,108 @@ def test_sms_send_and_cancel() -> None:
     host.modem.set_coverage(False)
     text = host.prompt_cmd('AT+CMGS="+447700900999"', b"help\x1a", prompt=b"> ")
     assert text.endswith(b"\r\n+CMS ERROR: 331\r\n")
+
+
+# SMS-DELIVER PDUs of the emulated network, each decoded by an independent implementation
+# (python-gsmmodem-new 0.13.0, `gsmmodem.pdu.decodeSmsPdu`) to the sender and text beside it;
+# received 25/04/27 13:44:52 UTC.
+WHEN = datetime(2025, 4, 27, 13, 44, 52, tzinfo=timezone.utc)
+HOSTILE = "Line one\nOK\r\n+CMQTTRXSTART: 0,1,1\r\nERROR"
+HOSTILE_PDU = (
+    "0791447758100650040C9144770009103200005240723144250028CCB4BB0C7ABBCB8AE7B2A1580D9B512A558A"
+    "9D528352AA0E0463C558B186A228953EA5"
+)
+UCS2_PDU = (
+    "0791447758100650040C91447700091032000852407231442500140047007200FC00DF006500202713002003A9"
+    "03A3"
+)  # "Grüße ✓ ΩΣ"
+PART2_PDU = (
+    "0791447758100650440C9144770009103200005240723144250018050003090202F0783C1E8FC7E3F1783C1E8F"
+    "C7E3F1"
+)  # part 2 of 2 (reference 9) of "x" * 170: 17 x
+ALPHANUMERIC_PDU = "07914477581006500407D0C2A0730900005240723144250002E834"  # from "BANK": "hi"
+# SMS-SUBMIT PDUs made by the same independent implementation (encodeSmsSubmitPdu).
+SUBMIT_HELLO = (18, "0001070C91447700091032000005E8329BFD06")
+
+
+def test_sms_pdu_mode_is_the_default_and_prints_what_the_network_sent() -> None:
+    host = registered()
+    host.mark = len(host.seen)
+    host.modem._concat_ref = 8  # the next message uses reference 9, as the vectors do
+    index = host.modem.deliver_sms("+447700900123", HOSTILE, WHEN)
+    host.until(f'\r\n+CMTI: "SM",{index}\r\n'.encode())
+    assert (
+        host.cmd(f"AT+CMGR={index}")
+        == f'\r\n+CMGR: 0,"",54\r\n{HOSTILE_PDU}\r\n\r\nOK\r\n'.encode()
+    )
+    assert host.cmd(f"AT+CMGR={index}").startswith(b'\r\n+CMGR: 1,"",54')  # now read
+    host.modem.deliver_sms("+447700900123", "Grüße ✓ ΩΣ", WHEN)
+    host.modem._concat_ref = 8  # the next message uses reference 9, as the vectors do
+    first = host.modem.deliver_sms("+447700900123", "x" * 170, WHEN)
+    host.modem.deliver_sms("BANK", "hi", WHEN)
+    listing = host.cmd("AT+CMGL=4")
+    assert f'+CMGL: 2,0,"",39\r\n{UCS2_PDU}'.encode() in listing
+    assert f'+CMGL: {first + 1},0,"",40\r\n{PART2_PDU}'.encode() in listing
+    assert f"{ALPHANUMERIC_PDU}".encode() in listing
+    assert host.cmd("AT+CMGD=,4") == b"\r\nOK\r\n"
+    assert host.cmd("AT+CMGL=4") == b"\r\nOK\r\n"
+
+
+def test_sms_text_mode_with_csdh_prints_the_body_raw_with_its_length() -> None:
+    """Text mode prints a body as it is: a hostile one's lines reach the host unescaped,
+    framed only by the <length> AT+CSDH=1 adds (§9.2.12)."""
+    host = registered()
+    host.cmd("AT+CMGF=1")
+    assert host.cmd("AT+CSDH=1") == b"\r\nOK\r\n"
+    index = host.modem.deliver_sms("+447700900123", HOSTILE, WHEN)
+    host.until(f'+CMTI: "SM",{index}\r\n'.encode())
+    host.mark = len(host.seen)
+    host.write(f"AT+CMGR={index}\r".encode())
+    host.run(1.0)
+    header = (
+        '+CMGR: "REC UNREAD","+447700900123",,"25/04/27,13:44:52+00",145,4,0,0,'
+        f'"+447785016005",145,{len(HOSTILE)}'
+    )
+    assert host.tail() == f"\r\n{header}\r\n{HOSTILE}\r\n\r\nOK\r\n".encode()
+    ucs2 = host.modem.deliver_sms("+447700900123", "\u2713", WHEN)
+    host.cmd("AT+CSDH=1")
+    assert b',145,4,0,8,"+447785016005",145,2\r\n2713\r\n' in host.cmd(f"AT+CMGR={ucs2}")
+
+
+def test_sms_storage_is_chosen_with_cpms_and_fills_up() -> None:
+    host = registered()
+    assert host.cmd("AT+CPMS=?") == b'\r\n+CPMS: ("ME","SM"),("ME","SM"),("ME","SM")\r\n\r\nOK\r\n'
+    assert host.cmd('AT+CPMS="ME","ME","ME"') == b"\r\n+CPMS: 0,180,0,180,0,180\r\n\r\nOK\r\n"
+    host.mark = len(host.seen)
+    index = host.modem.deliver_sms("+447700900123", "one", WHEN)
+    host.until(f'+CMTI: "ME",{index}'.encode())
+    assert b'+CPMS: "ME",1,180,"ME",1,180,"ME",1,180' in host.cmd("AT+CPMS?")
+    assert host.cmd('AT+CPMS="XX"') == b"\r\n+CMS ERROR: 302\r\n"
+    host.cmd('AT+CPMS="SM","SM","SM"')
+    for _ in range(50):
+        host.modem.deliver_sms("+447700900123", "fill", WHEN)
+    with pytest.raises(SmsStoreFull, match="50/50"):
+        host.modem.deliver_sms("+447700900123", "one too many", WHEN)
+
+
+def test_sms_send_in_pdu_mode() -> None:
+    host = registered()
+    tpdu, pdu = SUBMIT_HELLO
+    text = host.prompt_cmd(f"AT+CMGS={tpdu}", pdu.encode() + b"\x1a", prompt=b"\r\n> ")
+    assert re.search(rb"\r\n\+CMGS: \d+\r\n\r\nOK\r\n$", text)
+    assert host.modem.sent_sms == [("+447700900123", "hello")]
+    bad = host.prompt_cmd(f"AT+CMGS={tpdu + 1}", pdu.encode() + b"\x1a", prompt=b"\r\n> ")
+    assert bad.endswith(b"\r\n+CMS ERROR: 304\r\n")
+
+
+def test_cgdcont_while_active_can_be_refused_as_some_firmware_does() -> None:
+    host = registered()
+    assert host.cmd('AT+CGDCONT=1,"IP","internet"') == b"\r\nOK\r\n"  # [ISS#1]: accepted
+    host.modem.refuse_cgdcont_while_active = True
+    assert host.cmd('AT+CGDCONT=1,"IP","internet"') == b"\r\nOK\r\n"  # unchanged: fine
+    assert host.cmd('AT+CGDCONT=1,"IP","other"') == b"\r\nERROR\r\n"
+    host.cmd("AT+CFUN=0")
+    assert host.cmd('AT+CGDCONT=1,"IP","other"') == b"\r\nOK\r\n"
 
 
 def test_cmgf_survives_reset() -> None:

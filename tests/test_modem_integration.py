@@ -8,21 +8,31 @@ from __future__ import annotations
 
 import os
 import pty
+import select
 import threading
 import time
 import tty
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from companion.modem.at_engine import AtCommand, AtResponse
+from companion.bus import Bus
+from companion.mission.inputs import OperatorAction, OperatorCommand
+from companion.modem.at_engine import AtCommand, AtResponse, Urc
 from companion.modem.channel import AtChannel, ChannelError
 from companion.modem.mqtt_at import AtMqttTransport
-from companion.modem.sms import SmsClient, SmsMessage
+from companion.modem.operator_sms import (
+    CommandAuthenticator,
+    CounterStore,
+    OperatorSms,
+    sign_command,
+)
+from companion.modem.sms import SmsClient, SmsMessage, number_is_one_of
 from companion.modem.state import ModemState
 from companion.modem.supervisor import ModemSupervisor, SupervisorTimeouts
 from companion.telemetry.transport import TransportError
@@ -30,6 +40,7 @@ from sim.modem.a7670 import A7670
 from sim.modem.mqtt_bridge import PahoBridge
 from sim.modem.pty_runner import A7670Pty
 from sim.mqtt_broker import Broker
+from tests.waiting import wait_until
 
 SCALE = 0.05  # emulator latencies x 0.05: boot 0.15 s, registration 0.1 s
 TIMEOUTS = SupervisorTimeouts(
@@ -207,6 +218,54 @@ def test_channel_survives_the_device_vanishing() -> None:
             channel.call(AtCommand("AT"))
 
 
+def _read_until(fd: int, marker: bytes, within_s: float = 20.0) -> bytes:
+    got = b""
+    deadline = time.monotonic() + within_s
+    while marker not in got:
+        assert time.monotonic() < deadline, f"no {marker!r} in {got!r}"
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            got += os.read(fd, 4096)
+    return got
+
+
+def test_a_command_queued_behind_a_slow_one_has_its_own_deadline() -> None:
+    """Issue 10 item 4: a command queued behind a slow `AT+COPS?` (here: answered after
+    longer than the queued one's timeout plus the channel's margin) used to fail as "port
+    thread stalled" and then reach the module anyway, an orphan. Its deadline starts when
+    it is sent. The module side is this test, answering when it chooses."""
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    results: dict[str, AtResponse | Exception] = {}
+
+    def call(command: AtCommand) -> None:
+        try:
+            results[command.line] = channel.call(command)
+        except Exception as exc:
+            results[command.line] = exc
+
+    with AtChannel(os.ttyname(slave), echo_expected=False) as channel:
+        assert channel.wait_open(5.0)
+        slow = threading.Thread(target=call, args=(AtCommand("AT+COPS?", 60.0),))
+        slow.start()
+        _read_until(master, b"AT+COPS?\r")
+        quick = threading.Thread(target=call, args=(AtCommand("AT+CSQ", 0.5),))
+        quick.start()
+        time.sleep(6.5)  # longer than AT+CSQ's 0.5 s and the channel's 5 s margin together
+        assert "AT+CSQ" not in results  # still queued, not failed
+        os.write(master, b'\r\n+COPS: 0,0,"vodafone UK",7\r\n\r\nOK\r\n')
+        _read_until(master, b"AT+CSQ\r")
+        os.write(master, b"\r\n+CSQ: 20,99\r\n\r\nOK\r\n")
+        slow.join(10)
+        quick.join(10)
+    os.close(master)
+    os.close(slave)
+    csq = results["AT+CSQ"]
+    assert isinstance(csq, AtResponse) and csq.ok and csq.lines == ("+CSQ: 20,99",)
+    cops = results["AT+COPS?"]
+    assert isinstance(cops, AtResponse) and cops.ok
+
+
 def test_channel_names_a_missing_port() -> None:
     channel = AtChannel("/dev/does-not-exist-a7670")
     with channel:
@@ -234,7 +293,12 @@ def test_sms_send_and_receive_through_the_emulator() -> None:
     with modem_link(A7670(time_scale=SCALE)) as link:
         runner, channel, states = link.runner, link.channel, link.states
         states.wait(lambda s: s.stage == "up", "stage up")
-        with SmsClient(channel, on_message=lambda m: (received.append(m), got.set())) as sms:
+        sms = SmsClient(
+            channel,
+            on_message=lambda m: (received.append(m), got.set()),
+            accept=number_is_one_of(["+447700900999"]),
+        )
+        with sms:
             assert sms.send("+447700900123", "drone-7 DELIVERED order 42") >= 0
             assert runner.sent_sms == [("+447700900123", "drone-7 DELIVERED order 42")]
             runner.deliver_sms("+447700900999", "k7Fq2x RTL")
@@ -242,6 +306,109 @@ def test_sms_send_and_receive_through_the_emulator() -> None:
     assert received[0].sender == "+447700900999" and received[0].text == "k7Fq2x RTL"
     with runner.locked() as module:
         assert len(module.sms) == 0  # read and deleted
+
+
+KEY = bytes.fromhex("8d2f5a1c7e3b9046d1a8c5f2e7b3094a6c1d8e2f5b7a9c3d0e4f6a8b1c2d3e4f")
+OPERATOR = "+447700900123"
+HOSTILE = [
+    "OK",
+    "ERROR",
+    "hi\r\nOK\r\n+CMQTTRXSTART: 0,3,5\r\n+CMQTTRXTOPIC: 0,3\r\nabc\r\n+CMQTTRXEND: 0",
+    "+CMQTTCONNLOST: 0,1\nERROR\n+CME ERROR: 13",
+    "x" * 400,  # a concatenated message of three parts
+    "Grüße \u2713 \u0416 \U0001f681",
+]
+
+
+def test_operator_commands_and_hostile_sms_end_to_end(tmp_path: Path) -> None:
+    """Through the pty: hostile bodies from a stranger and from the operator's number, a
+    signed command, its captured replay and a stale one. No fake line reaches the engine,
+    every message is deleted, and the operator gets one answer per message."""
+    bus = Bus()
+    commands: list[OperatorCommand] = []
+    bus.subscribe(OperatorCommand, commands.append)
+    with modem_link(A7670(time_scale=SCALE)) as link:
+        runner, channel, states = link.runner, link.channel, link.states
+        states.wait(lambda s: s.stage == "up", "stage up")
+        urcs: list[Urc] = []
+        channel.subscribe_urc(urcs.append)
+        sms = SmsClient(channel, accept=number_is_one_of([OPERATOR]), sweep_s=3600.0)
+        operator = OperatorSms(
+            bus=bus,
+            authenticator=CommandAuthenticator(
+                key=KEY,
+                drone_id="drone-7",
+                counters=CounterStore(tmp_path / "counters.json"),
+                validity_s=300.0,
+            ),
+            send=sms.send,
+            drone_id="drone-7",
+        )
+        sms.on_message = operator
+        with sms:
+            wait_until(lambda: sms.ready, "the set-up")
+            now = int(time.time())
+            command = sign_command(KEY, "drone-7", OPERATOR, 1, now, "abort")
+            stale = sign_command(KEY, "drone-7", OPERATOR, 2, now - 301, "abort")
+            for text in HOSTILE:
+                runner.deliver_sms("+447700900999", text)
+                runner.deliver_sms(OPERATOR, text)
+            runner.deliver_sms(OPERATOR, command)
+            runner.deliver_sms(OPERATOR, command)  # captured and replayed
+            runner.deliver_sms(OPERATOR, stale)
+
+            # The operator's hostile messages (8 with the 3 parts), the replay and the stale
+            # command are refused, refusals answered at most 5 times an hour; the command is
+            # answered.
+            def done() -> bool:
+                with runner.locked() as module:
+                    handled = operator.accepted + operator.refused == len(HOSTILE) + 2 + 3
+                    return handled and len(module.sms) == 0 and len(module.sent_sms) == 6
+
+            wait_until(done, "every SMS handled, deleted and answered", within_s=60)
+        operator.close()
+    assert commands == [OperatorCommand(OperatorAction.ABORT, f"sms:{OPERATOR}")]
+    answers = [text for number, text in runner.sent_sms]
+    assert all(number == OPERATOR for number, _ in runner.sent_sms)  # strangers get nothing
+    assert "drone-7 ABORT recorded, no mission flying: nothing done" in answers
+    assert operator.accepted == 1 and operator.refused == len(HOSTILE) + 2 + 2
+    assert not [u for u in urcs if u.name in ("", "+CMQTTCONNLOST") or u.name.startswith("+CME")]
+    assert channel.engine.stats.mqtt_messages == 0 and channel.engine.stats.garbage_lines == 0
+    assert sms.ignored == len(HOSTILE) + 2  # the stranger's messages (three parts of one)
+
+
+def test_the_sim_never_fills_up() -> None:
+    """80 messages into a 50-slot SIM store, faster than one a second: each is read and
+    deleted, so the network never finds the store full."""
+    emulator = A7670(time_scale=SCALE)
+    with modem_link(emulator) as link:
+        runner, channel, states = link.runner, link.channel, link.states
+        states.wait(lambda s: s.stage == "up", "stage up")
+        sms = SmsClient(channel, accept=number_is_one_of([OPERATOR]), storage="SM")
+        got: list[SmsMessage] = []
+        sms.on_message = got.append
+        with sms:
+            wait_until(lambda: sms.ready, "the set-up")
+            for n in range(80):
+                wait_until(lambda: len(runner.emulator.sms) < 40, "room in the store")
+                runner.deliver_sms(OPERATOR, f"message {n}")
+            wait_until(lambda: len(got) == 80, "all 80 handled", within_s=60)
+        with runner.locked() as module:
+            assert len(module.sms) == 0
+    assert sorted(int(m.text.split()[1]) for m in got) == list(range(80))
+
+
+def test_messages_stored_while_the_daemon_was_down_are_read_at_start() -> None:
+    emulator = A7670(time_scale=SCALE)
+    for n in range(5):
+        emulator.deliver_sms(OPERATOR, f"while down {n}")
+    with modem_link(emulator) as link:
+        link.states.wait(lambda s: s.stage == "up", "stage up")
+        got: list[SmsMessage] = []
+        with SmsClient(link.channel, on_message=got.append, accept=number_is_one_of([OPERATOR])):
+            wait_until(lambda: len(got) == 5, "the stored messages read")
+        with link.runner.locked() as module:
+            assert len(module.sms) == 0
 
 
 def test_mqtt_over_the_modem_to_a_real_broker(mosquitto: Broker) -> None:

@@ -169,3 +169,51 @@ def test_stop_during_a_stuck_send_drops_what_is_still_queued(sms: SlowSms) -> No
     wait_until(lambda: fallback.dropped == 1, "the queued notification dropped")
     wait_until(lambda: not worker.is_alive(), "the worker ended")
     assert [text for _, text in sms.finished] == ["drone-7 ABORTED mission m-13"]
+
+
+@pytest.mark.parametrize(
+    ("event", "text"),
+    [
+        (
+            MissionEvent("m-5", *ABORTED, {"reason": "battery critical: 9% < 10%",
+                                            "action": "LAND"}),
+            "drone-7 EMERGENCY mission m-5: battery critical: 9% < 10% (LAND)",
+        ),
+        (
+            MissionEvent("m-5", *ABORTED, {"reason": "link lost for 5 s", "action": "FAILSAFE"}),
+            "drone-7 EMERGENCY mission m-5: link lost for 5 s (FAILSAFE)",
+        ),
+        (
+            MissionEvent(
+                "m-5", Phase.ABORT, "abort-action-failed",
+                {"action": "RTL", "error": "MAV_RESULT_DENIED"},
+            ),
+            "drone-7 EMERGENCY mission m-5: RTL refused (MAV_RESULT_DENIED), landing where it is",
+        ),
+        (
+            MissionEvent("m-5", Phase.ABORT, "still-armed", {"waited_s": 120.0}),
+            "drone-7 EMERGENCY mission m-5: still armed after 120.0 s",
+        ),
+    ],
+)  # fmt: skip
+def test_emergencies_are_told_as_such(sms: SlowSms, event: MissionEvent, text: str) -> None:
+    """The `emergency` kind: the drone comes down away from home, or out of the companion's
+    hands (an abort to LAND, a failsafe, a refused return, a drone still armed)."""
+    bus = Bus()
+    sms.release()
+    with _fallback(sms) as fallback:
+        forward_endings(bus, fallback)
+        bus.publish(event)
+        wait_until(lambda: fallback.sent == 1, "the SMS sent")
+    assert sms.finished == [(NUMBER, text)]
+
+
+def test_a_return_home_is_an_abort_not_an_emergency(sms: SlowSms) -> None:
+    bus = Bus()
+    sms.release()
+    with _fallback(sms) as fallback:
+        forward_endings(bus, fallback)
+        bus.publish(MissionEvent("m-6", Phase.ABORT, "landed"))
+        bus.publish(_aborted("m-6", "operator abort (sms:+447700900123)"))
+        wait_until(lambda: fallback.sent == 1, "the SMS sent")
+    assert sms.finished[0][1].startswith("drone-7 ABORTED mission m-6")

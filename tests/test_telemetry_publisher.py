@@ -4,7 +4,9 @@ acknowledgements, and comes back after a restart."""
 
 from __future__ import annotations
 
+import json
 import random
+import sqlite3
 import threading
 from collections.abc import Callable
 from dataclasses import replace
@@ -15,6 +17,7 @@ import pytest
 from companion.bus import Bus
 from companion.gps.integrity import IntegrityAlarm, IntegrityCleared
 from companion.mission.events import MissionEvent, Phase
+from companion.modem.mqtt_at import AtMqttLimitError
 from companion.modem.state import initial_state
 from companion.telemetry import schema
 from companion.telemetry.publisher import TelemetryPublisher
@@ -82,7 +85,7 @@ class FlakyTransport:
 
     def records(self) -> list[schema.Record]:
         with self.lock:
-            return [schema.decode_for(t, p) for t, p, _ in self.delivered]
+            return [r for t, p, _ in self.delivered for r in schema.decode_message(t, p)]
 
 
 def _state(alt: float = 30.0) -> VehicleState:
@@ -191,14 +194,13 @@ def _fill(bus: Bus, publisher: TelemetryPublisher, n: int) -> None:
 
 
 def _delivered_in_order(transport: FlakyTransport, queued: list[schema.Record]) -> None:
-    """Every queued record arrived, in order; any repeat is the same record re-sent at once."""
+    """Every queued record arrived, first copies in order; a repeat is the same record in a
+    message re-sent after its acknowledgement was lost (batches: a whole message again)."""
     arrived = [r for r in transport.records() if not isinstance(r, schema.Status)]
-    seqs = [r.seq for r in arrived]
-    assert seqs == sorted(seqs), "a record overtook an older one"
     first_copies: dict[str, schema.Record] = {}
     for record in arrived:
         assert first_copies.setdefault(record.id, record) == record, "same id, other content"
-    assert list(first_copies.values()) == queued
+    assert list(first_copies.values()) == queued, "a record overtook an older one, or is missing"
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -322,3 +324,176 @@ def test_a_link_that_comes_back_is_used_at_once_not_after_the_backoff(tmp_path: 
     finally:
         publisher.stop()
     assert publisher.stats().published == 5
+
+
+# -- batches, lingering, records set aside, status time-to-live ------------------------------
+
+
+class Messages(FlakyTransport):
+    """Records each message's records; `reject(payload)` says which messages the link
+    refuses for good (`MessageRejected`, as the modem's AtMqttLimitError is)."""
+
+    def __init__(self, reject: Callable[[bytes], bool] = lambda payload: False) -> None:
+        super().__init__()
+        self.reject = reject
+        self.rejected = 0
+
+    def publish(self, topic: str, payload: bytes, **kw: object) -> None:  # type: ignore[override]
+        if self.reject(payload):
+            with self.lock:
+                self.rejected += 1
+            raise AtMqttLimitError(f"payload of {len(payload)} bytes refused")
+        super().publish(topic, payload, **kw)  # type: ignore[arg-type]
+
+    def messages(self) -> list[list[schema.Record]]:
+        with self.lock:
+            return [schema.decode_message(t, p) for t, p, _ in self.delivered if t != STATUS]
+
+
+def _run(publisher: TelemetryPublisher, store: Store) -> None:
+    publisher.start()
+    try:
+        wait_until(lambda: store.pending() == 0, "draining the queue")
+    finally:
+        publisher.stop()
+
+
+def test_a_backlog_goes_out_in_few_full_messages(tmp_path: Path) -> None:
+    """An outage's backlog (5 Hz samples and events) replays in batches of the schema's
+    message size, in order, every record once."""
+    transport, clock = Messages(), FakeClock()
+    bus, store, publisher = _publisher(tmp_path, transport, clock)
+    publisher.attach()
+    bus.publish(_state())
+    for i in range(300):
+        if i % 100 == 50:
+            bus.publish(MissionEvent("m1", Phase.DESCEND, f"event-{i}"))
+        else:
+            publisher.tick(i * 0.2)
+    queued = _queued(store)
+    _run(publisher, store)
+    messages = transport.messages()
+    assert [r for m in messages for r in m] == queued
+    # ~20 samples a message; each event goes apart and splits the run of samples
+    assert len(queued) > 190 and len(messages) <= len(queued) // 15 + 2 * 3, len(messages)
+    for (_topic, payload, _), records in zip(
+        [d for d in transport.delivered if d[0] != STATUS], messages, strict=True
+    ):
+        assert len(payload) <= schema.MAX_MESSAGE_BYTES
+        assert len({r.type for r in records}) == 1  # one channel per message
+    stats = publisher.stats()
+    assert (stats.published, stats.messages) == (len(queued), len(messages))
+
+
+def test_a_message_that_is_not_full_lingers_but_an_event_does_not(tmp_path: Path) -> None:
+    transport, clock = Messages(), FakeClock()
+    bus, store, publisher = _publisher(tmp_path, transport, clock, linger_s=600.0)
+    publisher.attach()
+    bus.publish(_state())
+    publisher.start()
+    try:
+        publisher.tick(0.0)
+        wait_until(lambda: publisher._head[0] == 1, "the drain seeing the first sample")
+        publisher.tick(10.0)
+        publisher.tick(20.0)
+        bus.publish(MissionEvent("m1", Phase.DESCEND, "enter"))  # an event: no waiting
+        wait_until(lambda: store.pending() == 0, "the event and what lingered before it")
+    finally:
+        publisher.stop()
+    assert [[r.seq for r in m] for m in transport.messages()] == [[1, 2, 3], [4]]
+
+
+def _valid_sample(seq: int) -> bytes:
+    return schema.encode(schema.Telemetry("d1", seq, f"id-{seq}", "2026-11-27T21:44:44.123Z"))
+
+
+TEL = "skycourier/v1/d1/telemetry"
+
+
+def test_unsendable_records_are_set_aside_counted_and_reported(tmp_path: Path) -> None:
+    """A corrupt record and one larger than any message (as an older version could queue)
+    no longer block the queue: each is moved aside once, counted, logged and reported to
+    the operator as an event; everything else is delivered in order."""
+    transport, clock = Messages(), FakeClock()
+    _bus, store, publisher = _publisher(tmp_path, transport, clock)
+    store.append("telemetry", TEL, _valid_sample)
+    store.append("telemetry", TEL, b'{"v":2,"type":"telemetry", cut short')
+    big = schema.Event(
+        "d1", 3, "big", "2026-11-27T21:44:44.123Z", "note", detail={"x": "y" * 12_000}
+    )
+    store.append("event", "skycourier/v1/d1/events", json.dumps(schema.to_dict(big)).encode())
+    store.append("telemetry", TEL, _valid_sample)
+    _run(publisher, store)
+    delivered = [r for m in transport.messages() for r in m]
+    assert [r.seq for r in delivered if isinstance(r, schema.Telemetry)] == [1, 4]
+    reports = [r for r in delivered if isinstance(r, schema.Event)]
+    assert [r.kind for r in reports] == ["record-set-aside"] * 2
+    assert [(r.detail["seq"], r.detail["kind"]) for r in reports] == [
+        (2, "telemetry"),
+        (3, "event"),
+    ]
+    assert "not a valid record: payload is not JSON" in reports[0].detail["reason"]
+    assert "no message can carry it" in reports[1].detail["reason"]
+    stats = publisher.stats()
+    assert stats.set_aside == 2 and "no message can carry it" in (stats.last_set_aside or "")
+    kept = sqlite3.connect(tmp_path / "queue.db").execute("SELECT seq FROM set_aside").fetchall()
+    assert kept == [(2,), (3,)]  # moved, not deleted: there to inspect
+
+
+def test_a_message_the_link_rejects_is_split_and_only_its_culprit_set_aside(
+    tmp_path: Path,
+) -> None:
+    """The issue's endless AtMqttLimitError: the transport refuses any message holding one
+    record. The batch is retried record by record; that record alone is set aside."""
+    transport = Messages(reject=lambda payload: b'"poison"' in payload)
+    clock = FakeClock()
+    _bus, store, publisher = _publisher(tmp_path, transport, clock)
+    for seq in range(1, 7):
+        if seq == 3:
+            poison = schema.Telemetry("d1", 3, "x", "2026-11-27T21:44:44.123Z", mode="poison")
+            store.append("telemetry", TEL, schema.encode(poison))
+        else:
+            store.append("telemetry", TEL, _valid_sample)
+    _run(publisher, store)
+    telemetry = [r.seq for m in transport.messages() for r in m if r.type == "telemetry"]
+    assert telemetry == [1, 2, 4, 5, 6]
+    assert transport.rejected == 2  # the batch, then the record alone: never again
+    assert publisher.stats().set_aside == 1
+
+
+def test_a_report_that_cannot_be_sent_is_not_reported_again(tmp_path: Path) -> None:
+    """A link that refuses every event: the event is set aside and reported, the report is
+    set aside and not reported (that would never end)."""
+    transport = Messages(reject=lambda payload: b'"type":"event"' in payload)
+    clock = FakeClock()
+    bus, store, publisher = _publisher(tmp_path, transport, clock)
+    publisher.attach()
+    bus.publish(MissionEvent("m1", Phase.CRUISE, "enter"))
+    publisher.start()
+    try:
+        wait_until(lambda: publisher.stats().set_aside == 2, "the event and its report set aside")
+    finally:
+        publisher.stop()
+    assert store.pending() == 0 and publisher.stats().queued == 2  # the report, once
+
+
+def test_an_event_detail_too_large_for_a_record_is_cut_to_a_preview(tmp_path: Path) -> None:
+    transport, clock = Messages(), FakeClock()
+    bus, store, publisher = _publisher(tmp_path, transport, clock)
+    publisher.attach()
+    bus.publish(MissionEvent("m1", Phase.ABORT, "abort", {"log": "z" * 50_000}))
+    (event,) = _queued(store)
+    assert isinstance(event, schema.Event) and event.kind == "abort"
+    assert event.detail["truncated"] is True and event.detail["record_bytes"] > 50_000
+    assert event.detail["preview"].startswith('{"log": "zzz')
+    assert len(event.detail["preview"]) == 512
+
+
+def test_online_carries_a_time_to_live_of_three_heartbeats(tmp_path: Path) -> None:
+    transport, clock = Messages(), FakeClock()
+    _bus, store, publisher = _publisher(tmp_path, transport, clock, status_period_s=20.0)
+    store.append("telemetry", TEL, _valid_sample)
+    _run(publisher, store)
+    statuses = [r for r in transport.records() if isinstance(r, schema.Status)]
+    assert (statuses[0].state, statuses[0].ttl_s) == ("online", 60.0)
+    assert (statuses[-1].state, statuses[-1].ttl_s) == ("offline", None)

@@ -190,3 +190,95 @@ def test_batches_are_fast_enough_for_replay(tmp_path: Path) -> None:
     assert replayed == 20_000 and store.pending() == 0
     db = sqlite3.connect(tmp_path / "q.db")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_seq_survives_an_emptied_queue_without_autoincrement(tmp_path: Path) -> None:
+    """The seq high-water mark is kept by every deleting transaction: ack, thinning and
+    setting aside each leave an empty queue that still knows where it was."""
+    path = tmp_path / "q.db"
+    for delete in ("ack", "thin", "set_aside"):
+        store = Store(path, max_rows=2)
+        first = store.append("telemetry", TEL, b"a")
+        if delete == "ack":
+            store.ack_through(first)
+        elif delete == "thin":
+            store.append("telemetry", TEL, b"b")
+            store.append("telemetry", TEL, b"c")  # over the bound: the oldest thinned
+            store.ack_through(store.last_seq)
+        else:
+            assert store.set_aside(first, "test")
+        assert store.pending() == 0
+        last = store.last_seq
+        store.close()
+        assert Store(path).append("telemetry", TEL, b"next") == last + 1, delete
+        Store(path).ack_through(last + 1)
+
+
+def test_a_file_written_with_autoincrement_keeps_its_seq(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(
+        """
+        CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL,
+            topic TEXT NOT NULL, payload BLOB NOT NULL, retain INTEGER NOT NULL);
+        CREATE INDEX outbox_kind_seq ON outbox (kind, seq);
+        CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        INSERT INTO outbox (kind, topic, payload, retain) VALUES ('event', 'e', x'01', 0);
+        INSERT INTO outbox (kind, topic, payload, retain) VALUES ('event', 'e', x'02', 0);
+        DELETE FROM outbox;
+        """
+    )
+    db.commit()
+    db.close()
+    store = Store(path)
+    assert store.append("event", EVT, b"3") == 3
+    indexes = sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE type='index'")
+    assert "outbox_kind_seq" not in [name for (name,) in indexes]
+
+
+def test_set_aside_moves_a_record_out_and_keeps_the_newest_for_inspection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("companion.telemetry.store.SET_ASIDE_KEEP", 3)
+    path = tmp_path / "q.db"
+    store = Store(path)
+    seqs = [store.append("telemetry", TEL, f"p{i}".encode()) for i in range(6)]
+    for seq in seqs[:5]:
+        assert store.set_aside(seq, f"reason {seq}")
+    assert not store.set_aside(seqs[0], "again")  # no longer queued: a no-op
+    assert [r.seq for r in store.peek(10)] == [6]
+    stats = store.stats()
+    assert (stats.pending, stats.pending_bytes, stats.set_aside) == (1, len(TEL) + 2, 5)
+    assert stats.last_set_aside == "reason 5"
+    store.close()
+    rows = sqlite3.connect(path).execute("SELECT seq, payload, reason FROM set_aside").fetchall()
+    assert rows == [(3, b"p2", "reason 3"), (4, b"p3", "reason 4"), (5, b"p4", "reason 5")]
+    again = Store(path).stats()
+    assert (again.set_aside, again.last_set_aside) == (5, "reason 5")  # persisted
+
+
+def test_a_thinning_failure_is_wrapped_and_the_append_stands(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The database refuses deletes (a trigger standing in for a disk that fails mid-way):
+    the append that crossed the bound has committed, so it returns its seq; the failure is
+    a StoreError in the log and the stats, and the next append thins again."""
+    path = tmp_path / "q.db"
+    store = Store(path, max_rows=4)
+    blocker = sqlite3.connect(path)
+    blocker.execute(
+        "CREATE TRIGGER no_delete BEFORE DELETE ON outbox BEGIN SELECT RAISE(ABORT, 'disk"
+        " says no'); END"
+    )
+    blocker.commit()
+    seqs = [store.append("telemetry", TEL, b"x") for _ in range(6)]
+    assert seqs == [1, 2, 3, 4, 5, 6]
+    stats = store.stats()
+    assert stats.pending == 6 and stats.thinned == 0 and stats.thin_errors == 2
+    assert "appended, but cannot thin to the bound: disk says no" in (stats.last_error or "")
+    assert "cannot thin to the bound" in caplog.text
+    blocker.execute("DROP TRIGGER no_delete")
+    blocker.commit()
+    store.append("telemetry", TEL, b"x")
+    assert store.pending() <= 4 and store.thinned > 0
+    assert [r.seq for r in store.peek(10)] == sorted(r.seq for r in store.peek(10))

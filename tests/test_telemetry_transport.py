@@ -24,7 +24,7 @@ from companion.mission.events import MissionEvent, Phase
 from companion.telemetry import schema
 from companion.telemetry.publisher import TelemetryPublisher
 from companion.telemetry.store import Store
-from companion.telemetry.transport import PahoTransport, TransportError
+from companion.telemetry.transport import MessageRejected, PahoTransport, TransportError
 from companion.track import add_arguments, run_track
 
 MOSQUITTO = shutil.which("mosquitto") or (
@@ -193,6 +193,15 @@ def test_closed_transport_refuses_work(broker: Mosquitto) -> None:
         drone.publish("a/b", b"x", timeout_s=1)
     with pytest.raises(TransportError, match="invalid MQTT topic filter 'a/#/b'"):
         PahoTransport("127.0.0.1", broker.port, "x").subscribe("a/#/b", lambda t, p: None)
+
+
+def test_a_message_paho_cannot_send_is_rejected_for_good(broker: Mosquitto) -> None:
+    """A topic MQTT forbids in a publish is `MessageRejected` (the uplink sets the record
+    aside), not a link error retried for ever; the link itself is fine."""
+    with _transport(broker.port, "drone") as drone:
+        with pytest.raises(MessageRejected, match=r"cannot publish on 'a/#'"):
+            drone.publish("a/#", b"x", timeout_s=10)
+        drone.publish("a/b", b"x", timeout_s=10)
 
 
 def test_publisher_to_track_through_mosquitto(broker: Mosquitto, tmp_path: Path) -> None:

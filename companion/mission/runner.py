@@ -55,7 +55,7 @@ from companion.mission.inputs import (
     ParamsRead,
     StateUpdate,
 )
-from companion.mission.journal import Journal, JournalError
+from companion.mission.journal import FINISHED_EVENT, Journal, JournalError
 from companion.mission.plan import MissionPlan
 from firmware_bridge.dialect import mavlink
 from firmware_bridge.errors import BridgeError, CommandError, LinkError, ProtocolTimeout
@@ -244,13 +244,20 @@ class MissionRunner:
         )  # fmt: skip
 
     def _finish(self, outcome: str) -> None:
+        """Journal the outcome, then say on the bus that the mission is over (whoever counts
+        missions in flight, e.g. the SMS operator commands, needs the one exact end)."""
         if not self._journal_ok:
             log.error("mission %s ended unjournaled: %s", self._mission_id, outcome)
-            return
-        try:
-            self.journal.finish(self._mission_id, outcome, self._seen_time_s)
-        except JournalError as exc:
-            log.error("mission %s: outcome %r not journaled: %s", self._mission_id, outcome, exc)
+        else:
+            try:
+                self.journal.finish(self._mission_id, outcome, self._seen_time_s)
+            except JournalError as exc:
+                log.error("mission %s: outcome %r not journaled: %s", self._mission_id,
+                          outcome, exc)  # fmt: skip
+        assert self.core is not None
+        self._publish(
+            Transition(self.core.phase, FINISHED_EVENT, {"outcome": outcome}, self._seen_time_s)
+        )
 
     def _drain(self) -> None:
         """After the end: events still queued are dropped (the mission is over), and the

@@ -8,5 +8,8 @@ Layers, bottom up:
 - `supervisor.ModemSupervisor`: bring-up (boot sync, SIM, registration, APN, data) as a state
   machine with a recovery ladder, publishing `state.ModemState` on the bus.
 - `mqtt_at.AtMqttTransport`: MQTT over the module's own stack, a telemetry `Transport`.
-- `sms`: text-mode SMS, the fallback for critical events and authorised operator commands.
+- `sms` / `sms_pdu`: SMS in PDU mode (a store swept and emptied, the sender checked before
+  anything is decoded) and the fallback for critical events.
+- `operator_sms`: operator commands by SMS, authenticated (HMAC over command, counter and
+  time), acted on through the bus and answered.
 """

@@ -160,11 +160,24 @@ SOCKET_ERRORS: dict[int, str] = {
     12: "Unknown error",
 }
 
-ERROR_KINDS = ("error", "cme", "cms", "timeout", "no_carrier", "result", "reset")
+#: "unframed": an SMS body the engine could not frame (held as data up to the deadline);
+#: "overflow": an answer longer than the engine keeps.
+ERROR_KINDS = (
+    "error",
+    "cme",
+    "cms",
+    "timeout",
+    "no_carrier",
+    "result",
+    "reset",
+    "unframed",
+    "overflow",
+)
 
 # Tolerant of the manual's space-less spelling (`+CMEERROR:13`) next to the real one.
 _CMX_RE = re.compile(r"^\+CM([ES])\s?ERROR\s*:\s*(.*)$")
-_NUMBER_RE = re.compile(r"^\d+$")
+# ASCII digits only, and few enough for a code: `\d` takes "٣", and int() refuses 4,300+ digits.
+_NUMBER_RE = re.compile(r"[0-9]{1,9}")
 
 
 @dataclass(frozen=True)
@@ -222,7 +235,7 @@ def final_error(line: str) -> AtError | None:
     kind = "cme" if match.group(1) == "E" else "cms"
     value = match.group(2).strip()
     primary, secondary = (CME_ERRORS, CMS_ERRORS) if kind == "cme" else (CMS_ERRORS, CME_ERRORS)
-    if _NUMBER_RE.match(value):
+    if _NUMBER_RE.fullmatch(value):
         code = int(value)
         text = primary.get(code) or secondary.get(code) or f"unknown {kind.upper()} error {code}"
         return AtError(kind, code, text, line)

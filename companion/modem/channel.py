@@ -5,9 +5,15 @@ sent and feeds it to the engine, and asks the engine for timeouts; it never inte
 itself. Other threads talk to the module through `call`, which queues an `AtCommand` and blocks
 on a future until the engine completes it (one command in flight, FIFO behind it, as the
 manual requires: "wait for the final result code before sending the next command",
-A76XX AT Command Manual V1.09 §1.5.2). URCs and assembled MQTT messages go to subscriber
-callbacks, which run on the port thread and therefore must be quick and must not `call`
-(that would wait for the very thread that is running them; it raises instead).
+A76XX AT Command Manual V1.09 §1.5.2). A command's deadline starts when it is sent, not
+when it is queued: one queued behind a 16 s `AT+COPS?` waits its turn, then has its own
+time. The engine times every sent command out, so `call` only gives up by itself if the
+port thread stops making progress; a command given up before it was sent is withdrawn, so
+it never reaches the module as an orphan nobody waits for. URCs and assembled MQTT
+messages go to subscriber callbacks, which run on the port thread and therefore must be
+quick and must not `call` (that would wait for the very thread that is running them; it
+raises instead). Errors and logs name a command without its parameters (`command_label`,
+`redact`): command lines carry passwords and PINs.
 
 It never dies of its port: a vanished device (USB unplug) ends every pending command with an
 error of kind "reset", then the port is reopened by path with backoff, like the GPS driver.
@@ -29,7 +35,14 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 import serial
 
-from companion.modem.at_engine import AtCommand, AtEngine, AtResponse, MqttMessage, Urc
+from companion.modem.at_engine import (
+    AtCommand,
+    AtEngine,
+    AtResponse,
+    MqttMessage,
+    Urc,
+    command_label,
+)
 from companion.serial_errors import serial_cause
 
 log = logging.getLogger(__name__)
@@ -37,6 +50,7 @@ log = logging.getLogger(__name__)
 _POLL_S = 0.05  # longest sleep between engine timeout polls
 _REOPEN_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 _CALL_SLACK_S = 5.0  # how much longer `call` waits than the engine's own timeouts
+_STALL_S = 10.0  # a port thread that has not stepped for this long is stuck (reopen waits 5 s)
 
 UrcCallback = Callable[[Urc], None]
 MqttCallback = Callable[[MqttMessage], None]
@@ -44,6 +58,16 @@ MqttCallback = Callable[[MqttMessage], None]
 
 class ChannelError(Exception):
     """The command could not be sent at all: the port is closed or the channel stopped."""
+
+
+class _Call:
+    """A caller's command on its way: queued, then sent (the deadline starts), then done."""
+
+    def __init__(self, command: AtCommand) -> None:
+        self.command = command
+        self.future: Future[AtResponse] = Future()
+        self.sent = threading.Event()
+        self.cancelled = False
 
 
 class AtChannel:
@@ -63,8 +87,9 @@ class AtChannel:
         self.engine = AtEngine(echo_expected=echo_expected)
         self.error: str | None = None  # why the port is closed, None while open
         self._serial: serial.Serial | None = None
-        self._inbox: deque[tuple[AtCommand, Future[AtResponse]] | str] = deque()
-        self._pending: deque[tuple[AtCommand, Future[AtResponse]]] = deque()
+        self._inbox: deque[_Call | str] = deque()
+        self._pending: deque[_Call] = deque()
+        self._last_step = time.monotonic()
         self._urc_callbacks: list[UrcCallback] = []
         self._mqtt_callbacks: list[MqttCallback] = []
         self._lock = threading.Lock()
@@ -133,33 +158,62 @@ class AtChannel:
     def call(self, command: AtCommand) -> AtResponse:
         """Send `command` and block until the engine completes it (ok, error or timeout).
 
-        Raises `ChannelError` when the port is not open, when the channel stops, or when
-        called from the port thread itself (a URC callback must hand work to another thread).
+        The wait has no bound while the command is queued and the port thread works through
+        the commands before it (each has its own timeout in the engine); once it is sent,
+        the engine's timeout plus a margin bounds it. Raises `ChannelError` when the port is
+        not open, when the channel stops, or when the port thread is stuck, and
+        RuntimeError when called from the port thread itself (a URC callback must hand work
+        to another thread).
         """
+        label = command_label(command.line)
         if threading.current_thread() is self._thread:
             raise RuntimeError(
-                f"AtChannel.call({command.line!r}) from the port thread would deadlock: "
+                f"AtChannel.call({label}) from the port thread would deadlock: "
                 "hand the work to another thread"
             )
         if self._stop.is_set():
             raise ChannelError(f"{self.port}: channel stopped")
         if self._serial is None:
             raise ChannelError(f"{self.port}: port not open ({self.error or 'not started'})")
-        future: Future[AtResponse] = Future()
+        pending = _Call(command)
         with self._lock:
-            self._inbox.append((command, future))
+            self._inbox.append(pending)
         self._wake()
         limit = command.timeout_s + _CALL_SLACK_S
         if command.result_urc is not None:
             limit += command.urc_timeout_s
-        try:
-            return future.result(limit)
-        except FutureTimeout:
-            # The engine owns timeouts; this only fires if the port thread is stuck.
-            raise ChannelError(
-                f"{self.port}: no completion for {command.line!r} within {limit:.0f} s "
-                "(port thread stalled)"
-            ) from None
+        deadline: float | None = None
+        while True:
+            try:
+                return pending.future.result(0.2)
+            except FutureTimeout:
+                pass
+            now = time.monotonic()
+            if deadline is None and pending.sent.is_set():
+                deadline = now + limit  # counted from (about) when it was sent
+            if deadline is not None and now > deadline:
+                raise ChannelError(
+                    f"{self.port}: no completion for {label} within {limit:.0f} s of sending "
+                    "it (port thread stalled)"
+                )
+            if deadline is None and self._stalled(now):
+                self._withdraw(pending)
+                raise ChannelError(
+                    f"{self.port}: {label} not sent: the port thread has not run for "
+                    f"{now - self._last_step:.0f} s (withdrawn)"
+                )
+
+    def _stalled(self, now: float) -> bool:
+        thread = self._thread
+        dead = thread is None or not thread.is_alive()
+        return dead or now - self._last_step > _STALL_S
+
+    def _withdraw(self, pending: _Call) -> None:
+        """Make sure a command given up before it was sent is never sent."""
+        with self._lock:
+            pending.cancelled = True
+            if pending in self._inbox:
+                self._inbox.remove(pending)
 
     def reset_engine(self, reason: str = "module reset") -> None:
         """End every queued and in-flight command (error kind "reset"): the module rebooted and
@@ -173,6 +227,7 @@ class AtChannel:
     def _run(self) -> None:
         backoff = iter(_REOPEN_BACKOFF_S)
         while not self._stop.is_set():
+            self._last_step = time.monotonic()
             if self._serial is None:
                 if not self._open():
                     self._drain_while_closed()
@@ -204,8 +259,7 @@ class AtChannel:
     def _step(self) -> None:
         assert self._serial is not None
         self._take_inbox()
-        now = self.clock()
-        self._write(self.engine.outgoing(now))
+        self._send_next()
         readable, _, _ = select.select([self._serial.fileno(), self._wake_r], [], [], _POLL_S)
         if self._wake_r in readable:
             with contextlib.suppress(BlockingIOError):
@@ -219,9 +273,27 @@ class AtChannel:
                 )
             self._dispatch(self.engine.receive(data, self.clock()))
         self._dispatch(self.engine.poll(self.clock()))
-        self._write(self.engine.outgoing(self.clock()))
+        self._send_next()
+
+    def _send_next(self) -> None:
+        """Write what the engine wants sent; a command that goes now starts its deadline."""
+        before = self.engine.in_flight
+        data = self.engine.outgoing(self.clock())
+        sent = self.engine.in_flight
+        if sent is not None and sent is not before:
+            for pending in self._pending:
+                if pending.command is sent:
+                    pending.sent.set()
+                    break
+        self._write(data)
 
     def _take_inbox(self) -> None:
+        with self._lock:
+            withdrawn = [p for p in self._pending if p.cancelled]
+        for pending in withdrawn:
+            # Given up by its caller while queued in the engine: it must never go out.
+            if self.engine.cancel(pending.command):
+                self._pending.remove(pending)
         while True:
             with self._lock:
                 if not self._inbox:
@@ -230,9 +302,8 @@ class AtChannel:
             if isinstance(item, str):
                 self._dispatch(self.engine.abort_all(item))
                 continue
-            command, future = item
-            self._pending.append((command, future))
-            self.engine.submit(command)
+            self._pending.append(item)
+            self.engine.submit(item.command)
 
     def _dispatch(self, events: list[AtResponse | Urc | MqttMessage]) -> None:
         for event in events:
@@ -248,15 +319,16 @@ class AtChannel:
     def _complete(self, response: AtResponse) -> None:
         """Resolve the future of the command this response belongs to (FIFO; by identity
         first, so equal commands queued twice resolve in order)."""
-        match = next((p for p in self._pending if p[0] is response.command), None)
+        match = next((p for p in self._pending if p.command is response.command), None)
         if match is None:
-            match = next((p for p in self._pending if p[0] == response.command), None)
+            match = next((p for p in self._pending if p.command == response.command), None)
         if match is None:
-            log.warning("%s: response to a command nobody waits for: %r", self.port, response)
+            log.warning("%s: answer to %s, which nobody waits for: %s", self.port,
+                        command_label(response.command.line), response.final)  # fmt: skip
             return
         self._pending.remove(match)
-        if not match[1].done():
-            match[1].set_result(response)
+        if not match.future.done():
+            match.future.set_result(response)
 
     def _snapshot(self, callbacks: list) -> list:
         with self._lock:
@@ -284,8 +356,8 @@ class AtChannel:
         with self._lock:
             items, self._inbox = list(self._inbox), deque()
         for item in items:
-            if not isinstance(item, str):
-                item[1].set_exception(ChannelError(reason))
+            if not isinstance(item, str) and not item.future.done():
+                item.future.set_exception(ChannelError(reason))
 
     def _close(self, reason: str, level: int = logging.WARNING) -> None:
         port, self._serial = self._serial, None

@@ -7,6 +7,14 @@ The module speaks MQTT 3.1.1 itself; the host only drives it with AT commands
     -> CMQTTCONNECT (OK, then +CMQTTCONNECT: 0,<err>) -> CMQTTSUB per topic
     publish: CMQTTTOPIC (> topic) -> CMQTTPAYLOAD (> payload) -> CMQTTPUB (OK, +CMQTTPUB: 0,0)
 
+MQTT version: ``AT+CMQTTCFG="version",<idx>,4`` asks for MQTT 3.1.1 (the module's default is
+3, MQTT 3.1; §18.2.11). Older MQTT stacks have no "version" parameter (the SIM7500/SIM7600
+manual V3.00 §16.2.17 lists only checkUTF8, optimeout and aliauth) and answer ERROR: that is
+no fault of the link, so the transport goes on with the default version (logged once, not
+asked again) instead of failing the bring-up, which under a supervisor would climb the
+recovery ladder to a power cycle every minute. MQTT 3.1 allows client ids of at most 23
+characters, and the broker must accept 3.1 (mosquitto does).
+
 `publish` returns only after `+CMQTTPUB: <idx>,0`, which at QoS 1 the module reports once the
 broker's PUBACK arrived, so the caller may forget the record; every other outcome raises
 `TransportError` naming the command and the module's reason. TOPIC, PAYLOAD and PUB of one
@@ -19,7 +27,9 @@ bare `AtChannel`, `connect()` is explicit and a lost connection is re-establishe
 next publish.
 
 Limits of the module that the caller must know: topics 1..1024 bytes, payloads 1..10240 bytes
-(§18.2.5-6; larger or empty raises `AtMqttLimitError`), and the will cannot be retained
+(§18.2.5-6; larger or empty raises `AtMqttLimitError`, a `MessageRejected`: no retry sends it,
+nor one the module refuses as "length out of range" or "bad UTF-8 string"), and the will
+cannot be retained
 (AT+CMQTTWILLMSG has no retain flag, §18.2.7): a retained will is sent as a plain one, with a
 warning in the log.
 """
@@ -41,7 +51,7 @@ from companion.modem.at_engine import AtCommand, AtResponse, MqttMessage, Urc
 from companion.modem.channel import AtChannel, ChannelError
 from companion.modem.responses import describe
 from companion.modem.supervisor import LinkSetupError, ModemSupervisor
-from companion.telemetry.transport import TransportError
+from companion.telemetry.transport import MessageRejected, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +62,16 @@ MAX_CERT = 10240
 #: +CMQTTCONNECT <err> values with which the broker itself said no (CONNACK 1-5, §18.3.1).
 BROKER_REFUSALS = range(27, 32)
 _NO_CONNECTION = {11, 26}  # "no connection", "socket is closed by server"
+#: <err> values that condemn the message, not the link: "bad UTF-8 string", "length out of
+#: range" (§18.3.1).
+_MESSAGE_REFUSED = {2, 22}
 _BROKER_RE = re.compile(r"^tcp://[^\s\"/:]+(:\d{1,5})?$")
 
 
-class AtMqttLimitError(TransportError, ValueError):
-    """A topic or payload the module cannot carry (empty, too long, wildcard in a publish).
-    Retrying cannot help: the caller must change the message."""
+class AtMqttLimitError(MessageRejected, ValueError):
+    """A topic or payload the module cannot carry (empty, too long, wildcard in a publish,
+    or refused by the module as such). Retrying cannot help: the caller must change the
+    message."""
 
 
 class AtMqttTransport:
@@ -121,6 +135,7 @@ class AtMqttTransport:
         self._started = False
         self._acquired = False
         self._closed = False
+        self._version_refused = False  # older firmware: no AT+CMQTTCFG="version"
         self._connections = 0
         self.last_error: str | None = None
         self._inbox: queue.Queue[MqttMessage | None] = queue.Queue()
@@ -282,7 +297,8 @@ class AtMqttTransport:
             if not (r.ok or _line_code(r, "+CMQTTACCQ") == 19):  # 19: client is used (ours)
                 raise _setup_error("AT+CMQTTACCQ", r)
             self._acquired = True
-        self._must(AtCommand(f'AT+CMQTTCFG="version",{i},4'))
+        if not self._version_refused:
+            self._ask_for_mqtt_311()
         if self._ca is not None:
             self._configure_tls()
         if self._will is not None:
@@ -316,6 +332,25 @@ class AtMqttTransport:
             self._subscribe(topic)
         self._up = True
         self._connections += 1
+
+    def _ask_for_mqtt_311(self) -> None:
+        """CFG "version" 4; a refusal (ERROR, +CME ERROR) means firmware without the
+        parameter: carry on with its default, MQTT 3.1 (module doc). A timeout is not a
+        refusal: the module is unwell, and the bring-up fails as for any other step."""
+        r = self._call(AtCommand(f'AT+CMQTTCFG="version",{self.index},4'))
+        if r.ok:
+            return
+        assert r.error is not None
+        if r.error.kind in ("timeout", "reset"):
+            raise _setup_error('AT+CMQTTCFG="version"', r)
+        self._version_refused = True
+        log.warning(
+            'the modem refused AT+CMQTTCFG="version",%d,4 (%s): older firmware; connecting '
+            "with its default, MQTT 3.1 (client id %r: at most 23 characters there)",
+            self.index,
+            describe(r),
+            self.client_id,
+        )
 
     def _still_connected(self) -> bool:
         """`AT+CMQTTDISC?` -> `+CMQTTDISC: <idx>,<state>`, state 0 = connected (§18.2.4);
@@ -400,6 +435,8 @@ class AtMqttTransport:
             self._up = False
             if self.supervisor is not None:
                 self.supervisor.report_lost("connection", f"{line.split('=')[0]}: {describe(r)}")
+        if code in _MESSAGE_REFUSED:
+            raise AtMqttLimitError(f"publish to {topic!r}: the modem refused {line}: {describe(r)}")
         raise TransportError(f"publish to {topic!r} via modem failed: {line}: {describe(r)}")
 
     def _call(self, command: AtCommand) -> AtResponse:

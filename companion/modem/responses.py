@@ -5,7 +5,7 @@ share, kept apart from the state machine that uses it.
 
 from __future__ import annotations
 
-from companion.modem.at_engine import AtResponse
+from companion.modem.at_engine import AtResponse, ascii_int
 
 
 def describe(response: AtResponse) -> str:
@@ -47,10 +47,8 @@ def already_open(response: AtResponse) -> bool:
 def csq_text_to_dbm(value: str) -> int | None:
     """+CSQ <rssi> to dBm: 0 -> -113, 2..30 -> -113 + 2 rssi, 31 -> -51, 99 unknown
     (A76XX AT Command Manual V1.09 §3.2.2)."""
-    head = value.split(",")[0].strip()
-    if not head.isdigit():
-        return None
-    return csq_to_dbm(int(head))
+    rssi = ascii_int(value.split(",")[0])
+    return None if rssi is None else csq_to_dbm(rssi)
 
 
 def csq_to_dbm(rssi: int) -> int | None:

@@ -14,6 +14,11 @@ One thread drives the module through the stages of `ModemState.stage`:
 - registering: `AT+CGDCONT=1,"IP",<apn>` first (LTE attaches with cid 1's APN), then
   `AT+CEREG=2`/`AT+CREG=2` for URCs and `AT+CEREG?`/`AT+CREG?` polls until home or roaming;
   signal (`AT+CSQ`, `AT+CPSI?`) and operator (`AT+COPS?`) are read on the way (§4.2, §5.2).
+  Some firmware answers the CGDCONT write with ERROR while context 1 is active (after a
+  ladder step, the module is still attached): if `AT+CGDCONT?` shows the APN already set,
+  that is success; otherwise the radio goes off (AT+CFUN=0 drops the context), the APN is
+  written and the radio comes back. An APN still refused then is a refusal, retried after
+  `failed_retry_s`, never a halt that waits for a person.
 - data: `AT+NETOPEN` (OK, then `+NETOPEN: 0`; "already opened" counts as success, §15.2.1).
 - mqtt: the attached `LinkClient` (the `AtMqttTransport`) connects; without one, skipped.
 
@@ -47,7 +52,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from companion.modem.at_engine import AtCommand, AtResponse, Urc
+from companion.modem.at_engine import AtCommand, AtResponse, Urc, ascii_int, command_label
 from companion.modem.channel import AtChannel, ChannelError
 from companion.modem.responses import (
     already_open,
@@ -307,6 +312,8 @@ class ModemSupervisor:
                 self._update(sim=code)
                 if code == "SIM PIN":
                     self._enter_pin()
+                    if self.clock() >= deadline:  # a PIN the SIM keeps not taking (busy)
+                        raise _Fault(f"SIM still asks for its PIN after {self.timeouts.sim_s:g} s")
                     continue
                 if code == "SIM PUK":
                     raise _Final(
@@ -346,9 +353,7 @@ class ModemSupervisor:
         self._pause(self.timeouts.settle_s)
 
     def _stage_registering(self) -> None:
-        response = self._at(f'AT+CGDCONT=1,"IP","{self.apn}"')
-        if not response.ok:
-            self._raise_for(response, f"APN {self.apn!r} not accepted by the module")
+        self._set_apn()
         self._at("AT+CEREG=2")
         self._at("AT+CREG=2")
         t = self.timeouts
@@ -366,6 +371,41 @@ class ModemSupervisor:
         self._lost_since = None
         self._refresh_signal()
         self._query_operator()
+
+    def _set_apn(self) -> None:
+        """`AT+CGDCONT=1,"IP",<apn>`, coping with firmware that refuses the write while the
+        context is active (see the module docstring)."""
+        line = f'AT+CGDCONT=1,"IP","{self.apn}"'
+        response = self._at(line)
+        if response.ok:
+            return
+        what = f"APN {self.apn!r} not accepted by the module"
+        if response.error is not None and response.error.kind in ("timeout", "reset"):
+            raise _Fault(f"{what}: {describe(response)}")
+        current = self._context_apn()
+        if current is not None and current.lower() == self.apn.lower():
+            log.info("AT+CGDCONT refused (%s), but context 1 already has APN %r",
+                     describe(response), current)  # fmt: skip
+            return
+        log.warning("AT+CGDCONT refused (%s) with APN %r in context 1: writing it with the "
+                    "radio off", describe(response), current)  # fmt: skip
+        t = self.timeouts
+        self._at("AT+CFUN=0", timeout_s=t.cfun_s, check=True)
+        try:
+            retry = self._at(line)
+        finally:
+            self._at("AT+CFUN=1", timeout_s=t.cfun_s, check=True)
+        if not retry.ok:
+            raise _Refused(f"{what} ({describe(retry)})")
+
+    def _context_apn(self) -> str | None:
+        """The APN of context 1 as `AT+CGDCONT?` lists it (§5.2.5), None if unknown."""
+        response = self._at("AT+CGDCONT?")
+        for line in response.lines if response.ok else ():
+            fields = line.partition(":")[2].split(",")
+            if line.startswith("+CGDCONT:") and len(fields) >= 3 and ascii_int(fields[0]) == 1:
+                return fields[2].strip().strip('"')
+        return None
 
     def _stage_data(self) -> None:
         if not self.state.registered:
@@ -610,9 +650,9 @@ class ModemSupervisor:
             absent = rest in ("SIM REMOVED", "NOT INSERTED")
             self._update(sim="absent" if absent else rest)
         elif name in ("+CEREG", "+CREG", "+CGREG"):
-            fields = rest.split(",")
-            if fields and fields[0].strip().isdigit():
-                self._set_registration(int(fields[0]))
+            stat = ascii_int(rest.split(",")[0])
+            if stat is not None:
+                self._set_registration(stat)
         elif name == "+CSQ":
             self._update(rssi_dbm=csq_text_to_dbm(rest))
         elif name in ("+CMQTTCONNLOST", "+IPCLOSE"):
@@ -664,8 +704,9 @@ class ModemSupervisor:
         for command, prefix in (("AT+CEREG?", "+CEREG"), ("AT+CREG?", "+CREG")):
             response = self._at(command)
             fields = (info_value(response, prefix) or "").split(",")
-            if response.ok and len(fields) >= 2 and fields[1].strip().isdigit():
-                self._set_registration(int(fields[1]))
+            stat = ascii_int(fields[1]) if len(fields) >= 2 else None
+            if response.ok and stat is not None:
+                self._set_registration(stat)
                 if self.state.registered:
                     return
 
@@ -686,8 +727,9 @@ class ModemSupervisor:
         fields = value.split(",")
         if len(fields) >= 3:
             self._update(operator=fields[2].strip().strip('"'))
-        if len(fields) >= 4 and fields[3].strip().isdigit() and self.state.rat is None:
-            self._update(rat=_ACT.get(int(fields[3]), "unknown"))
+        act = ascii_int(fields[3]) if len(fields) >= 4 else None
+        if act is not None and self.state.rat is None:
+            self._update(rat=_ACT.get(act, "unknown"))
 
     # -- commands --------------------------------------------------------------------------
 
@@ -723,17 +765,14 @@ class ModemSupervisor:
         if error is not None and (
             check or (error.kind in ("timeout", "reset") and result_urc is None)
         ):
+            # Named without its parameters: a PIN or a password must not reach the state.
+            label = command_label(line)
             text = describe(response)
-            raise _Fault(text if text.startswith(line.split("=")[0]) else f"{line}: {text}")
+            raise _Fault(text if text.startswith(label) else f"{label}: {text}")
         return response
 
     def _command(self, line: str) -> None:
         self._at(line, check=True)
-
-    def _raise_for(self, response: AtResponse, what: str) -> None:
-        if response.error is not None and response.error.kind == "timeout":
-            raise _Fault(f"{what}: {describe(response)}")
-        raise _Final(f"{what} ({describe(response)})")
 
     # -- state -----------------------------------------------------------------------------
 

@@ -15,9 +15,18 @@ writes). Durability per kind, stated:
   Samples are superseded within a second and an fsync per sample would dominate the SD card's
   write budget at 5 Hz.
 
-``seq`` is SQLite's AUTOINCREMENT key: strictly increasing, never reused while the file lives
-(acked rows are deleted but ``sqlite_sequence`` remembers the highest), so it continues after
-a restart and orders replay.
+``seq`` is strictly increasing and never reused while the file lives, so it continues after a
+restart and orders replay: the store assigns it (one more than the highest ever assigned), and
+every transaction that deletes rows (ack, thinning, setting aside) also records the highest
+seq in ``counters``, so an empty queue still knows where it was. (Files written before this
+kept it in SQLite's AUTOINCREMENT ``sqlite_sequence``, which is still read; AUTOINCREMENT
+itself is not used for new files: it costs a write to ``sqlite_sequence`` per append, a
+third of an append's time; their ``(kind, seq)`` index is dropped too: thinning reads the
+oldest rows in seq order anyway, and the index write cost a quarter of an append.) A single
+record is appended with one autocommit INSERT (atomic on its own): the cheapest durable
+append SQLite offers at a given ``synchronous``. Both claims, crash durability and seqs never
+reused, are tested by killing a writer with SIGKILL at random points
+(tests/test_durability_kill.py).
 
 Bound and policy: the queue holds at most `max_rows` records and `max_bytes` bytes of topic +
 payload (the file itself is larger by SQLite's page overhead). **Events are never dropped.**
@@ -27,14 +36,24 @@ so on), freeing at least `thin_fraction` of the bound, so the start of an outage
 resolution before anything disappears and repeated passes thin old track progressively more
 than new. Each dropped record counts in `thinned` (persisted). If only events remain and they
 exceed the bound, they are kept anyway (logged, counted in `over_bound`): losing an abort
-event to save disk is never the right trade.
+event to save disk is never the right trade. Thinning runs after an append has committed, so a
+failure while thinning cannot undo the append: it is wrapped in a `StoreError`, logged and
+counted (`thin_errors`, `last_error`), and the next append thins again.
+
+Setting aside: a record the uplink can never send (larger than any message, corrupt) must not
+block the queue for ever. `set_aside` moves it, in one transaction, from the queue to the
+``set_aside`` table (with the reason), where the newest `SET_ASIDE_KEEP` are kept for
+inspection; each one counts in `set_aside` (persisted) and is logged. This is the one way an
+event leaves the queue unsent, and only because no transport could ever carry it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,17 +66,30 @@ KINDS = ("telemetry", "event")
 #: the payload: a record's id and seq are fixed the moment it is queued).
 Payload = bytes | Callable[[int], bytes]
 
+#: Records set aside that stay in the file for inspection (the count covers all of them).
+SET_ASIDE_KEEP = 100
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER PRIMARY KEY,
     kind TEXT NOT NULL,
     topic TEXT NOT NULL,
     payload BLOB NOT NULL,
     retain INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS outbox_kind_seq ON outbox (kind, seq);
+DROP INDEX IF EXISTS outbox_kind_seq;
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS set_aside (
+    seq INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    reason TEXT NOT NULL,
+    wall_time REAL NOT NULL
+);
 """
+_SIZE = "length(CAST(topic AS BLOB)) + length(payload)"
+_INSERT = "INSERT INTO outbox (seq, kind, topic, payload, retain) VALUES (?,?,?,?,?)"
 
 
 class StoreError(Exception):
@@ -83,6 +115,10 @@ class StoreStats:
     last_seq: int
     thinned: int
     over_bound: int
+    set_aside: int = 0  # records moved out of the queue as unsendable (file lifetime)
+    last_set_aside: str | None = None  # why the newest of them was
+    thin_errors: int = 0  # thinning passes that failed (this process)
+    last_error: str | None = None  # the latest thinning failure
 
 
 def _size(topic: str, payload: bytes) -> int:
@@ -109,6 +145,8 @@ class Store:
         self.max_bytes = max_bytes
         self.thin_fraction = thin_fraction
         self._lock = threading.Lock()
+        self._thin_errors = 0
+        self._last_error: str | None = None
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -122,18 +160,30 @@ class Store:
     def _load(self) -> None:
         self._rows: dict[str, int] = dict.fromkeys(KINDS, 0)
         self._bytes = 0
-        query = (
-            "SELECT kind, count(*), sum(length(CAST(topic AS BLOB)) + length(payload))"
-            " FROM outbox GROUP BY kind"
-        )
+        query = f"SELECT kind, count(*), sum({_SIZE}) FROM outbox GROUP BY kind"
         for kind, rows, size in self._db.execute(query):
             self._rows[kind] = rows
             self._bytes += size or 0
-        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
-        self._last_seq = row[0] if row else 0
         counters = dict(self._db.execute("SELECT name, value FROM counters"))
+        highest = [
+            counters.get("last_seq", 0),
+            self._db.execute("SELECT max(seq) FROM outbox").fetchone()[0] or 0,
+            self._db.execute("SELECT max(seq) FROM set_aside").fetchone()[0] or 0,
+        ]
+        legacy = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sqlite_sequence'"
+        ).fetchone()
+        if legacy:  # a file written with AUTOINCREMENT
+            row = self._db.execute(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'outbox'"
+            ).fetchone()
+            highest.append(row[0] if row else 0)
+        self._last_seq = max(highest)
         self._thinned = counters.get("thinned", 0)
         self._over_bound = counters.get("over_bound", 0)
+        self._set_aside = counters.get("set_aside", 0)
+        row = self._db.execute("SELECT reason FROM set_aside ORDER BY seq DESC LIMIT 1").fetchone()
+        self._last_set_aside: str | None = row[0] if row else None
 
     def _set_sync(self, level: str) -> None:
         if level != self._sync:
@@ -144,7 +194,21 @@ class Store:
 
     def append(self, kind: str, topic: str, payload: Payload, retain: bool = False) -> int:
         """Queue one record durably (see the module doc for per-kind durability); its seq."""
-        return self.append_many([(kind, topic, payload, retain)])[-1]
+        _check_item(kind, topic)
+        with self._lock:
+            seq = self._last_seq + 1
+            data = _payload(kind, seq, payload)
+            self._set_sync("FULL" if kind == "event" else "NORMAL")
+            try:
+                self._db.execute(_INSERT, (seq, kind, topic, data, int(retain)))
+            except sqlite3.Error as exc:
+                raise StoreError(f"telemetry queue {self.path}: cannot append: {exc}") from exc
+            self._last_seq = seq
+            self._bytes += _size(topic, data)
+            self._rows[kind] += 1
+            if self._over():
+                self._bound()
+            return seq
 
     def append_many(self, items: Iterable[tuple[str, str, Payload, bool]]) -> list[int]:
         """Queue records in one transaction, in order; their seqs. Thins telemetry if the
@@ -153,10 +217,7 @@ class Store:
         if not items:
             return []
         for kind, topic, _, _ in items:
-            if kind not in KINDS:
-                raise ValueError(f"unknown record kind {kind!r}, expected one of {KINDS}")
-            if not topic:
-                raise ValueError("a record needs a topic")
+            _check_item(kind, topic)
         with self._lock:
             seqs: list[int] = []
             rows: list[tuple[int, str, str, bytes, int]] = []
@@ -164,11 +225,7 @@ class Store:
             added = dict.fromkeys(KINDS, 0)
             for kind, topic, payload, retain in items:
                 seq = self._last_seq + 1 + len(seqs)
-                data = payload(seq) if callable(payload) else payload
-                if not isinstance(data, bytes):
-                    raise ValueError(
-                        f"payload of {kind} seq {seq} is {type(data).__name__}, not bytes"
-                    )
+                data = _payload(kind, seq, payload)
                 rows.append((seq, kind, topic, data, int(retain)))
                 seqs.append(seq)
                 added_bytes += _size(topic, data)
@@ -176,10 +233,7 @@ class Store:
             self._set_sync("FULL" if added["event"] else "NORMAL")
             try:
                 with self._transaction():
-                    self._db.executemany(
-                        "INSERT INTO outbox (seq, kind, topic, payload, retain) VALUES (?,?,?,?,?)",
-                        rows,
-                    )
+                    self._db.executemany(_INSERT, rows)
             except sqlite3.Error as exc:
                 raise StoreError(f"telemetry queue {self.path}: cannot append: {exc}") from exc
             self._last_seq = seqs[-1]
@@ -187,7 +241,7 @@ class Store:
             for kind, n in added.items():
                 self._rows[kind] += n
             if self._over():
-                self._thin()
+                self._bound()
             return seqs
 
     def ack(self, seq: int) -> None:
@@ -204,24 +258,91 @@ class Store:
             try:
                 with self._transaction():
                     gone = self._db.execute(
-                        "SELECT kind, count(*), sum(length(CAST(topic AS BLOB)) + length(payload))"
-                        f" FROM outbox WHERE {where} GROUP BY kind",
+                        f"SELECT kind, count(*), sum({_SIZE}) FROM outbox WHERE {where}"
+                        " GROUP BY kind",
                         (seq,),
                     ).fetchall()
                     self._db.execute(f"DELETE FROM outbox WHERE {where}", (seq,))
+                    self._save_counters({})
             except sqlite3.Error as exc:
                 raise StoreError(f"telemetry queue {self.path}: cannot ack {seq}: {exc}") from exc
             for kind, rows, size in gone:
                 self._rows[kind] -= rows
                 self._bytes -= size or 0
 
+    def set_aside(self, seq: int, reason: str) -> bool:
+        """Move record `seq`, which can never be sent, out of the queue (module doc); False if
+        it is not queued (acked or set aside already). Durable (synchronous=FULL): it is a
+        decision about data, taken once."""
+        with self._lock:
+            self._set_sync("FULL")
+            try:
+                with self._transaction():
+                    row = self._db.execute(
+                        "SELECT kind, topic, payload FROM outbox WHERE seq = ?", (seq,)
+                    ).fetchone()
+                    if row is None:
+                        return False
+                    kind, topic, payload = row
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO set_aside VALUES (?, ?, ?, ?, ?, ?)",
+                        (seq, kind, topic, payload, reason, time.time()),
+                    )
+                    self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+                    self._db.execute(
+                        "DELETE FROM set_aside WHERE seq NOT IN"
+                        " (SELECT seq FROM set_aside ORDER BY seq DESC LIMIT ?)",
+                        (SET_ASIDE_KEEP,),
+                    )
+                    self._save_counters({"set_aside": self._set_aside + 1})
+            except sqlite3.Error as exc:
+                raise StoreError(
+                    f"telemetry queue {self.path}: cannot set record {seq} aside: {exc}"
+                ) from exc
+            self._rows[kind] -= 1
+            self._bytes -= _size(topic, bytes(payload))
+            self._set_aside += 1
+            self._last_set_aside = reason
+        log.error(
+            "telemetry queue %s: record %d (%s on %s) set aside, never to be sent: %s",
+            self.path,
+            seq,
+            kind,
+            topic,
+            reason,
+        )
+        return True
+
+    def _save_counters(self, values: dict[str, int]) -> None:
+        """Persist `values` and the highest seq, inside the caller's transaction (every
+        transaction that deletes rows calls this: an emptied queue still knows its seq)."""
+        self._db.executemany(
+            "INSERT OR REPLACE INTO counters (name, value) VALUES (?, ?)",
+            [("last_seq", self._last_seq), *values.items()],
+        )
+
     # -- bound ---------------------------------------------------------------------------------
 
     def _over(self) -> bool:
         return sum(self._rows.values()) > self.max_rows or self._bytes > self.max_bytes
 
+    def _bound(self) -> None:
+        """Thin after an append that crossed the bound. The append has committed, so a failure
+        here is wrapped, logged and counted, never raised: raising would tell the caller its
+        durable record was not queued. The next append thins again. Caller holds the lock."""
+        try:
+            self._thin()
+        except sqlite3.Error as exc:
+            error = StoreError(
+                f"telemetry queue {self.path}: appended, but cannot thin to the bound: {exc}"
+            )
+            self._thin_errors += 1
+            self._last_error = str(error)
+            log.error("%s (%d thinning failures so far)", error, self._thin_errors)
+
     def _thin(self) -> None:
-        """Thinning passes until within bound (policy in the module doc). Caller holds the lock."""
+        """Thinning passes until within bound (policy in the module doc). Each pass deletes
+        and counts in one transaction; memory follows only committed passes."""
         target_rows = int(self.max_rows * (1 - self.thin_fraction))
         target_bytes = int(self.max_bytes * (1 - self.thin_fraction))
         dropped = 0
@@ -235,21 +356,23 @@ class Store:
             # Enough of the oldest telemetry that dropping every second one meets the target
             # (bytes estimated with the mean record size; a further pass makes up any shortfall).
             window = 2 * max(1, need_rows, -(-need_bytes // mean_size))
-            oldest = self._db.execute(
-                "SELECT seq, length(CAST(topic AS BLOB)) + length(payload) FROM outbox"
-                " WHERE kind = 'telemetry' ORDER BY seq LIMIT ?",
-                (window,),
-            ).fetchall()
-            victims = oldest[1::2] or oldest  # a lone telemetry row goes too
             with self._transaction():
+                oldest = self._db.execute(
+                    f"SELECT seq, {_SIZE} FROM outbox WHERE kind = 'telemetry' ORDER BY seq"
+                    " LIMIT ?",
+                    (window,),
+                ).fetchall()
+                victims = oldest[1::2] or oldest  # a lone telemetry row goes too
                 self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s, _ in victims])
+                self._save_counters({"thinned": self._thinned + len(victims)})
             self._rows["telemetry"] -= len(victims)
             self._bytes -= sum(size for _, size in victims)
+            self._thinned += len(victims)
             dropped += len(victims)
-        counters = {"thinned": self._thinned + dropped}
         if self._over():
+            with self._transaction():
+                self._save_counters({"over_bound": self._over_bound + 1})
             self._over_bound += 1
-            counters["over_bound"] = self._over_bound
             log.warning(
                 "telemetry queue %s: %d events (%d bytes) exceed the bound of %d rows / %d bytes;"
                 " kept, because events are never dropped",
@@ -264,12 +387,7 @@ class Store:
                 "telemetry queue %s at its bound: thinned %d oldest telemetry records (%d in all)",
                 self.path,
                 dropped,
-                self._thinned + dropped,
-            )
-        self._thinned += dropped
-        with self._transaction():
-            self._db.executemany(
-                "INSERT OR REPLACE INTO counters (name, value) VALUES (?, ?)", counters.items()
+                self._thinned,
             )
 
     # -- reading -------------------------------------------------------------------------------
@@ -277,9 +395,13 @@ class Store:
     def peek(self, n: int = 1) -> list[Record]:
         """Up to `n` of the oldest records, oldest first, without removing them."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT seq, kind, topic, payload, retain FROM outbox ORDER BY seq LIMIT ?", (n,)
-            ).fetchall()
+            try:
+                rows = self._db.execute(
+                    "SELECT seq, kind, topic, payload, retain FROM outbox ORDER BY seq LIMIT ?",
+                    (n,),
+                ).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"telemetry queue {self.path}: cannot read: {exc}") from exc
         return [
             Record(seq, kind, topic, bytes(payload), bool(retain))
             for seq, kind, topic, payload, retain in rows
@@ -311,6 +433,10 @@ class Store:
                 last_seq=self._last_seq,
                 thinned=self._thinned,
                 over_bound=self._over_bound,
+                set_aside=self._set_aside,
+                last_set_aside=self._last_set_aside,
+                thin_errors=self._thin_errors,
+                last_error=self._last_error,
             )
 
     def close(self) -> None:
@@ -321,9 +447,24 @@ class Store:
         return _Transaction(self._db)
 
 
+def _check_item(kind: str, topic: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"unknown record kind {kind!r}, expected one of {KINDS}")
+    if not topic:
+        raise ValueError("a record needs a topic")
+
+
+def _payload(kind: str, seq: int, payload: Payload) -> bytes:
+    data = payload(seq) if callable(payload) else payload
+    if not isinstance(data, bytes):
+        raise ValueError(f"payload of {kind} seq {seq} is {type(data).__name__}, not bytes")
+    return data
+
+
 class _Transaction:
     """BEGIN IMMEDIATE ... COMMIT, ROLLBACK on error (the connection is in autocommit mode so
-    that PRAGMA synchronous can change between transactions)."""
+    that PRAGMA synchronous can change between transactions). A COMMIT that fails (disk full,
+    I/O error) is rolled back too, so the connection is never left inside a transaction."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
@@ -332,4 +473,16 @@ class _Transaction:
         self.db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
-        self.db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+        if exc_type is not None:
+            self._rollback()
+            return
+        try:
+            self.db.execute("COMMIT")
+        except sqlite3.Error:
+            self._rollback()
+            raise
+
+    def _rollback(self) -> None:
+        if self.db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")

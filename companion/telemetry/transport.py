@@ -8,7 +8,8 @@ publisher does not know which one it has.
 
 `publish` returns only once the broker has the message (QoS 1: PUBACK), so the caller may
 forget the record; anything else raises `TransportError` whose message says which broker and
-why, e.g. ``broker 127.0.0.1:1883 refused the connection: Not authorized``.
+why, e.g. ``broker 127.0.0.1:1883 refused the connection: Not authorized``, or its subclass
+`MessageRejected` for a message that no retry will send.
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ log = logging.getLogger(__name__)
 
 class TransportError(Exception):
     """A publish or subscribe that did not happen; the message says what failed and why."""
+
+
+class MessageRejected(TransportError):
+    """This message can never be sent as it is (too large for the link, a topic it cannot
+    carry): retrying cannot help, so the caller must not retry it for ever. Any other
+    `TransportError` is about the link and worth retrying."""
 
 
 class Transport(Protocol):
@@ -48,7 +55,8 @@ class Transport(Protocol):
         retain: bool = False,
         timeout_s: float = 30.0,
     ) -> None:
-        """Return once the broker acknowledged (QoS 1 PUBACK); TransportError otherwise."""
+        """Return once the broker acknowledged (QoS 1 PUBACK); TransportError otherwise,
+        `MessageRejected` for a message that no retry can send."""
 
     def subscribe(self, topic: str, callback: Callable[[str, bytes], None]) -> None: ...
 
@@ -254,7 +262,12 @@ class PahoTransport:
             if self._closed:
                 raise TransportError(f"transport to broker {self.address} is closed")
             generation = self._generation
-        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        try:
+            info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        except ValueError as exc:  # paho: a wildcard or empty topic, a payload over 256 MB
+            raise MessageRejected(
+                f"broker {self.address}: cannot publish on {topic!r}: {exc}"
+            ) from exc
         if info.rc == mqtt.MQTT_ERR_NO_CONN:
             raise TransportError(f"connection to broker {self.address} lost before publishing")
         if info.rc != mqtt.MQTT_ERR_SUCCESS:

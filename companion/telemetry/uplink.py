@@ -25,7 +25,14 @@ from companion.config import ModemConfig, TelemetryConfig
 from companion.mission.events import MissionEvent, Phase
 from companion.modem.channel import AtChannel
 from companion.modem.mqtt_at import AtMqttTransport
-from companion.modem.sms import SmsClient, SmsCommandAuthoriser, SmsFallback, SmsMessage
+from companion.modem.operator_sms import (
+    CommandAuthenticator,
+    CounterStore,
+    OperatorSms,
+    SmsAuthError,
+    load_key,
+)
+from companion.modem.sms import SmsClient, SmsFallback, number_is_one_of
 from companion.modem.state import ModemState
 from companion.modem.supervisor import ModemSupervisor
 from companion.telemetry.publisher import TelemetryPublisher
@@ -100,9 +107,12 @@ class TelemetryUplink:
         summary: dict[str, Any] = {
             "queued": stats.queued,
             "published": stats.published,
+            "messages": stats.messages,
             "pending": stats.pending,
             "retried": stats.retried,
             "thinned": stats.thinned,
+            "set_aside": stats.set_aside,
+            "last_set_aside": stats.last_set_aside,
             "last_seq": self.store.last_seq,
             "last_error": stats.last_error,
         }
@@ -184,7 +194,14 @@ def open_uplink(
         )
         running.callback(store.close)
         publisher = TelemetryPublisher(
-            bus, store, transport, telemetry.drone_id, clock, rates_from_config(telemetry)
+            bus,
+            store,
+            transport,
+            telemetry.drone_id,
+            clock,
+            rates_from_config(telemetry),
+            status_period_s=telemetry.status_period_s,
+            linger_s=telemetry.batch_linger_s,
         )
         publisher.start()
         running.callback(publisher.stop)
@@ -209,22 +226,26 @@ def _start_sms(
     bus: Bus,
     running: ExitStack,
 ) -> tuple[SmsClient, SmsFallback | None]:
-    """SMS on the same module: operators' authorised commands onto the bus (as
-    `SmsCommand`), and how each mission ended by SMS while the data link is down. Each part
-    started is pushed onto `running`, which stops it."""
+    """SMS on the same module: operators' commands, authenticated, acted on through the bus
+    (`OperatorCommand`, which the flying mission takes) and answered; and how each mission
+    ended by SMS while the data link is down. Each part started is pushed onto `running`,
+    which stops it.
+
+    Only the `sms_operators` numbers' messages are decoded; everything else is logged and
+    deleted. Without a usable key file (or counter file) commands are refused, saying why:
+    the drone never acts on an SMS it cannot authenticate, and never twice on one."""
     operators = [n.strip() for n in modem.sms_operators.split(",") if n.strip()]
-    on_message: Callable[[SmsMessage], object]
-    if operators and modem.sms_secret:
-        on_message = SmsCommandAuthoriser(
-            numbers=operators, secret=modem.sms_secret, on_command=bus.publish
+    sms = SmsClient(channel, accept=number_is_one_of(operators), storage=modem.sms_storage)
+    if operators:
+        handler = OperatorSms(
+            bus=bus,
+            authenticator=_authenticator(modem, drone_id),
+            send=sms.send,
+            drone_id=drone_id,
         )
-    else:
-
-        def on_message(message: SmsMessage) -> None:
-            log.warning("SMS from %s ignored: no [modem] sms_operators/sms_secret set",
-                        message.sender)  # fmt: skip
-
-    sms = SmsClient(channel, on_message=on_message).start()
+        running.callback(handler.close)
+        sms.on_message = handler
+    sms.start()
     running.callback(sms.stop)
     if modem.sms_fallback_to is None:
         return sms, None
@@ -239,9 +260,36 @@ def _start_sms(
     return sms, fallback
 
 
+def _authenticator(modem: ModemConfig, drone_id: str) -> CommandAuthenticator | None:
+    """The SMS command authenticator, or None (commands refused) with the reason logged."""
+    if modem.sms_key_file is None:
+        log.warning("SMS commands will be refused: [modem] sms_key_file is not set")
+        return None
+    try:
+        return CommandAuthenticator(
+            key=load_key(modem.sms_key_file),
+            drone_id=drone_id,
+            counters=CounterStore(modem.sms_counter_path),
+            validity_s=modem.sms_validity_s,
+        )
+    except SmsAuthError as exc:
+        log.error("SMS commands will be refused: %s", exc)
+        return None
+
+
+#: Abort actions that leave the drone away from home or out of the companion's hands: the
+#: drone lands where it is (LAND), or the autopilot's failsafe or a lost link decides.
+EMERGENCY_ACTIONS = frozenset({"LAND", "FAILSAFE", "AUTOPILOT"})
+#: Transitions during an abort that make it an emergency: the return home refused (the core
+#: falls back to LAND) or the landing refused, a failsafe taking over, a drone still armed
+#: when the abort gave up waiting.
+EMERGENCY_EVENTS = frozenset({"abort-action-failed", "autopilot", "still-armed"})
+
+
 def forward_endings(bus: Bus, fallback: SmsFallback) -> Callable[[], None]:
-    """Hand how each mission ends ("delivered" or "aborted") to `fallback`; returns the
-    unsubscribe function.
+    """Hand how each mission ends to `fallback`: "delivered", "aborted" (coming home), or
+    "emergency" (an abort with an action in `EMERGENCY_ACTIONS`, or one of
+    `EMERGENCY_EVENTS` during an abort). Returns the unsubscribe function.
 
     `MissionEvent.ending` marks the one event that decides the ending, whatever the phase
     entries around it. The publisher is the mission's thread, and `notify` only queues, so
@@ -250,9 +298,27 @@ def forward_endings(bus: Bus, fallback: SmsFallback) -> Callable[[], None]:
 
     def on_event(event: MissionEvent) -> None:
         if event.ending is not None:
-            fallback.notify(event.ending, _ending_detail(event))
+            action = event.detail.get("action")
+            kind = "emergency" if action in EMERGENCY_ACTIONS else event.ending
+            fallback.notify(kind, _ending_detail(event))
+        elif event.phase is Phase.ABORT and event.event in EMERGENCY_EVENTS:
+            fallback.notify("emergency", _emergency_detail(event))
 
     return bus.subscribe(MissionEvent, on_event)
+
+
+def _emergency_detail(event: MissionEvent) -> str:
+    """The SMS's detail for an emergency during an abort: what happened, from the journal."""
+    detail = event.detail
+    if event.event == "abort-action-failed":
+        what = f"{detail.get('action')} refused ({detail.get('error')})"
+        if detail.get("action") == "RTL":
+            what += ", landing where it is"
+    elif event.event == "autopilot":
+        what = f"autopilot failsafe in {detail.get('mode')}: {detail.get('text')}"
+    else:
+        what = f"still armed after {detail.get('waited_s')} s"
+    return f"mission {event.mission_id}: {what}"
 
 
 def _ending_detail(event: MissionEvent) -> str:

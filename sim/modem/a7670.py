@@ -46,18 +46,20 @@ What it does follows the A76XX AT Command Manual V1.09 and real sessions
   sequence, payload chunks at most 1500 bytes ([LGFORK]), no RXPAYLOAD for an empty one.
   Host-given timeouts (pub_timeout, DISC timeout, CFG "optimeout") are in real seconds and
   give <err> 17; the module's own latencies scale with `time_scale`.
-* SMS (§9), text mode only (`AT+CMGF=1`; PDU mode answers `+CMS ERROR: 304`/`303`):
-  CNMI with the manual's constraints, `+CMTI: "SM",<n>` (mt=1) or `+CMT:` (mt=2), CMGS with
-  the `\\r\\n> ` prompt (text echoed when echo is on), Ctrl-Z sends, ESC cancels; CMGR marks
-  read; CMGD; CMGL. CMGF and CNMI are AUTO_SAVE: they survive resets, as do the SIM's
-  messages and PIN counters.
+* SMS (§9, `sim.modem.sms_commands`): PDU mode (the default) and text mode, AT+CSDH, two
+  stores selected with AT+CPMS ("SM" 50 messages, "ME" 180), CNMI with the manual's
+  constraints, `+CMTI: "<mem3>",<n>` (mt=1) or `+CMT:` (mt=2), CMGS with the `\\r\\n> `
+  prompt (a PDU or text, echoed when echo is on), Ctrl-Z sends, ESC cancels; CMGR marks
+  read; CMGD; CMGL. A message longer than one SMS arrives as a concatenated message, one
+  stored part each. CMGF, CPMS and CNMI are AUTO_SAVE: they survive resets, as do the stored
+  messages and the PIN counters.
 * Faults: `set_coverage`, `drop_mqtt`, `hang`, `power_key`, `garble_probability`,
-  `slow_factor`, `deliver_sms` (see each). On coverage loss the module reports, in order,
-  `+CEREG: 2` (if enabled), `+CGEV: NW PDN DEACT 1`, `+CMQTTCONNLOST: <i>,3` per connected
-  client, `+CIPEVENT: NETWORK CLOSED UNEXPECTEDLY` if NETOPEN was done, and `+CMQTTNONET`
-  if the MQTT service was started (it then has to be started again). A hang or a reset
-  drops the broker connections without DISCONNECT, so the broker publishes the wills at
-  once (a real broker would after 1.5 x keep-alive).
+  `slow_factor`, `deliver_sms`, `refuse_cgdcont_while_active` (see each). On coverage loss
+  the module reports, in order, `+CEREG: 2` (if enabled), `+CGEV: NW PDN DEACT 1`,
+  `+CMQTTCONNLOST: <i>,3` per connected client, `+CIPEVENT: NETWORK CLOSED UNEXPECTEDLY` if
+  NETOPEN was done, and `+CMQTTNONET` if the MQTT service was started (it then has to be
+  started again). A hang or a reset drops the broker connections without DISCONNECT, so the
+  broker publishes the wills at once (a real broker would after 1.5 x keep-alive).
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ from sim.modem.at_command import AtCommand, AtSyntaxError, DataWait, ModemError,
 from sim.modem.mqtt_bridge import MqttBridge
 from sim.modem.mqtt_commands import MqttClient, MqttCommands
 from sim.modem.sms_commands import SmsCommands
-from sim.modem.sms_store import SmsStore
+from sim.modem.sms_pdu import split
+from sim.modem.sms_store import ME_CAPACITY, SIM_CAPACITY, SmsStore, SmsStoreFull
 
 CTRL_Z, ESC, BACKSPACE = 0x1A, 0x1B, 0x08
 
@@ -163,10 +166,16 @@ class A7670(MqttCommands, SmsCommands):
         self.garble_probability = 0.0
         #: Multiplies every module latency (an overloaded module).
         self.slow_factor = 1.0
+        #: Answer ERROR to an AT+CGDCONT that changes context 1 while it is active, as some
+        #: firmware does (issue 10: a module seen refusing it after a radio toggle); the
+        #: manual is silent and [ISS#1] shows OK for the same APN, which this keeps.
+        self.refuse_cgdcont_while_active = False
         self.signal = Signal()
         #: (destination, text) of every SMS the module sent.
         self.sent_sms: list[tuple[str, str]] = []
-        self.sms = SmsStore()
+        # The stores survive resets: the SIM is a card, "ME" is flash.
+        self._stores = {"SM": SmsStore(SIM_CAPACITY), "ME": SmsStore(ME_CAPACITY)}
+        self._concat_ref = 0
         imei_rng = random.Random(seed + 2)
         self.imei = "86" + "".join(str(imei_rng.randrange(10)) for _ in range(13))
         self._rng = random.Random(seed)
@@ -181,6 +190,7 @@ class A7670(MqttCommands, SmsCommands):
         # AUTO_SAVE settings (survive resets)
         self._cgdcont: dict[int, tuple[str, str]] = {1: ("IP", "")}
         self._cmgf = 0
+        self._cpms = ("SM", "SM", "SM")
         self._cnmi = (2, 1, 0, 0, 0)
         # environment
         self._coverage = True
@@ -192,7 +202,7 @@ class A7670(MqttCommands, SmsCommands):
         self._epoch = 0  # bumped at every reboot: older timers are void
         self._out = bytearray()
         self._mr = self._rng.randrange(1, 200)
-        self._pending_cmti: list[int] = []
+        self._pending_sms: list[tuple[str, int]] = []  # (store, index) not yet announced
         self._reset_volatile()
 
     # -- host side --
@@ -266,17 +276,26 @@ class A7670(MqttCommands, SmsCommands):
         self._power_on(now)
 
     def deliver_sms(self, sender: str, text: str, received: datetime | None = None) -> int:
-        """The network delivers an SMS into the SIM store; returns its index.
+        """The network delivers an SMS (any text: a longer one as a concatenated message, one
+        part per slot) into the receiving store (AT+CPMS <mem3>); returns its (first) index.
+        `sender` is a number ("+44...") or an alphanumeric name.
 
-        The new-message indication (+CMTI / +CMT per AT+CNMI) comes now when the module is
-        registered, else when it next registers. Raises SmsStoreFull when the SIM is full.
+        The new-message indications (+CMTI / +CMT per AT+CNMI) come now when the module is
+        registered, else when it next registers. Raises SmsStoreFull when the store has no
+        room for every part (the network keeps the message then).
         """
         when = received or datetime.now(timezone.utc)
-        index = self.sms.add(sender, text, when)
-        self._pending_cmti.append(index)
+        self._concat_ref = (self._concat_ref + 1) % 256
+        parts = split(text, self._concat_ref)
+        mem = self._cpms[2]
+        store = self._stores[mem]
+        if store.free() < len(parts):
+            raise SmsStoreFull(f'store "{mem}" full: {len(store)}/{store.capacity} messages')
+        indexes = [store.add(sender, part, when) for part in parts]
+        self._pending_sms += [(mem, i) for i in indexes]
         if self._registered and self._sms_ready and not self._hung:
             self._flush_sms_indications()
-        return index
+        return indexes[0]
 
     @property
     def hung(self) -> bool:
@@ -339,6 +358,7 @@ class A7670(MqttCommands, SmsCommands):
     def _reset_volatile(self) -> None:
         """What a reboot forgets."""
         self._ready = False
+        self._csdh = 0
         self._busy = False
         self._echo = True
         self._cmee = 1
@@ -470,15 +490,17 @@ class A7670(MqttCommands, SmsCommands):
 
     def _flush_sms_indications(self) -> None:
         mt = self._cnmi[1]
-        for index in self._pending_cmti:
-            sms = self.sms.peek(index)
+        for mem, index in self._pending_sms:
+            store = self._stores[mem]
+            sms = store.peek(index)
             if sms is None or mt == 0:
                 continue
-            if mt == 2 and self._cmgf == 1:
-                self._urc(f'+CMT: "{sms.sender}",,"{sms.scts}"\r\n{sms.text}')
+            if mt == 2:  # routed to the host, not kept (§9.2.9)
+                store.delete(index)
+                self._urc(self._routed(sms.sender, sms.received, sms))
             else:
-                self._urc(f'+CMTI: "SM",{index}')
-        self._pending_cmti.clear()
+                self._urc(f'+CMTI: "{mem}",{index}')
+        self._pending_sms.clear()
 
     # -- input --
 
@@ -764,7 +786,11 @@ class A7670(MqttCommands, SmsCommands):
         kind = c.str_arg(1).upper()
         if kind not in ("IP", "IPV6", "IPV4V6"):
             raise AtSyntaxError(f"PDP type {kind}")
-        self._cgdcont[cid] = (kind, c.str_arg(2, default=""))
+        context = (kind, c.str_arg(2, default=""))
+        active = cid == 1 and self._registered and self._apn_accepted
+        if self.refuse_cgdcont_while_active and active and self._cgdcont.get(1) != context:
+            raise ModemError("ERROR")
+        self._cgdcont[cid] = context
         return []
 
     def _cmd_cgact(self, c: AtCommand, now: float) -> list[str]:
@@ -878,6 +904,8 @@ class A7670(MqttCommands, SmsCommands):
         "+CMQTTUNSUBTOPIC": MqttCommands._cmd_cmqttunsubtopic,
         "+CMQTTUNSUB": MqttCommands._cmd_cmqttunsub,
         "+CMGF": SmsCommands._cmd_cmgf,
+        "+CSDH": SmsCommands._cmd_csdh,
+        "+CPMS": SmsCommands._cmd_cpms,
         "+CNMI": SmsCommands._cmd_cnmi,
         "+CMGS": SmsCommands._cmd_cmgs,
         "+CMGR": SmsCommands._cmd_cmgr,

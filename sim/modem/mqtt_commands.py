@@ -58,6 +58,13 @@ class MqttClient:
 class MqttCommands:
     """AT+CMQTT* handlers; the state lives in the A7670 that mixes this in."""
 
+    #: False: an MQTT stack without AT+CMQTTCFG="version", as the SIM7500/SIM7600 manual
+    #: V3.00 §16.2.17 describes it (its CMQTTCFG=? lists checkUTF8, optimeout and aliauth
+    #: only; the A76XX manual's revision history modifies CMQTTCFG in 2020 and 2023): the
+    #: parameter is answered ERROR and the client keeps the default, MQTT 3.1. Set on an
+    #: instance to emulate older firmware.
+    cfg_version_supported: bool = True
+
     bridge: MqttBridge | None
     _clients: dict[int, MqttClient]
     _mqtt_started: bool
@@ -154,6 +161,8 @@ class MqttCommands:
         if client is None or client.connected:
             raise ModemError("ERROR")
         if key == "version":
+            if not self.cfg_version_supported:
+                raise ModemError("ERROR")
             client.version = c.int_arg(2, 3, 4)
         elif key == "checkUTF8":
             c.int_arg(2, 0, 1)

@@ -5,8 +5,14 @@ as it would open /dev/ttyUSB2 or /dev/ttyS1. The runner owns the master side: wh
 writes goes to `A7670.receive`, what `A7670.output` says is written back.
 
 A UART at the wrong rate reads framing garbage, so when the host's termios speed (read back
-from the pty, as in `sim.gps.pty_runner`) differs from 115200 every byte in either
-direction is replaced by noise.
+from the pty, as in `sim.gps.pty_runner`) differs from the module's rate (`baud`, 115200 by
+default) every byte in either direction is replaced by noise.
+
+A pty moves bytes as fast as memory; a UART does not. Each direction is a wire that carries
+one byte per 10 bit times (8N1: start, 8 data, stop) at `baud`: what the host writes reaches
+the module, and what the module says reaches the host, no sooner than the wire would take
+(at 115200, 87 µs a byte: a 10 KB MQTT payload takes 0.89 s). The wire runs on the module's
+clock, so it scales with the emulator's `time_scale` like its own latencies (0: no wire time).
 
 The emulator is not thread-safe; faults injected from a test or a CLI thread go through the
 runner's methods (`set_coverage`, `drop_mqtt`, `hang`, `power_key`, `deliver_sms`, ...),
@@ -47,11 +53,17 @@ class A7670Pty:
         simulate_baud_mismatch: bool = True,
         period_s: float = 0.005,
         clock: Callable[[], float] = time.monotonic,
+        baud: int = BAUD,
     ) -> None:
         self.emulator = emulator
         self.simulate_baud_mismatch = simulate_baud_mismatch
         self.period_s = period_s
         self.clock = clock
+        #: The module's UART rate (AT+IPR; the factory rate unless a test says otherwise).
+        self.baud = baud
+        byte_s = 10 / baud * emulator.time_scale
+        self._to_module = _Wire(byte_s)
+        self._to_host = _Wire(byte_s)
         self.path: str | None = None
         self._master: int | None = None
         self._slave: int | None = None
@@ -136,6 +148,12 @@ class A7670Pty:
             self.emulator.slow_factor = factor
 
     @property
+    def wire_bytes(self) -> tuple[int, int]:
+        """Bytes that have crossed the UART so far: (host to module, module to host)."""
+        with self._lock:
+            return self._to_module.carried, self._to_host.carried
+
+    @property
     def sent_sms(self) -> list[tuple[str, str]]:
         with self._lock:
             return list(self.emulator.sent_sms)
@@ -151,7 +169,7 @@ class A7670Pty:
             time.sleep(self.period_s)
 
     def _matched(self, master: int) -> bool:
-        return not self.simulate_baud_mismatch or host_speed(master) == BAUD
+        return not self.simulate_baud_mismatch or host_speed(master) == self.baud
 
     def _step(self, master: int) -> None:
         now = self.clock()
@@ -165,11 +183,15 @@ class A7670Pty:
         if data:
             if not matched:
                 data = bytes(self._noise.choice(_NOISE) for _ in data)
-            self.emulator.receive(data, now)
+            self._to_module.send(data, now)
+        arrived = self._to_module.arrived(now)
+        if arrived:
+            self.emulator.receive(arrived, now)
         out = self.emulator.output(now)
         if out and not matched:
             out = bytes(self._noise.choice(_NOISE) for _ in out)
-        self._backlog += out
+        self._to_host.send(out, now)
+        self._backlog += self._to_host.arrived(now)
         if self._backlog:
             # The pty holds only a few KiB; what does not fit waits (the module's UART
             # buffer), up to a bound past which, with nobody reading, bytes are lost.
@@ -177,3 +199,37 @@ class A7670Pty:
                 written = os.write(master, self._backlog)
                 del self._backlog[:written]
             del self._backlog[:-TX_BACKLOG]
+
+
+class _Wire:
+    """One direction of the UART: bytes leave in order, one per `byte_s` seconds. Idle time
+    is not banked: a burst after a pause starts when it is sent. Holds at most `TX_BACKLOG`
+    bytes in flight (a UART buffer that nobody drains loses the rest)."""
+
+    def __init__(self, byte_s: float) -> None:
+        self.byte_s = byte_s
+        self.carried = 0  # bytes that have crossed
+        self._pending = bytearray()
+        self._since = 0.0  # when the first pending byte started on the wire
+
+    def send(self, data: bytes, now: float) -> None:
+        if not data:
+            return
+        if not self._pending:
+            self._since = now
+        self._pending += data
+        del self._pending[:-TX_BACKLOG]
+
+    def arrived(self, now: float) -> bytes:
+        """The bytes that have finished crossing the wire by `now`."""
+        if not self._pending:
+            return b""
+        if self.byte_s <= 0:
+            count = len(self._pending)
+        else:
+            count = min(len(self._pending), int((now - self._since) / self.byte_s))
+        out = bytes(self._pending[:count])
+        del self._pending[:count]
+        self._since += count * self.byte_s
+        self.carried += count
+        return out
