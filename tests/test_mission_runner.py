@@ -295,3 +295,67 @@ def test_an_ignored_target_is_an_abort_within_five_seconds(tmp_path: Path) -> No
     assert f.event("retarget").boot_time_s - cruise.boot_time_s <= 3.0
     assert f.event("abort").boot_time_s - cruise.boot_time_s <= 5.0
     assert f.event("abort").detail["action"] == "RTL"
+
+
+def test_operator_sms_commands_act_on_the_flying_mission_and_are_journaled_and_answered(
+    tmp_path: Path,
+) -> None:
+    """The SMS path end to end on the runner: signed `hold`, `resume` and `abort` from the
+    operator's number, handled on a thread of their own as `SmsClient` calls them, stop the
+    drone, send it on and then home (RTL); each is journaled with its source and answered
+    with what the mission did; a replay of the abort is refused and nothing acts on it."""
+    import time as wall
+
+    from companion.modem.operator_sms import (
+        CommandAuthenticator,
+        CounterStore,
+        OperatorSms,
+        sign_command,
+    )
+    from companion.modem.sms import SmsMessage
+
+    key, drone, sender = bytes(range(32)), "skycourier-1", "+447700900123"
+    answers: list[tuple[str, str]] = []
+
+    def text(counter: int, command: str) -> str:
+        return sign_command(key, drone, sender, counter, int(wall.time()), command)
+
+    with flight(tmp_path) as f:
+        operator = OperatorSms(
+            bus=f.bus,
+            authenticator=CommandAuthenticator(
+                key=key,
+                drone_id=drone,
+                counters=CounterStore(tmp_path / "counters.json"),
+                validity_s=300.0,
+            ),
+            send=lambda number, body: answers.append((number, body)),
+            drone_id=drone,
+        )
+        abort = text(3, "abort")
+        script = [text(1, "hold"), text(2, "resume"), abort, abort]
+
+        def operator_sends(_: Flight) -> None:
+            def send_all() -> None:
+                for body in script:
+                    operator(SmsMessage(1, sender, "26/12/07,12:00:00+00", body))
+
+            threading.Thread(target=send_all, daemon=True).start()
+
+        f.on(Phase.CRUISE, operator_sends)
+        outcome = f.fly(plan(300.0))
+        operator.close()
+        journal = [(e.phase, e.event, e.detail) for e in f.journal.events("m-1")]
+        assert not f.server.state.gripper_released
+    assert outcome == f"operator abort (sms:{sender})"
+    events = [(phase, event) for phase, event, _ in journal]
+    assert ("cruise", "hold") in events and ("cruise", "resume") in events
+    abort_entry = next(d for _, e, d in journal if e == "abort")
+    assert abort_entry["action"] == "RTL" and abort_entry["reason"] == outcome
+    assert [number for number, _ in answers] == [sender] * 4
+    said = [body for _, body in answers]
+    assert said[0] == f"{drone} HOLD mission m-1: holding in cruise"
+    assert said[1].startswith(f"{drone} RESUME mission m-1: resumed cruise after ")
+    assert said[2] == f"{drone} ABORT mission m-1: aborting, RTL (was in cruise)"
+    assert "refused" in said[3] and "counter" in said[3]
+    assert operator.accepted == 3 and operator.refused == 1

@@ -269,8 +269,8 @@ def sms(text: str, sender: str = OPERATOR) -> SmsMessage:
 @pytest.mark.parametrize(
     ("command", "answer"),
     [
-        ("abort", "skycourier-1 ABORT mission m-7: aborting, RTL (abort)"),
-        ("land", "skycourier-1 LAND mission m-7: aborting, LAND (abort)"),
+        ("abort", "skycourier-1 ABORT mission m-7: aborting, RTL (was in cruise)"),
+        ("land", "skycourier-1 LAND mission m-7: aborting, LAND (was in cruise)"),
         ("hold", "skycourier-1 HOLD mission m-7: holding in cruise"),
         ("resume", "skycourier-1 RESUME mission m-7: not done: not holding"),
     ],

@@ -451,7 +451,8 @@ def _describe(event: MissionEvent) -> str:
     """What a mission did, from its journaled transition."""
     detail = event.detail
     if event.event == "abort":
-        return f"aborting, {detail.get('action')} ({event.phase.value})"
+        # An abort is journaled in the abort phase; `phase` is where the mission was.
+        return f"aborting, {detail.get('action')} (was in {detail.get('phase')})"
     if event.event == "hold":
         return f"holding in {event.phase.value}"
     if event.event == "resume":
