@@ -1007,6 +1007,22 @@ def test_sms_receive_reads_deletes_and_calls_back() -> None:
     assert channel.modem.inbox == {}
 
 
+def test_sms_set_up_on_a_booting_module_waits_for_its_sms_done(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A module still booting answers nothing: the set-up fails saying when it runs again,
+    and the module's SMS DONE (the end of its boot) sets it up."""
+    channel = FakeChannel(FakeModem(answering=False))
+    sms = SmsClient(channel, accept=number_is_one_of([OPERATOR]))  # type: ignore[arg-type]
+    with caplog.at_level("WARNING"), sms:
+        wait_until(lambda: "set up again on the module's SMS DONE" in caplog.text, "the warning")
+        assert not sms.ready
+        channel.modem.answering = True
+        channel.inject(framed("SMS DONE"))
+        wait_until(lambda: sms.ready, "the set-up after SMS DONE")
+    assert channel.lines.count("AT+CMGF=0") == 2
+
+
 HOSTILE_TEXTS = [
     "OK",
     "ERROR",

@@ -380,7 +380,15 @@ class SmsClient:
                 elif isinstance(value, SmsData):
                     self._handle(None, value)
             except (SmsError, ChannelError) as exc:
-                log.warning("SMS: %s", exc)
+                if kind == "setup" and not self._ready:
+                    # A module still booting answers nothing; its SMS DONE sets up again.
+                    log.warning(
+                        "SMS: %s; set up again on the module's SMS DONE or in %g s",
+                        exc,
+                        max(0.0, next_sweep - time.monotonic()),
+                    )
+                else:
+                    log.warning("SMS: %s", exc)
             except Exception:
                 log.exception("SMS: unexpected error handling %s %r", kind, value)
 
