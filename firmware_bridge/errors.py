@@ -39,6 +39,11 @@ class ParamError(BridgeError):
     """A parameter does not exist, or its value did not stick."""
 
 
+class SigningError(BridgeError):
+    """MAVLink 2 signing could not be set up: a bad secret, an armed vehicle, or an autopilot
+    that did not take the key; the message says which."""
+
+
 class ArmingRefused(BridgeError):
     """The autopilot refused to arm; `reasons` holds its pre-arm STATUSTEXT messages."""
 

@@ -15,6 +15,15 @@ complete a frame of another. When the autopilot's heartbeat stops, the transport
 reopened and the link locks again (the autopilot may come back from another port). The
 lock stops redirection by a stranger on the network, not a peer that forges the
 autopilot's ids before it speaks: that needs MAVLink 2 signing.
+
+Signing (`firmware_bridge.signing`) is the link's too, since it sits between the bytes and
+every user: `start_signing` signs everything sent from then on, and while the set-up is
+pending (`SigningSetup`, driven by `Vehicle.setup_signing`) everything received still passes;
+`enforce_signing` then lets through only frames signed with the key whose timestamps move
+forward (and ArduPilot's unsigned exceptions, RADIO_STATUS and RADIO). Dropped frames are
+counted by reason in `LinkStats.signature_rejects` and never reach a listener, so a forged
+heartbeat can neither lock a UDP link nor keep it up. The signing state outlives reconnects:
+the timestamps go on from where they were.
 """
 
 from __future__ import annotations
@@ -25,11 +34,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from firmware_bridge.dialect import MAVLinkMessage, mavlink
 from firmware_bridge.endpoint import Endpoint, parse_endpoint
-from firmware_bridge.errors import LinkError, ProtocolTimeout
+from firmware_bridge.errors import LinkError, ProtocolTimeout, SigningError
+from firmware_bridge.signing import ADMITTED, check_secret, check_signature
 from firmware_bridge.state import LinkState
 from firmware_bridge.transaction import Transaction
 from firmware_bridge.transports import (
@@ -49,6 +59,8 @@ _READ_SLICE_S = 0.05
 _RECONNECT_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 _MAX_STRANGERS_LOGGED = 32  # addresses named in the log per lock; a flood of them is counted
 
+SigningMode = Literal["off", "pending", "on"]
+
 
 @dataclass
 class LinkStats:
@@ -64,6 +76,8 @@ class LinkStats:
     """Datagrams dropped because they came from another address than the locked autopilot."""
     unverified_datagrams: int = 0
     """Datagrams dropped before the lock: they carried no heartbeat from the autopilot."""
+    signature_rejects: dict[str, int] = field(default_factory=dict)
+    """Messages dropped with signing on, by `check_signature` verdict ("unsigned", ...)."""
     by_type: dict[str, int] = field(default_factory=dict)
 
 
@@ -114,8 +128,13 @@ class MavLink:
         # Under another clock the wall-clock waits must be short: its deadlines can come at
         # any moment of wall time.
         self._max_wait_s = 0.5 if clock is time.monotonic else 0.005
+        # The encoder carries the signing state (pymavlink signs what it packs); decoding has
+        # a parser of its own without a key, so that signatures are checked by
+        # `check_signature`, in ArduPilot's order, and not by pymavlink's decoder.
         self._mav = mavlink.MAVLink(_Writer(self), srcSystem=own_system, srcComponent=own_component)
-        self._mav.robust_parsing = True
+        self._parser = mavlink.MAVLink(None)
+        self._parser.robust_parsing = True
+        self._signing_mode: SigningMode = "off"
         self._transport: Transport | DatagramTransport | None = None
         self._peer: Address | None = None
         self._strangers: set[Address] = set()
@@ -246,6 +265,79 @@ class MavLink:
                 log.debug("heartbeat not sent: %s", exc)
             self._closing.wait(self.heartbeat_interval_s)
 
+    # -- signing ---------------------------------------------------------------------------
+
+    @property
+    def signing(self) -> SigningMode:
+        """The signing mode: "off"; "pending" while the autopilot is being given the key
+        (everything sent is signed, everything received passes); "on" once only signed
+        messages pass."""
+        return self._signing_mode
+
+    def start_signing(self, secret: bytes, *, link_id: int, timestamp: int) -> int:
+        """Sign everything sent from now on with `secret` as link `link_id`, starting at
+        signing timestamp `timestamp` or, if this link has already signed, past the last one
+        it used or accepted; returns the timestamp it starts from. Received messages are
+        checked (and raise the timestamp) but all still pass until `enforce_signing`."""
+        secret = check_secret(secret)
+        if not 0 <= link_id <= 255:
+            raise SigningError(f"signing link id must be 0..255, got {link_id}")
+        with self._send_lock:
+            signing = self._mav.signing
+            signing.secret_key = secret
+            signing.link_id = link_id
+            signing.timestamp = max(signing.timestamp, timestamp)
+            signing.stream_timestamps = {}
+            signing.sign_outgoing = True
+            self._signing_mode = "pending"
+            return signing.timestamp
+
+    def enforce_signing(self) -> None:
+        """From now on drop every received message that `check_signature` does not admit."""
+        if self._signing_mode == "off":
+            raise RuntimeError("enforce_signing before start_signing")
+        self._signing_mode = "on"
+        log.info("MAVLink signing on for %s: unsigned messages are dropped", self.endpoint)
+
+    def stop_signing(self) -> None:
+        """Send unsigned and pass everything again (a set-up that failed). The timestamp is
+        kept, so that a later set-up on this link goes on from it."""
+        with self._send_lock:
+            signing = self._mav.signing
+            signing.secret_key = None
+            signing.sign_outgoing = False
+            signing.stream_timestamps = {}
+            self._signing_mode = "off"
+
+    def _admit(self, messages: list[MAVLinkMessage]) -> list[MAVLinkMessage]:
+        """The messages that may reach the listeners under the signing mode."""
+        mode = self._signing_mode
+        if mode == "off":
+            return messages
+        admitted = []
+        # The check raises the sending timestamp, which the senders' packing advances.
+        with self._send_lock:
+            for msg in messages:
+                if msg.get_type() == "BAD_DATA" or self._mav.signing.secret_key is None:
+                    admitted.append(msg)
+                    continue
+                verdict = check_signature(self._mav.signing, msg)
+                if verdict in ADMITTED or mode == "pending":
+                    admitted.append(msg)
+                else:
+                    self._drop_by_signature(msg, verdict)
+        return admitted
+
+    def _drop_by_signature(self, msg: MAVLinkMessage, verdict: str) -> None:
+        rejects = self.stats.signature_rejects
+        rejects[verdict] = rejects.get(verdict, 0) + 1
+        if rejects[verdict] == 1:
+            log.warning("dropping %s from %d/%d on %s: %s (signing is on; logged once per "
+                        "reason, LinkStats.signature_rejects counts them; an autopilot that "
+                        "lost its key needs a new connection that sets signing up)", msg.get_type(),
+                        msg.get_srcSystem(), msg.get_srcComponent(), self.endpoint,
+                        verdict)  # fmt: skip
+
     # -- receiving -------------------------------------------------------------------------
 
     def add_listener(self, listener: Listener) -> Callable[[], None]:
@@ -282,7 +374,7 @@ class MavLink:
                     data = transport.read(_READ_SLICE_S)
                     if data:
                         self.stats.bytes_in += len(data)
-                        self._dispatch(self._decode(self._mav, data))
+                        self._dispatch(self._admit(self._decode(self._parser, data)))
             except LinkError as exc:
                 self._drop_transport(str(exc))
                 continue
@@ -316,7 +408,7 @@ class MavLink:
         # join the next datagram, which may come from someone else.
         parser = mavlink.MAVLink(None)
         parser.robust_parsing = True
-        messages = self._decode(parser, datagram.data)
+        messages = self._admit(self._decode(parser, datagram.data))
         if self._peer is None:
             if not any(self._is_target_heartbeat(m) for m in messages):
                 self.stats.unverified_datagrams += 1

@@ -5,6 +5,14 @@ hands it to the link's one runner, where acknowledgements, retries and timeouts 
 module only maps outcomes onto the caller's terms (a refused arm becomes `ArmingRefused`
 with the autopilot's own pre-arm text). Every command is gated on a fresh heartbeat, and
 every wait is bounded.
+
+MAVLink 2 signing: `Vehicle.connect(endpoint, signing_secret=secret)` (or
+`vehicle.setup_signing(secret)` on an open link) gives the autopilot the 32-byte secret with
+SETUP_SIGNING while it is disarmed, signs everything the companion sends, and from then on
+accepts from the autopilot only messages signed with that key; ArduPilot then drops unsigned
+commands on its telemetry links. On the drone the secret is the key store's:
+`Vehicle.connect(..., signing_secret=KeyStore(path).mavlink_signing_secret())`. See
+`firmware_bridge.signing` for what ArduPilot does and what it still lets through.
 """
 
 from __future__ import annotations
@@ -17,7 +25,14 @@ from collections.abc import Callable, Sequence
 from firmware_bridge.command_protocol import CommandAck, CommandInt, CommandLong
 from firmware_bridge.dialect import mavlink
 from firmware_bridge.endpoint import Endpoint
-from firmware_bridge.errors import ArmingRefused, CommandError, ParamError, ProtocolTimeout
+from firmware_bridge.errors import (
+    ArmingRefused,
+    BridgeError,
+    CommandError,
+    ParamError,
+    ProtocolTimeout,
+    SigningError,
+)
 from firmware_bridge.link import MavLink
 from firmware_bridge.mission_protocol import (
     MissionClear,
@@ -28,6 +43,7 @@ from firmware_bridge.mission_protocol import (
 )
 from firmware_bridge.modes import mode_number
 from firmware_bridge.param_protocol import ParamRead, ParamReadAll, ParamSet
+from firmware_bridge.signing import DEFAULT_LINK_ID, SigningSetup, check_secret, signing_timestamp
 from firmware_bridge.state import VehicleState
 from firmware_bridge.state_tracker import StateTracker
 
@@ -87,12 +103,18 @@ class Vehicle:
         command_retries: int = 3,
         streams: dict[int, float] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        signing_secret: bytes | None = None,
+        signing_link_id: int = DEFAULT_LINK_ID,
     ) -> Vehicle:
-        """Open the link, wait for the autopilot, and ask for the telemetry streams.
+        """Open the link, wait for the autopilot, set up signing if `signing_secret` is given
+        (see `setup_signing`; the link is closed again if that fails), and ask for the
+        telemetry streams.
 
         `clock` is the companion's idea of the autopilot's pace: the monotonic clock on a
         drone; a simulator's clock under simulation, so that command timeouts and retries
         last as long in the autopilot's time at any speed-up."""
+        if signing_secret is not None:
+            check_secret(signing_secret)
         link = MavLink(
             endpoint,
             target_system=target_system,
@@ -113,6 +135,12 @@ class Vehicle:
             clock=clock,
         )
         link.open()
+        if signing_secret is not None:
+            try:
+                vehicle.setup_signing(signing_secret, link_id=signing_link_id)
+            except BridgeError:
+                vehicle.close()
+                raise
         vehicle.request_streams(DEFAULT_STREAMS if streams is None else streams)
         return vehicle
 
@@ -157,6 +185,69 @@ class Vehicle:
             timeout,
             "a 3-D fix, a home position and an EKF position estimate",
         )
+
+    # -- signing ---------------------------------------------------------------------------
+
+    def setup_signing(self, secret: bytes, *, link_id: int = DEFAULT_LINK_ID) -> None:
+        """Turn MAVLink 2 signing on between the companion and the autopilot.
+
+        Refused (SigningError) while the vehicle is armed, as ArduPilot refuses it
+        (GCS_Signing.cpp handle_setup_signing). Sends SETUP_SIGNING with `secret` and an
+        initial timestamp (the later of this machine's clock and the autopilot's GPS time,
+        in 10 µs units since 2015-01-01) to the autopilot, signs everything the link sends
+        from then on as link `link_id`, and waits until the autopilot sends a message signed
+        with the key; only then does the link drop every message that is not correctly
+        signed. If the autopilot does not start signing (it refused, or it already holds
+        another key, so it drops the request like any frame not signed with that key), the
+        link goes back to unsigned and SigningError says so. ArduPilot keeps the key in its
+        storage across reboots, so this is also what a restarted companion calls."""
+        secret = check_secret(secret)
+        if self.link.signing != "off":
+            raise SigningError(f"signing is already {self.link.signing} on {self.link.endpoint}")
+        self.link.require_up()
+        state = self.wait_until(
+            lambda s: s.heartbeats > 0, self.link.heartbeat_timeout_s, "the autopilot's heartbeat"
+        )
+        if state.armed:
+            raise SigningError(
+                "MAVLink signing is only set up while the vehicle is disarmed, and it is armed "
+                "(ArduPilot ignores SETUP_SIGNING when armed); disarm first"
+            )
+        initial = self.link.start_signing(
+            secret, link_id=link_id, timestamp=signing_timestamp(self._latest_utc())
+        )
+        setup = SigningSetup(
+            secret,
+            initial,
+            **self._ids(),
+            timeout=self.command_timeout_s,
+            retries=self.command_retries,
+        )
+        try:
+            self.link.run(setup, timeout=_COMMAND_BACKSTOP_S)
+        except ProtocolTimeout as exc:
+            self.link.stop_signing()
+            raise SigningError(
+                f"the autopilot sent nothing signed with the new key ({exc}); it ignored "
+                "SETUP_SIGNING: it may hold another key already, and then takes only "
+                "messages signed with that one (or anything on its USB port)"
+            ) from exc
+        except BridgeError:
+            self.link.stop_signing()
+            raise
+        self.link.enforce_signing()
+        log.info("MAVLink signing set up with autopilot %d/%d as link %d",
+                 self.link.target_system, self.link.target_component, link_id)  # fmt: skip
+
+    def _latest_utc(self) -> float:
+        """The later of this machine's UTC and the autopilot's (SYSTEM_TIME from its GPS,
+        carried forward on the link's clock): a companion without a real-time clock may
+        boot with a stale one."""
+        now = time.time()
+        state = self.state
+        if state.utc_time_s is None or state.utc_received_at is None:
+            return now
+        return max(now, state.utc_time_s + (self.tracker.clock() - state.utc_received_at))
 
     # -- commands --------------------------------------------------------------------------
 

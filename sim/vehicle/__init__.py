@@ -13,7 +13,7 @@ Module map: `server` (sockets, thread, time, step gate), `copter` (vehicle state
 `controllers` and `auto_mission` (what each mode flies), `kinematics` (ArduCopter's command
 shaping), `telemetry`, `params` and `parm_file` (parameter table and .parm files),
 `mission_store`, `fence`, `gripper`, `battery`, `modes`, `geo`, `outbox`, `faults` (injected
-faults), `dialect`.
+faults), `signing` (MAVLink 2 signing as ArduPilot enforces it), `dialect`.
 """
 
 from .copter import VehicleSnapshot

@@ -111,6 +111,11 @@ def handle(c: Copter, msg: MAVLinkMessage, client: int) -> None:
         _request_data_stream(c, msg, client)
     elif kind == "TIMESYNC" and msg.tc1 == 0:
         c.out.send(C.MAVLink_timesync_message(int(c.time * 1e9), msg.ts1), client)
+    elif kind == "SETUP_SIGNING":
+        # GCS_Signing.cpp handle_setup_signing: no ACK; a refusal is a STATUSTEXT
+        refusal = c.signing.setup(msg, c.armed)
+        if refusal is not None:
+            c.out.text(C.MAV_SEVERITY_WARNING, refusal, client)
 
 
 # ---- commands -------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ from .modes import (
 )
 from .outbox import Outbox
 from .params import ParamServer, ParamTable
+from .signing import Signing
 from .telemetry import StreamSchedule
 
 C = mavlink
@@ -110,6 +111,7 @@ class Copter(FailsafeRules):
         self.param_server = ParamServer(params)
         self.faults = FaultState(Faults())
         self.out = Outbox()
+        self.signing = Signing()
         self.origin = (round(home[0] * 1e7), round(home[1] * 1e7), float(home[2]))
         self.ready_delay = DEFAULT_READY_DELAY_S if ready_delay_s is None else ready_delay_s
         self.body = PointMass()
@@ -283,6 +285,9 @@ class Copter(FailsafeRules):
             self._fence_check()
         self.missions.tick(self.time)
         self._prearm_display()
+        if self.gps_fix:
+            # AP_GPS::update_instance -> AP_RTC::set_utc_usec -> update_signing_timestamp
+            self.signing.update_timestamp(round((self.utc_at_boot + self.time) * 1e6))
 
     @property
     def touched_down(self) -> bool:
@@ -595,16 +600,21 @@ class Copter(FailsafeRules):
 
     # ---- messages ---------------------------------------------------------------------------
     def client_connected(self, client: int) -> None:
-        """A link opened: it gets the default telemetry streams."""
+        """A link opened: it gets the default telemetry streams, and the signing key."""
         self.streams[client] = StreamSchedule(self.time)
+        self.signing.link_opened(client)
 
     def client_disconnected(self, client: int) -> None:
         """A link closed."""
         self.streams.pop(client, None)
+        self.signing.link_closed(client)
 
     def handle(self, msg: MAVLinkMessage, client: int) -> None:
-        """Process one message from `client`; replies go to `out`."""
-        commands.handle(self, msg, client)
+        """Process one message from `client`; replies go to `out`. With a signing key set,
+        a frame that fails the signature check is dropped first, unanswered, as ArduPilot's
+        parser drops it before routing (see `signing`)."""
+        if self.signing.accept(msg, client):
+            commands.handle(self, msg, client)
 
     def snapshot(self) -> VehicleSnapshot:
         """A copy of the state, for tests and the CLI."""

@@ -8,7 +8,9 @@ times faster than the wall clock. When the machine cannot keep up, the simulatio
 fast as it can: simulated time never jumps, it only falls behind the requested speed-up.
 
 Several clients may connect at once; each is a separate MAVLink link with its own sequence
-numbers and stream rates. `set_link_blocked(True)` cuts every link like a pulled cable: the
+numbers and stream rates, and, once a SETUP_SIGNING has stored a key, its own signing link id
+and timestamp (`signing`: frames that fail the check are dropped and counted in
+`signing_rejected`). `set_link_blocked(True)` cuts every link like a pulled cable: the
 sockets stay open but nothing goes either way. `set_faults` injects the faults of
 `faults.Faults` (lost commands and setpoints, refused or ignored targets).
 
@@ -37,6 +39,7 @@ from .dialect import MAVLinkMessage, mavlink
 from .faults import Faults, FaultState
 from .params import ParamTable
 from .parm_file import SHIPPED_PARAM_FILES
+from .signing import LinkSigning
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +66,19 @@ class _Client:
         self.encoder = mavlink.MAVLink(None, srcSystem=sysid, srcComponent=COMPONENT_ID)
         self.output = bytearray()
 
-    def queue(self, msg: MAVLinkMessage) -> None:
+    def queue(self, msg: MAVLinkMessage, signing: LinkSigning | None) -> None:
+        """Encode `msg` for this link, signed as `signing` says (its timestamp advances by
+        one per frame, as in mavlink_sign_packet)."""
         enc = self.encoder
+        enc.signing.sign_outgoing = signing is not None
+        if signing is not None:
+            enc.signing.secret_key = signing.secret
+            enc.signing.link_id = signing.link_id
+            enc.signing.timestamp = signing.timestamp
         self.output += msg.pack(enc)
         enc.seq = (enc.seq + 1) % 256
+        if signing is not None:
+            signing.timestamp = enc.signing.timestamp
 
 
 #: Wall-clock seconds of companion silence the watchdog tolerates at any speed-up.
@@ -214,6 +226,19 @@ class VehicleServer:
         with self._lock:
             self._copter.faults = FaultState(faults)
 
+    @property
+    def signing_enabled(self) -> bool:
+        """True once a SETUP_SIGNING stored a key that turns signing on."""
+        with self._lock:
+            key = self._copter.signing.key
+            return key is not None and (key.timestamp != 0 or any(key.secret))
+
+    @property
+    def signing_rejected(self) -> dict[str, int]:
+        """Frames dropped by the signature check so far, by reason (see `signing`)."""
+        with self._lock:
+            return dict(self._copter.signing.rejected)
+
     def set_step_gate(self, gate: StepGate | None) -> None:
         """Install (or with None remove) the lockstep gate; see the module docstring."""
         self._step_gate = gate
@@ -341,7 +366,7 @@ class VehicleServer:
                         built[msg_id] = telemetry.BUILDERS[msg_id](copter)
                     msg = built[msg_id]
                     if msg is not None:
-                        client.queue(msg)
+                        client.queue(msg, copter.signing.outgoing(client.id))
 
     def _dispatch(self) -> None:
         """Queue what the vehicle wants sent (dropped while the link is blocked)."""
@@ -349,12 +374,13 @@ class VehicleServer:
         if self._blocked:
             return
         by_id = {c.id: c for c in self._clients.values()}
+        signing = self._copter.signing
         for msg, to in outgoing:
             if to is None:
                 for client in by_id.values():
-                    client.queue(msg)
+                    client.queue(msg, signing.outgoing(client.id))
             elif to in by_id:
-                by_id[to].queue(msg)
+                by_id[to].queue(msg, signing.outgoing(to))
 
     def _flush(self) -> None:
         for client in list(self._clients.values()):
