@@ -13,6 +13,7 @@ import pytest
 from firmware_bridge.vehicle import Vehicle
 from sim.sitl import SitlProcess
 from sim.vehicle import DEFAULT_HOME, VehicleServer
+from tests.face_images import analyzer, bus, zidane  # noqa: F401
 from tests.model_fixtures import sources  # noqa: F401
 from tests.mqtt_fixtures import embedded_mqtt_broker, mosquitto, mqtt_broker  # noqa: F401
 
