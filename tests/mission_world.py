@@ -29,7 +29,16 @@ from companion.mission.actions import (
     Transition,
 )
 from companion.mission.core import MissionCore
-from companion.mission.inputs import CommandResult, Input, ParamsRead, StateUpdate
+from companion.mission.events import Phase
+from companion.mission.inputs import (
+    CommandResult,
+    FallbackPin,
+    Input,
+    ParamsRead,
+    RecipientVerdict,
+    StateUpdate,
+)
+from companion.mission.stages import VerifyRecipient
 from firmware_bridge.dialect import mavlink
 from firmware_bridge.state import Battery, GpsInfo, Position, VehicleState
 
@@ -219,3 +228,33 @@ class World:
 
     def replace(self, **changes: object) -> World:
         return dataclasses.replace(self, **changes)
+
+
+def clears_release(core: MissionCore, given: Input) -> bool:
+    """The specification, independent of the core's code: an input clears its drop when the
+    core is in that drop's recipient check (not aborting), and it is a valid PIN, or a verdict
+    decided during the check and at most `recipient_max_age_s` from now that says matched at
+    a finite distance within a positive threshold, live, on at least one frame."""
+    stage = core.stage
+    if not isinstance(stage, VerifyRecipient) or core.phase is not Phase.RELEASE:
+        return False
+    if not isinstance(given, RecipientVerdict | FallbackPin) or given.drop_id != stage.drop_id:
+        return False
+    if isinstance(given, FallbackPin):
+        return given.valid is True
+    assert isinstance(given, RecipientVerdict) and core.now is not None
+    limit = core.plan.limits.recipient_max_age_s
+    d, th = given.distance, given.threshold
+    return (
+        stage.started_at is not None
+        and given.decided_at_s >= stage.started_at
+        and abs(core.now - given.decided_at_s) <= limit
+        and given.matched is True
+        and given.live is True
+        and d is not None
+        and math.isfinite(d)
+        and math.isfinite(th)
+        and th > 0
+        and d <= th
+        and given.frames >= 1
+    )

@@ -3,10 +3,13 @@
 Each run flies a short delivery in the scripted world (tests/mission_world.py) while random
 things happen in between the vehicle's steps: refused, unanswered and ignored commands, a
 pilot switching modes, failsafe and fence texts, the link dropping and coming back, camera
-verdicts fresh and stale, operator commands, a failing journal, a draining battery, a lost
-position, a disarm. Whatever happens:
+verdicts fresh and stale, operator commands, recipients' verdicts and fallback PINs (good,
+spoilt, stale, for another drop), a failing journal, a draining battery, a lost position, a
+disarm; half of the runs deliver to a named recipient (a recipient check before the release).
+Whatever happens:
 
-- the gripper is released only in a drop's release step, at most once per drop;
+- the gripper is released only in a drop's release step, at most once per drop, and for a
+  drop with a recipient check only after an input that clears it came during that check;
 - no command follows a pilot's takeover;
 - every abort names its reason, and its action fits the vehicle: RTL or LAND only while it
   flies and the companion still commands it, no command at all for a pilot, a failsafe of the
@@ -39,17 +42,19 @@ from companion.mission.inputs import (
     AutopilotText,
     CommandResult,
     ConeVerdict,
+    FallbackPin,
     Input,
     JournalFailed,
     LinkStatus,
     OperatorAction,
     OperatorCommand,
+    RecipientVerdict,
     StateUpdate,
 )
 from companion.mission.plan import delivery_plan
 from companion.mission.stages import Release
 from firmware_bridge.dialect import mavlink
-from tests.mission_world import HOME, World
+from tests.mission_world import HOME, World, clears_release
 
 FLIGHT = FlightConfig(cruise_alt_m=15.0, handover_alt_m=5.0)
 COMMAND_TYPES = [SetMode, Arm, Disarm, Takeoff, Reposition, ChangeSpeed, ReleaseParcel]
@@ -74,6 +79,11 @@ disruption = st.one_of(
     st.tuples(st.just("disarm"), st.just(0)),
     st.tuples(st.just("arm_refuse"), st.sampled_from(["Arm: Battery 1 low voltage failsafe",
                                                       "PreArm: Gyros inconsistent"])),
+    st.tuples(st.just("recipient"), st.tuples(st.sampled_from(["m1", "m2"]),
+                                              st.sampled_from([0.0, 1.0, 3.0, -3.0]),
+                                              st.booleans(), st.booleans(),
+                                              st.sampled_from([None, 0.3, 0.7, float("nan")]))),
+    st.tuples(st.just("pin"), st.tuples(st.sampled_from(["m1", "m2"]), st.booleans())),
 )  # fmt: skip
 #: Something happening after some half-second steps of flight, so that runs reach every
 #: phase of the flight (about 90 steps long) before something goes wrong.
@@ -93,8 +103,11 @@ class Checker:
         self.aborts: list[tuple[Transition, bool]] = []
         self.commands_after_abort: list[object] = []
         self.transitions: list[Transition] = []
+        self.cleared: set[str] = set()
 
     def feed(self, event: Input | None = None) -> None:
+        if isinstance(event, RecipientVerdict | FallbackPin) and clears_release(self.core, event):
+            self.cleared.add(event.drop_id)
         # What the core knew of the vehicle when it decided: armed and off the ground.
         seen = event.state if isinstance(event, StateUpdate) else self.core.state
         airborne = (
@@ -126,6 +139,10 @@ class Checker:
                     assert self.core.phase is Phase.RELEASE
                     self.released.append(self.core.stage.drop_id)
                     assert len(self.released) == len(set(self.released))
+                    drop = self.core.plan.drop(self.core.stage.drop_id)
+                    assert drop is not None
+                    if drop.requires_recipient:
+                        assert drop.drop_id in self.cleared, "released without a clearance"
                 pending += self.world.answer(action)
         for event in pending:
             self.feed(event)
@@ -136,10 +153,11 @@ class Checker:
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-@given(st.lists(op, max_size=12))
-def test_invariants_hold_over_random_event_sequences(ops):
+@given(st.lists(op, max_size=12), st.booleans())
+def test_invariants_hold_over_random_event_sequences(ops, recipient_check):
     world = World(speed_xy=8.0, speed_z=2.5, ready_at=1.0)
-    core = MissionCore(delivery_plan("m1", offset(*HOME, 40.0, 120.0), FLIGHT))
+    plan = delivery_plan("m1", offset(*HOME, 40.0, 120.0), FLIGHT, recipient_check=recipient_check)
+    core = MissionCore(plan)
     check = Checker(world, core)
     check.feed()
     for steps, (kind, arg) in ops:
@@ -170,6 +188,11 @@ def test_invariants_hold_over_random_event_sequences(ops):
             world.armed = False
         elif kind == "arm_refuse":
             world.arm_refusals, world.arm_texts = 1, (arg,)
+        elif kind == "recipient":
+            drop, age, matched, live, distance = arg
+            check.feed(RecipientVerdict(drop, world.t - age, matched, live, distance, 0.6, 10))
+        elif kind == "pin":
+            check.feed(FallbackPin(*arg, "test"))
     # Then the faults stop and time goes on: from wherever it was left, every run must end
     # (delivered, or aborted with its reason), if only by a timeout.
     world.answers.clear()
@@ -181,7 +204,7 @@ def test_invariants_hold_over_random_event_sequences(ops):
         check.feed(LinkStatus(True, 0.0))
     assert core.finished, core.stage
     event("outcome: " + ("delivered" if core.outcome == "delivered" else "aborted"))
-    event(f"released: {bool(check.released)}")
+    event(f"released: {bool(check.released)}" + (" (recipient check)" if recipient_check else ""))
     event(f"ended in: {check.transitions[-1].phase.value if check.aborts else 'done'}")
     if check.aborts:
         event(f"aborted from: {check.aborts[0][0].detail['phase']}")

@@ -20,6 +20,7 @@ from companion.config import FlightConfig
 from companion.geo import offset
 from companion.mission.core import MissionCore
 from companion.mission.events import MissionEvent, Phase
+from companion.mission.inputs import RecipientVerdict
 from companion.mission.journal import Journal, JournalError
 from companion.mission.plan import MissionPlan, delivery_plan
 from companion.mission.runner import MissionRunner
@@ -359,3 +360,169 @@ def test_operator_sms_commands_act_on_the_flying_mission_and_are_journaled_and_a
     assert said[2] == f"{drone} ABORT mission m-1: aborting, RTL (was in cruise)"
     assert "refused" in said[3] and "counter" in said[3]
     assert operator.accepted == 3 and operator.refused == 1
+
+
+# -- the release gate: a parcel for a named recipient ----------------------------------------
+
+
+def recipient_plan(timeout_s: float = 20.0) -> MissionPlan:
+    config = FlightConfig(cruise_alt_m=15.0, recipient_timeout_s=timeout_s)
+    drop = offset(*DEFAULT_HOME[:2], 80.0, 45.0)
+    return delivery_plan("m-1", drop, config, recipient_check=True)
+
+
+def when_checking(f: Flight, act: Callable[[Flight, MissionEvent], None]) -> None:
+    """Run `act` on a thread of its own (as the identity service or an operator would) once
+    the mission's recipient check has begun."""
+
+    def check(event: MissionEvent) -> None:
+        if event.event == "verify-recipient":
+            threading.Thread(target=act, args=(f, event), daemon=True).start()
+
+    f.bus.subscribe(MissionEvent, check)
+
+
+def after_check_began(f: Flight, check: MissionEvent, seconds: float) -> float:
+    """Wait until the mission has seen `seconds` of autopilot time into the check; that time."""
+    start = check.boot_time_s or 0.0
+    f.vehicle.tracker.wait_for(lambda s: (s.boot_time_s or 0.0) >= start + seconds, 30.0)
+    f.runner.wait_idle(5.0)
+    seen = f.runner.seen_time_s
+    assert seen is not None
+    return seen
+
+
+def test_a_verified_live_recipient_on_the_bus_receives_the_parcel(tmp_path: Path) -> None:
+    from companion.security.audit import AuditTrail, verify_audit
+
+    audit: list[tuple[str, dict]] = []
+    trail = AuditTrail(tmp_path / "audit.jsonl")
+
+    def record(kind: str, data: dict) -> None:
+        audit.append((kind, data))
+        trail.append(kind, **data)  # refuses anything that could be biometric data
+
+    def identity_service(f: Flight, check: MissionEvent) -> None:
+        decided = after_check_began(f, check, 2.0)
+        liveness = (("ear_baseline", 0.305), ("ear_min", 0.118), ("frames", 31.0))
+        f.bus.publish(RecipientVerdict("m-1", decided, True, True, 0.412, 0.6, 12, liveness))
+
+    with flight(tmp_path) as f:
+        f.runner.audit = record
+        when_checking(f, identity_service)
+        outcome = f.fly(recipient_plan())
+        assert f.server.state.gripper_released
+        journal = [(e.event, e.detail) for e in f.journal.events("m-1")]
+    trail.close()
+    assert outcome == "delivered"
+    report = verify_audit(tmp_path / "audit.jsonl")
+    assert report.ok and report.records == 5
+    events = [event for event, _ in journal]
+    i = events.index("verify-recipient")
+    assert events[i : i + 4] == ["verify-recipient", "recipient-verdict", "cleared", "released"]
+    assert [kind for kind, _ in audit] == [
+        "verify-recipient", "recipient-verdict", "cleared", "released", "finished"
+    ]  # fmt: skip
+    verdict = audit[1][1]
+    assert verdict["mission"] == "m-1" and verdict["outcome"] == "cleared"
+    assert (verdict["distance"], verdict["threshold"], verdict["frames"]) == (0.412, 0.6, 12)
+    assert verdict["liveness"] == {"ear_baseline": 0.305, "ear_min": 0.118, "frames": 31.0}
+    assert audit[-1][1]["outcome"] == "delivered"
+    # What reaches the audit trail is numbers and words: no list or array at all.
+    assert not any(isinstance(v, list | tuple) for _, data in audit for v in data.values())
+
+
+def test_without_a_verdict_the_parcel_is_flown_home_and_the_gripper_never_opens(
+    tmp_path: Path,
+) -> None:
+    audit: list[tuple[str, dict]] = []
+    with flight(tmp_path) as f:
+        f.runner.audit = lambda kind, data: audit.append((kind, data))
+        outcome = f.fly(recipient_plan(timeout_s=5.0))
+        state = f.server.state
+        assert not state.gripper_released
+        assert not state.armed and state.alt_rel_m < 0.5 and abs(state.north_m) < 3.0
+    assert outcome == "recipient not verified within 5 s: no verdict and no fallback PIN came"
+    abort = f.event("abort")
+    assert abort.detail["action"] == "RTL" and abort.detail["phase"] == "release"
+    assert "released" not in [e for _, e in f.story()]
+    assert [kind for kind, _ in audit] == ["verify-recipient", "abort", "finished"]
+    assert audit[1][1]["reason"] == outcome and audit[2][1]["outcome"] == outcome
+
+
+def test_a_failing_audit_trail_stops_the_release_and_sends_the_parcel_home(
+    tmp_path: Path,
+) -> None:
+    def broken(kind: str, data: dict) -> None:
+        if kind == "verify-recipient":
+            raise OSError("audit disk full")
+
+    with flight(tmp_path) as f:
+        f.runner.audit = broken
+        outcome = f.fly(recipient_plan())
+        assert not f.server.state.gripper_released
+    assert outcome == "journal failure: audit: OSError: audit disk full"
+    assert f.event("abort").detail["action"] == "RTL"
+
+
+def test_a_fallback_pin_by_signed_sms_releases_and_is_never_recorded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The operator's path end to end: signed `pin` SMS commands during the check, checked
+    against the order's PIN outside the core; a wrong one is refused, the right one releases.
+    The digits appear in no log line, journal record or answer."""
+    import hmac
+    import json
+    import time as wall
+
+    from companion.modem.operator_sms import (
+        CommandAuthenticator,
+        CounterStore,
+        OperatorSms,
+        sign_command,
+    )
+    from companion.modem.sms import SmsMessage
+
+    key, drone, sender, pin = bytes(range(32)), "skycourier-1", "+447700900123", "80604217"
+    answers: list[str] = []
+
+    def pin_check(digits: str) -> tuple[str, bool]:
+        return "m-1", hmac.compare_digest(digits.encode(), pin.encode())
+
+    def operator_sends(f: Flight, check: MissionEvent) -> None:
+        after_check_began(f, check, 1.0)
+        for counter, digits in ((1, "11112222"), (2, pin)):
+            text = sign_command(key, drone, sender, counter, int(wall.time()), f"pin {digits}")
+            operator(SmsMessage(1, sender, "26/12/07,12:00:00+00", text))
+
+    caplog.set_level("DEBUG")
+    with flight(tmp_path) as f:
+        operator = OperatorSms(
+            bus=f.bus,
+            authenticator=CommandAuthenticator(
+                key=key,
+                drone_id=drone,
+                counters=CounterStore(tmp_path / "counters.json"),
+                validity_s=300.0,
+            ),
+            send=lambda number, body: answers.append(body),
+            drone_id=drone,
+            pin_check=pin_check,
+        )
+        when_checking(f, operator_sends)
+        outcome = f.fly(recipient_plan())
+        operator.close()
+        assert f.server.state.gripper_released
+        journal = [(e.event, e.detail) for e in f.journal.events("m-1")]
+    assert outcome == "delivered"
+    pins = [detail for event, detail in journal if event == "recipient-pin"]
+    assert [(p["valid"], p["outcome"], p["source"]) for p in pins] == [
+        (False, "refused", f"sms:{sender}"),
+        (True, "cleared", f"sms:{sender}"),
+    ]
+    assert answers == [
+        f"{drone} PIN mission m-1: PIN refused for drop m-1 (wrong PIN 1)",
+        f"{drone} PIN mission m-1: PIN accepted for drop m-1: releasing the parcel",
+    ]
+    for digits in (pin, "11112222"):
+        assert digits not in caplog.text and digits not in json.dumps(journal)

@@ -79,6 +79,12 @@ def test_the_camera_emulator_does_not_share_the_companions_code() -> None:
     assert offending([ROOT / "sim" / "camera.py"], ("companion",)) == []
 
 
+def test_the_face_synthesiser_does_not_share_the_companions_code() -> None:
+    """The faces the simulated recipient shows are made with dlib directly, so that the
+    liveness check is not tested against its own reading of the landmarks."""
+    assert offending([ROOT / "sim" / "faces.py"], ("companion",)) == []
+
+
 def test_the_reader_sees_imports_inside_functions(tmp_path: Path) -> None:
     sample = tmp_path / "sample.py"
     sample.write_text(

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from companion.bus import Bus
 from companion.mission.events import MissionEvent, Phase
-from companion.mission.inputs import OperatorAction, OperatorCommand
+from companion.mission.inputs import FallbackPin, OperatorAction, OperatorCommand
 from companion.modem.operator_sms import (
     MAX_REFUSAL_ANSWERS,
     CommandAuthenticator,
@@ -383,3 +383,147 @@ def test_an_answer_that_cannot_be_sent_is_logged_not_raised(
     mission = StandInMission(bus)
     handler(tmp_path, clock, bus, answers)(sms(signed(1, "abort")))
     assert len(mission.commands) == 1 and "not sent" in caplog.text
+
+
+# -- the recipient's fallback PIN ------------------------------------------------------------
+
+PIN = "80604217"
+
+
+def test_a_pin_command_is_signed_over_its_digits_and_never_shows_them(
+    tmp_path: Path, clock: Clock
+) -> None:
+    text = signed(1, f"pin {PIN}")
+    counter, when, command, digits, mac = text.split()
+    assert (counter, when) == ("1", str(int(NOW)))
+    message = f"skycourier-sms-v1\n{DRONE}\n447700900123\n1\n{int(NOW)}\npin {PIN}"
+    assert mac == hmac.new(KEY, message.encode(), hashlib.sha256).hexdigest()[:32]
+    assert (command, digits) == ("pin", PIN)
+    verdict = authenticator(tmp_path, clock).check(OPERATOR, text)
+    assert (verdict.command, verdict.pin) == ("pin", PIN)
+    assert PIN not in repr(verdict)  # so not in any log line that shows it
+    # Other digits under the same MAC: refused, and the refusal names no digits.
+    forged = text.replace(PIN, "80604218")
+    refused = authenticator(tmp_path, clock).check(OPERATOR, forged)
+    assert refused.command is None and "MAC" in (refused.refusal or "")
+    assert "8060421" not in (refused.refusal or "")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"1 {int(NOW)} pin 00",  # a pin command without digits
+        f"1 {int(NOW)} pin 12 00",  # too short
+        f"1 {int(NOW)} pin 1234567890123 00",  # too long
+        f"1 {int(NOW)} pin 12a4 00",  # not digits
+        f"1 {int(NOW)} pin ١٢٣٤ 00",  # digits, but not ASCII ones
+    ],
+)
+def test_a_malformed_pin_is_refused_without_echoing_it(
+    tmp_path: Path, clock: Clock, text: str
+) -> None:
+    verdict = authenticator(tmp_path, clock).check(OPERATOR, text)
+    assert verdict.command is None
+    assert verdict.refusal == "expected '<counter> <time> pin <digits> <mac>', 4-12 digits"
+    with pytest.raises(ValueError, match="4-12 digits"):
+        signed(1, text.split(maxsplit=2)[2].rsplit(maxsplit=1)[0])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=20).filter(lambda t: t and not any(c.isspace() for c in t)))
+def test_a_pin_is_accepted_only_as_4_to_12_ascii_digits(digits: str) -> None:
+    from companion.modem.operator_sms import command_mac
+
+    auth = CommandAuthenticator(
+        key=KEY, drone_id=DRONE, counters=_MemoryCounters(), validity_s=300.0, clock=lambda: NOW
+    )
+    mac = command_mac(KEY, DRONE, OPERATOR, 1, int(NOW), f"pin {digits}")
+    verdict = auth.check(OPERATOR, f"1 {int(NOW)} pin {digits} {mac}")
+    valid = digits.isascii() and digits.isdigit() and 4 <= len(digits) <= 12
+    assert (verdict.command == "pin") is valid
+    assert verdict.pin == (digits if valid else None)
+
+
+class StandInCheck:
+    """Reacts to `FallbackPin` as the mission core's recipient check journals it."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.pins: list[FallbackPin] = []
+        bus.publish(MissionEvent("m-7", Phase.RELEASE, "verify-recipient", {"drop": "m-7"}))
+        bus.subscribe(FallbackPin, self.on_pin)
+
+    def on_pin(self, pin: FallbackPin) -> None:
+        self.pins.append(pin)
+        outcome = "cleared" if pin.valid else "refused"
+        detail = {"drop": pin.drop_id, "valid": pin.valid, "source": pin.source,
+                  "outcome": outcome, "wrong_pins": len(self.pins)}  # fmt: skip
+        self.bus.publish(MissionEvent("m-7", Phase.RELEASE, "recipient-pin", detail))
+
+
+def test_a_pin_is_checked_outside_the_core_and_only_its_result_goes_to_the_mission(
+    tmp_path: Path, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    bus, answers, checked = Bus(), Answers(), []
+    check = StandInCheck(bus)
+
+    def pin_check(digits: str) -> tuple[str, bool]:
+        checked.append(digits)
+        return "m-7", hmac.compare_digest(digits.encode(), PIN.encode())
+
+    operator = handler(tmp_path, clock, bus, answers)
+    operator.pin_check = pin_check
+    caplog.set_level("DEBUG")
+    operator(sms(signed(1, "pin 1111")))
+    operator(sms(signed(2, f"pin {PIN}")))
+    assert checked == ["1111", PIN]
+    assert check.pins == [
+        FallbackPin("m-7", False, f"sms:{OPERATOR}"),
+        FallbackPin("m-7", True, f"sms:{OPERATOR}"),
+    ]
+    assert [text for _, text in answers.sent] == [
+        "skycourier-1 PIN mission m-7: PIN refused for drop m-7 (wrong PIN 1)",
+        "skycourier-1 PIN mission m-7: PIN accepted for drop m-7: releasing the parcel",
+    ]
+    assert PIN not in caplog.text and "pin (counter 2)" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("pin_check", "why"),
+    [
+        (None, "no order with a fallback PIN on board"),
+        (lambda digits: None, "no order with a fallback PIN on board"),
+        (lambda digits: 1 / 0, "the PIN check failed (ZeroDivisionError)"),
+    ],
+    ids=["no checker", "no order", "a failing check"],
+)
+def test_a_pin_that_cannot_be_checked_is_answered_and_goes_nowhere(
+    tmp_path: Path, clock: Clock, caplog: pytest.LogCaptureFixture, pin_check, why: str
+) -> None:
+    bus, answers = Bus(), Answers()
+    check = StandInCheck(bus)
+    operator = handler(tmp_path, clock, bus, answers)
+    operator.pin_check = pin_check
+    caplog.set_level("DEBUG")
+    operator(sms(signed(1, f"pin {PIN}")))
+    assert check.pins == []
+    assert answers.sent == [(OPERATOR, f"skycourier-1 PIN not checked: {why}")]
+    assert PIN not in caplog.text
+
+
+def test_the_signing_tool_reads_a_pin_from_standard_input(
+    tmp_path: Path, clock: Clock, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    import io
+
+    key_file = tmp_path / "sms.key"
+    key_file.write_text(KEY.hex())
+    args = ["sign", "--key-file", str(key_file), "--drone", DRONE, "--sender", OPERATOR,
+            "--counter", "3", "--time", str(int(NOW)), "pin"]  # fmt: skip
+    monkeypatch.setattr("sys.stdin", io.StringIO(PIN + "\n"))
+    assert main(args) == 0
+    text = capsys.readouterr().out.strip()
+    verdict = authenticator(tmp_path, clock).check(OPERATOR, text)
+    assert (verdict.command, verdict.pin) == ("pin", PIN)
+    assert main([*args[:-1], "abort", "1234"]) == 2
+    assert "takes nothing after it" in capsys.readouterr().err

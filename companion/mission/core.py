@@ -25,6 +25,11 @@ During a drop's descent and hand-over the descent cone is checked: a camera verd
 reason, or (when the plan has a camera) no fresh frame at all, holds the drone where it is
 until a fresh clear frame; holds over one drop add up to at most `max_hold_s`.
 
+A drop with a recipient check releases only with a clearance from that check (`handover`): a
+recipient's verdict or fallback PIN is taken by the check of its drop while it runs, and
+recorded as ignored at any other time; the Release step asks the release gate before it
+opens the gripper.
+
 An abort is a transition with its reason and the action that makes the drone safe; the core
 then commands that action (RTL, falling back to LAND; a disarm on the ground), or none (pilot,
 autopilot failsafe, lost link), and finishes once the vehicle is disarmed.
@@ -47,20 +52,31 @@ from companion.mission.actions import (
     Transition,
 )
 from companion.mission.events import Phase
+from companion.mission.handover import Clearance, input_record
 from companion.mission.inputs import (
     AutopilotText,
     CommandResult,
     ConeVerdict,
+    FallbackPin,
     Input,
     JournalFailed,
     LinkStatus,
     OperatorAction,
     OperatorCommand,
     ParamsRead,
+    RecipientVerdict,
     StateUpdate,
 )
 from companion.mission.plan import MissionPlan
-from companion.mission.stages import MODE_CONFIRM_S, Abort, Descend, Landing, Stage, expand
+from companion.mission.stages import (
+    MODE_CONFIRM_S,
+    Abort,
+    Descend,
+    Landing,
+    Stage,
+    VerifyRecipient,
+    expand,
+)
 from firmware_bridge.dialect import mavlink
 from firmware_bridge.state import VehicleState
 
@@ -104,6 +120,8 @@ class MissionCore:
         self.home: tuple[float, float] | None = None
         self.params: dict[str, float] = {}
         self.released: list[str] = []
+        #: Leave to release, per drop, from its recipient check (taken by its release).
+        self.clearances: dict[str, Clearance] = {}
         self._stages: list[Stage] = expand(plan)
         self._index = 0
         self._actions: list[Action] = []
@@ -229,6 +247,8 @@ class MissionCore:
                 self._verdict = event
         elif isinstance(event, OperatorCommand):
             self._on_operator(event)
+        elif isinstance(event, RecipientVerdict | FallbackPin):
+            self._on_recipient(event)
         elif isinstance(event, JournalFailed):
             if self._aborting is not None:
                 self.record("journal-failed", error=event.error)
@@ -300,6 +320,21 @@ class MissionCore:
                 stage.resume(self)
         else:
             self.record("operator-ignored", request="resume", source=source, why="not holding")
+
+    def _on_recipient(self, given: RecipientVerdict | FallbackPin) -> None:
+        """A recipient's verdict or PIN result: for the check of its drop while it runs;
+        recorded as ignored (with its figures, and why) at any other time."""
+        stage = self.stage
+        if self._aborting is None and isinstance(stage, VerifyRecipient):
+            if isinstance(given.drop_id, str) and given.drop_id == stage.drop_id:
+                stage.on_recipient(self, given)
+                return
+            why = f"for another drop: the recipient check is for drop {stage.drop_id}"
+        elif self._aborting is not None:
+            why = "the mission is aborting"
+        else:
+            why = f"no recipient check under way (waiting for {stage.what})"
+        self.record("recipient-ignored", **input_record(given), why=why)
 
     # -- flying ------------------------------------------------------------------------------
 

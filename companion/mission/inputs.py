@@ -2,8 +2,8 @@
 
 Each is a small frozen dataclass. The core never reads a clock, a socket or a thread: time is
 the autopilot's own (`StateUpdate.state.boot_time_s`), and everything else that happens
-(a command's answer, a camera verdict, an operator's request, the companion's view of the
-link) arrives as one of these.
+(a command's answer, a camera verdict, an operator's request, the recipient's verdict or
+fallback PIN at a hand-over, the companion's view of the link) arrives as one of these.
 """
 
 from __future__ import annotations
@@ -74,6 +74,44 @@ class ConeVerdict:
     reason: str | None
 
 
+@dataclass(frozen=True)
+class RecipientVerdict:
+    """The identity service's decision on the person at a drop's hand-over, published once
+    both of its checks have decided (the k-of-n face consensus and the liveness challenge).
+
+    `matched`: the consensus accepted the face against the order's template, at `distance`
+    (None without a face) under `threshold`; `live`: the liveness challenge passed;
+    `liveness`: its measurements as (name, number) pairs (eye/mouth aspect-ratio baseline,
+    extreme, frames); `frames`: the camera frames the decision rests on; `reason`: why it
+    refused, if it did; `decided_at_s`: when it decided, on the autopilot's clock.
+
+    Numbers only: no template, embedding or landmarks ever travel in it (it is journaled and
+    audited). The core judges it by its drop, its time and its figures: only a fresh, matched
+    AND live verdict given during the recipient check of `drop_id` clears the release."""
+
+    drop_id: str
+    decided_at_s: float
+    matched: bool
+    live: bool
+    distance: float | None
+    threshold: float
+    frames: int
+    liveness: tuple[tuple[str, float], ...] = ()
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class FallbackPin:
+    """An operator's fallback PIN for `drop_id`, already checked outside the core against the
+    order's hash by whoever received the authenticated operator command (`source`, e.g.
+    "sms:+44..."): only its result travels, never the PIN. A valid one given during the
+    recipient check of that drop clears the release."""
+
+    drop_id: str
+    valid: bool
+    source: str
+
+
 class OperatorAction(str, Enum):
     """What an operator may ask of a mission in flight."""
 
@@ -106,5 +144,7 @@ Input = (
     | AutopilotText
     | ConeVerdict
     | OperatorCommand
+    | RecipientVerdict
+    | FallbackPin
     | JournalFailed
 )

@@ -51,16 +51,28 @@ class HandoverStep(str, Enum):
     """The steps of a hand-over at the drop, between the descent and the climb.
 
     CLEAR_CONE: hold until the descent cone is seen clear (a fresh camera frame, nobody below);
-    RELEASE: open the gripper (the only step that may); DWELL: hover the plan's release hold.
+    VERIFY_RECIPIENT: hover until the recipient is cleared (a verified, live face match or a
+    valid fallback PIN for this drop, given during this step), or fly the parcel home;
+    RELEASE: open the gripper (the only step that may; after VERIFY_RECIPIENT only with its
+    clearance); DWELL: hover the plan's release hold.
     """
 
     CLEAR_CONE = "clear-cone"
+    VERIFY_RECIPIENT = "verify-recipient"
     RELEASE = "release"
     DWELL = "dwell"
 
 
 #: The hand-over of a plain delivery: release once the cone is clear, then hover a moment.
 DEFAULT_HANDOVER = (HandoverStep.CLEAR_CONE, HandoverStep.RELEASE, HandoverStep.DWELL)
+#: The hand-over of an order that names its recipient: the cone, then the recipient check
+#: right before the release.
+RECIPIENT_HANDOVER = (
+    HandoverStep.CLEAR_CONE,
+    HandoverStep.VERIFY_RECIPIENT,
+    HandoverStep.RELEASE,
+    HandoverStep.DWELL,
+)
 
 
 @dataclass(frozen=True)
@@ -76,8 +88,23 @@ class DropLeg:
     steps: tuple[HandoverStep, ...] = DEFAULT_HANDOVER
 
     def __post_init__(self) -> None:
+        # Steps read back from JSON are plain strings: make them steps (or refuse them).
+        object.__setattr__(self, "steps", tuple(HandoverStep(step) for step in self.steps))
         if self.steps.count(HandoverStep.RELEASE) != 1:
             raise ValueError(f"drop {self.drop_id}: a hand-over releases exactly once")
+        checks = self.steps.count(HandoverStep.VERIFY_RECIPIENT)
+        release = self.steps.index(HandoverStep.RELEASE)
+        before = self.steps[release - 1] if release > 0 else None
+        if checks > 1 or (checks and before is not HandoverStep.VERIFY_RECIPIENT):
+            # Nothing may come between a clearance and the release it allows.
+            raise ValueError(
+                f"drop {self.drop_id}: a recipient check comes once, right before the release"
+            )
+
+    @property
+    def requires_recipient(self) -> bool:
+        """Whether the parcel may only be released to a verified recipient."""
+        return HandoverStep.VERIFY_RECIPIENT in self.steps
 
 
 @dataclass(frozen=True)
@@ -136,6 +163,12 @@ class Limits:
     arm_retry_s: float = 2.0
     #: The legal altitude ceiling above home; the autopilot's altitude fence must hold it.
     altitude_ceiling_m: float = 120.0
+    #: Hover this long (autopilot seconds) for the recipient to be cleared before the parcel
+    #: is flown home.
+    recipient_timeout_s: float = 60.0
+    #: A face verdict older than this (autopilot seconds, from when it was decided) is stale:
+    #: it never clears a release.
+    recipient_max_age_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -155,6 +188,10 @@ class MissionPlan:
             raise ValueError("a mission needs an id")
         if not self.legs or not isinstance(self.legs[0], TakeoffLeg):
             raise ValueError(f"mission {self.mission_id}: the first leg must be a take-off")
+        ids = [drop.drop_id for drop in self.drops()]
+        if len(ids) != len(set(ids)):
+            # A recipient's verdict or PIN names its drop: two drops of one name would share it.
+            raise ValueError(f"mission {self.mission_id}: drop ids must differ, got {ids}")
         for leg in self.legs:
             for alt in _altitudes(leg):
                 if not 0 < alt <= self.limits.altitude_ceiling_m:
@@ -166,6 +203,10 @@ class MissionPlan:
     def drops(self) -> list[DropLeg]:
         """The drop legs, in flying order."""
         return [leg for leg in self.legs if isinstance(leg, DropLeg)]
+
+    def drop(self, drop_id: str) -> DropLeg | None:
+        """The drop leg named `drop_id`, or None."""
+        return next((d for d in self.drops() if d.drop_id == drop_id), None)
 
     def points(self) -> Iterator[tuple[float, float, float]]:
         """Every (lat, lon, alt_m) the plan flies to, for limit checks against home."""
@@ -216,6 +257,7 @@ def limits_from_config(flight: FlightConfig) -> Limits:
         no_progress_s=flight.no_progress_s,
         camera_max_age_s=flight.camera_max_age_s,
         altitude_ceiling_m=flight.altitude_ceiling_m,
+        recipient_timeout_s=flight.recipient_timeout_s,
     )
 
 
@@ -235,8 +277,11 @@ def delivery_plan(
     flight: FlightConfig,
     *,
     camera_required: bool = False,
+    recipient_check: bool = False,
 ) -> MissionPlan:
-    """One parcel to one drop point: take off, fly there, hand over, fly home, land."""
+    """One parcel to one drop point: take off, fly there, hand over, fly home, land. With
+    `recipient_check` (an order that names its recipient) the parcel is released only after
+    the recipient has been cleared (`HandoverStep.VERIFY_RECIPIENT`)."""
     lat, lon = drop
     if not (math.isfinite(lat) and math.isfinite(lon)):
         raise ValueError(f"mission {mission_id}: drop ({lat}, {lon}) is not a position")
@@ -245,7 +290,14 @@ def delivery_plan(
         legs=(
             TakeoffLeg(flight.cruise_alt_m),
             TransitLeg((Waypoint(lat, lon, flight.cruise_alt_m),)),
-            DropLeg(mission_id, lat, lon, flight.handover_alt_m, flight.cruise_alt_m),
+            DropLeg(
+                mission_id,
+                lat,
+                lon,
+                flight.handover_alt_m,
+                flight.cruise_alt_m,
+                RECIPIENT_HANDOVER if recipient_check else DEFAULT_HANDOVER,
+            ),
             ReturnLeg(),
             LandLeg(),
         ),

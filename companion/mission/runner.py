@@ -12,7 +12,10 @@ through it, so what is tested is what flies. It is the only part of a mission wi
   on unrecorded;
 - commands go to one worker thread that drives them through the bridge (acknowledged,
   retried, timed out there) and hands each result back as an event, so a slow command never
-  stalls the loop or an abort.
+  stalls the loop or an abort;
+- the hand-over's records (each recipient check, verdict, PIN result, clearance, release),
+  every abort and the mission's end also go to the optional `audit` hook (e.g. an append-only
+  audit trail) after the journal; a failing hook is treated like a failing journal.
 
 `wait_idle` and `seen_time_s` let a simulator run in lockstep with the companion: the
 simulated vehicle waits until the runner has taken in what it sent and its commands are
@@ -26,6 +29,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from companion.bus import Bus
 from companion.mission.actions import (
@@ -44,15 +48,18 @@ from companion.mission.actions import (
 )
 from companion.mission.core import MissionCore
 from companion.mission.events import MissionEvent
+from companion.mission.handover import AUDITED_EVENTS
 from companion.mission.inputs import (
     AutopilotText,
     CommandResult,
     ConeVerdict,
+    FallbackPin,
     Input,
     JournalFailed,
     LinkStatus,
     OperatorCommand,
     ParamsRead,
+    RecipientVerdict,
     StateUpdate,
 )
 from companion.mission.journal import FINISHED_EVENT, Journal, JournalError
@@ -72,9 +79,14 @@ TICK_S = 0.1
 #: (its preflight then waits, and times out, on the autopilot's clock).
 TELEMETRY_WAIT_S = 10.0
 
+#: Receives audited records: the kind (the mission event's name, or "finished") and its data
+#: (the mission id, the phase, the autopilot time and the record's detail: numbers and words).
+AuditHook = Callable[[str, dict[str, Any]], None]
+
 
 class MissionRunner:
-    """Flies missions with `vehicle`, journaling to `journal` and publishing on `bus`."""
+    """Flies missions with `vehicle`, journaling to `journal` and publishing on `bus`; the
+    hand-over's records, aborts and ends also go to `audit` when given."""
 
     def __init__(
         self,
@@ -84,12 +96,15 @@ class MissionRunner:
         *,
         gripper: Gripper | None = None,
         tick_s: float = TICK_S,
+        audit: AuditHook | None = None,
     ) -> None:
         self.vehicle = vehicle
         self.journal = journal
         self.bus = bus
         self.gripper = gripper or Gripper(vehicle)
         self.tick_s = tick_s
+        self.audit = audit
+        self._audit_ok = True
         self.core: MissionCore | None = None
         self._events: queue.Queue[Input] = queue.Queue()
         self._commands: queue.Queue[Command | None] = queue.Queue()
@@ -140,13 +155,15 @@ class MissionRunner:
         before, an unwritable journal): nothing has been commanded then."""
         self.journal.start_mission(plan.mission_id, plan.as_dict())
         self._mission_id = plan.mission_id
-        self._journal_ok = True
+        self._journal_ok = self._audit_ok = True
         core = self.core = MissionCore(plan)
         stops = [
             self.bus.subscribe(VehicleState, self._on_state),
             self.bus.subscribe(StatusText, self._on_text),
             self.bus.subscribe(ConeVerdict, self.post),
             self.bus.subscribe(OperatorCommand, self.post),
+            self.bus.subscribe(RecipientVerdict, self.post),
+            self.bus.subscribe(FallbackPin, self.post),
         ]
         worker = threading.Thread(target=self._work, name="mission-commands", daemon=True)
         worker.start()
@@ -222,18 +239,40 @@ class MissionRunner:
                 self._commands.put(action)
 
     def _transition(self, t: Transition) -> bool:
-        """Journal, then publish; False if the journal failed (it is then not used again)."""
-        if self._journal_ok:
-            try:
-                self.journal.record(self._mission_id, t.phase.value, t.event, t.detail,
-                                    t.boot_time_s)  # fmt: skip
-            except JournalError as exc:
-                self._journal_ok = False
-                self._journal_error = str(exc)
-                log.error("mission %s: %s", self._mission_id, exc)
-                self._publish(t)
-                return False
+        """Journal, audit (the records that are audited), then publish; False if the journal
+        or the audit hook failed (the one that failed is then not used again)."""
+        ok = self._journal(t)
+        if t.event in AUDITED_EVENTS or t.event == "abort":
+            data = {"phase": t.phase.value, "boot_time_s": t.boot_time_s, **t.detail}
+            ok = self._audit(t.event, data) and ok
         self._publish(t)
+        return ok
+
+    def _journal(self, t: Transition) -> bool:
+        if not self._journal_ok:
+            return True
+        try:
+            self.journal.record(self._mission_id, t.phase.value, t.event, t.detail,
+                                t.boot_time_s)  # fmt: skip
+        except JournalError as exc:
+            self._journal_ok = False
+            self._journal_error = str(exc)
+            log.error("mission %s: %s", self._mission_id, exc)
+            return False
+        return True
+
+    def _audit(self, kind: str, data: dict[str, Any]) -> bool:
+        """Give a record to the audit hook; False if it failed (the hook is then not used
+        again in this mission, and the mission, told as of a failed journal, goes home)."""
+        if self.audit is None or not self._audit_ok:
+            return True
+        try:
+            self.audit(kind, {"mission": self._mission_id, **data})
+        except Exception as exc:  # whatever the hook is, its failure must not go unnoticed
+            self._audit_ok = False
+            self._journal_error = f"audit: {type(exc).__name__}: {exc}"
+            log.error("mission %s: %s record not audited: %s", self._mission_id, kind, exc)
+            return False
         return True
 
     def _publish(self, t: Transition) -> None:
@@ -255,9 +294,10 @@ class MissionRunner:
                 log.error("mission %s: outcome %r not journaled: %s", self._mission_id,
                           outcome, exc)  # fmt: skip
         assert self.core is not None
-        self._publish(
-            Transition(self.core.phase, FINISHED_EVENT, {"outcome": outcome}, self._seen_time_s)
-        )
+        end = Transition(self.core.phase, FINISHED_EVENT, {"outcome": outcome}, self._seen_time_s)
+        self._audit(FINISHED_EVENT, {"phase": end.phase.value, "boot_time_s": end.boot_time_s,
+                                     "outcome": outcome})  # fmt: skip
+        self._publish(end)
 
     def _drain(self) -> None:
         """After the end: events still queued are dropped (the mission is over), and the

@@ -27,7 +27,16 @@ from companion.mission.actions import (
     Takeoff,
 )
 from companion.mission.events import Phase
-from companion.mission.inputs import CommandResult, ParamsRead
+from companion.mission.handover import (
+    MAX_WRONG_PINS,
+    Clearance,
+    input_record,
+    judge_verdict,
+    pin_record,
+    release_refusal,
+    verdict_figures,
+)
+from companion.mission.inputs import CommandResult, FallbackPin, ParamsRead, RecipientVerdict
 from companion.mission.plan import (
     DropLeg,
     HandoverStep,
@@ -458,8 +467,86 @@ class ClearCone(Stage):
 
 
 @dataclass
+class VerifyRecipient(Stage):
+    """Hover at the hand-over altitude until the recipient of `drop_id` is cleared: a fresh,
+    verified and live face verdict, or a valid fallback PIN, given during this step
+    (`handover`). A refusing verdict, `MAX_WRONG_PINS` invalid PINs or no clearance within
+    `recipient_timeout_s` ends the hand-over: the parcel is flown home (RTL).
+
+    The step's "verify-recipient" record is what the identity service starts its check on."""
+
+    phase = Phase.RELEASE
+    drop_id: str = ""
+    _cleared: bool = field(default=False, init=False)
+    _wrong_pins: int = field(default=0, init=False)
+    _last_ignored: str | None = field(default=None, init=False)
+
+    @property
+    def what(self) -> str:
+        return "the recipient to be verified"
+
+    def timeout_s(self, core: MissionCore) -> float:
+        return core.plan.limits.recipient_timeout_s
+
+    def start(self, core: MissionCore) -> None:
+        limits = core.plan.limits
+        core.record("verify-recipient", drop=self.drop_id, timeout_s=limits.recipient_timeout_s,
+                    max_age_s=limits.recipient_max_age_s)  # fmt: skip
+
+    def on_recipient(self, core: MissionCore, given: RecipientVerdict | FallbackPin) -> None:
+        """A verdict or PIN result for this drop, while this step runs."""
+        if self._cleared:
+            core.record("recipient-ignored", **input_record(given), why="already cleared")
+        elif isinstance(given, FallbackPin):
+            self._on_pin(core, given)
+        else:
+            self._on_verdict(core, given)
+
+    def _on_verdict(self, core: MissionCore, verdict: RecipientVerdict) -> None:
+        figures, problems = verdict_figures(verdict)
+        limit = core.plan.limits.recipient_max_age_s
+        outcome, why = judge_verdict(
+            verdict, problems, now=core.now, check_started_s=self.started_at, max_age_s=limit
+        )
+        core.record("recipient-verdict", **figures, outcome=outcome, why=why)
+        if outcome == "refused":
+            raise Abort(f"recipient not verified: {why}")
+        if outcome == "ignored":
+            self._last_ignored = why
+            return
+        self._clear(core, Clearance(self.drop_id, "face", float(verdict.decided_at_s),
+                                    "identity service"))  # fmt: skip
+
+    def _on_pin(self, core: MissionCore, pin: FallbackPin) -> None:
+        record = pin_record(pin)
+        if record["valid"]:
+            core.record("recipient-pin", **record, outcome="cleared")
+            self._clear(core, Clearance(self.drop_id, "pin", core.now or 0.0, record["source"]))
+            return
+        self._wrong_pins += 1
+        core.record("recipient-pin", **record, outcome="refused", wrong_pins=self._wrong_pins)
+        if self._wrong_pins >= MAX_WRONG_PINS:
+            raise Abort(f"recipient not verified: {self._wrong_pins} wrong fallback PINs")
+
+    def _clear(self, core: MissionCore, clearance: Clearance) -> None:
+        core.clearances[self.drop_id] = clearance
+        self._cleared = True
+        core.record("cleared", drop=self.drop_id, by=clearance.by, source=clearance.source)
+
+    def verify(self, core: MissionCore) -> bool:
+        if self._cleared:
+            return True
+        now, limit = core.now, self.timeout_s(core)
+        if now is not None and self.started_at is not None and now - self.started_at > limit:
+            last = self._last_ignored or "no verdict and no fallback PIN came"
+            raise Abort(f"recipient not verified within {limit:g} s: {last}")
+        return False
+
+
+@dataclass
 class Release(Stage):
-    """Open the gripper: the only step that sends `ReleaseParcel`."""
+    """Open the gripper: the only step that sends `ReleaseParcel`, and only once the release
+    gate (`handover.release_refusal`) allows it; a refusal flies the parcel home."""
 
     phase = Phase.RELEASE
     drop_id: str = ""
@@ -471,6 +558,10 @@ class Release(Stage):
         return "the gripper to open"
 
     def start(self, core: MissionCore) -> None:
+        clearance = core.clearances.pop(self.drop_id, None)  # one clearance, one release
+        why = release_refusal(core.plan, self.drop_id, clearance, core.now)
+        if why is not None:
+            raise Abort(f"recipient not verified: {why}")
         self._token = core.send(ReleaseParcel)
 
     def on_result(self, core: MissionCore, result: CommandResult) -> None:
@@ -586,10 +677,14 @@ def _leg_stages(leg: Leg, plan: MissionPlan, speeds_set: bool) -> list[Stage]:
         for step in leg.steps:
             if step is HandoverStep.CLEAR_CONE:
                 steps.append(ClearCone())
+            elif step is HandoverStep.VERIFY_RECIPIENT:
+                steps.append(VerifyRecipient(drop_id=leg.drop_id))
             elif step is HandoverStep.RELEASE:
                 steps.append(Release(drop_id=leg.drop_id))
-            else:
+            elif step is HandoverStep.DWELL:
                 steps.append(Dwell())
+            else:
+                raise TypeError(f"unknown hand-over step {step!r}")
         steps.append(Climb(target=high, to="the cruise altitude", vertical=True))
         return steps
     if isinstance(leg, ReturnLeg):

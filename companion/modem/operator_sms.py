@@ -3,6 +3,7 @@
 A command is one SMS from an operator's number (`[modem] sms_operators`):
 
     <counter> <time> <command> <mac>      e.g.  "42 1767225600 abort 5f0c...e1"
+    <counter> <time> pin <digits> <mac>   e.g.  "43 1767225660 pin 4711 9a3e...07"
 
 - `<counter>`: a decimal number the operator's tool raises by one for every command; the
   drone accepts a counter only if it is above the last one it accepted from that number,
@@ -12,7 +13,10 @@ A command is one SMS from an operator's number (`[modem] sms_operators`):
   validity window (`[modem] sms_validity_s`) or more than `FUTURE_SKEW_S` ahead of the
   drone's clock is refused: a captured command cannot be held back and sent later.
 - `<command>`: status, abort (return home: RTL), land (land where it is), hold (stop where it
-  is), resume.
+  is), resume; or `pin <digits>` (4 to 12 digits): the recipient's fallback PIN for the order
+  in hand-over, which the drone checks against the order's hash (`pin_check`) and hands to
+  the mission as a `FallbackPin` result (valid or not, never the digits). The PIN is never
+  logged, journaled or echoed in an answer.
 - `<mac>`: HMAC-SHA256 (RFC 2104, stdlib `hmac`) under the shared key (`[modem]
   sms_key_file`) over the drone id, the sender's digits, counter, time and command, cut to
   16 octets (32 hex digits). The sender number is inside the MAC, so a command signed for
@@ -45,19 +49,19 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from companion.bus import Bus
 from companion.mission.events import MissionEvent
-from companion.mission.inputs import OperatorAction, OperatorCommand
+from companion.mission.inputs import FallbackPin, OperatorAction, OperatorCommand
 from companion.mission.journal import FINISHED_EVENT
 from companion.modem.sms import SmsError, SmsMessage, gsm_safe
 from firmware_bridge.state import VehicleState
 
 log = logging.getLogger(__name__)
 
-COMMANDS = ("status", "abort", "land", "hold", "resume")
+COMMANDS = ("status", "abort", "land", "hold", "resume", "pin")
 _ACTIONS = {
     "abort": OperatorAction.ABORT,
     "land": OperatorAction.LAND,
@@ -65,6 +69,8 @@ _ACTIONS = {
     "resume": OperatorAction.RESUME,
 }
 MAC_HEX = 32  # 16 octets of HMAC-SHA256
+#: A fallback PIN's length in digits.
+PIN_DIGITS = (4, 12)
 MIN_KEY_OCTETS = 16
 #: How far ahead of the drone's clock a command's time may be (the operator's phone and the
 #: drone's clock never agree to the second).
@@ -112,27 +118,40 @@ def command_mac(
     return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()[:MAC_HEX]
 
 
+def _is_pin(text: str) -> bool:
+    return text.isascii() and text.isdigit() and PIN_DIGITS[0] <= len(text) <= PIN_DIGITS[1]
+
+
 def sign_command(
     key: bytes, drone_id: str, sender: str, counter: int, when: int, command: str
 ) -> str:
-    """The SMS text an operator sends from `sender` to make `drone_id` do `command`."""
-    command = command.lower()
-    if command not in COMMANDS:
+    """The SMS text an operator sends from `sender` to make `drone_id` do `command` (one of
+    `COMMANDS`; the PIN command is "pin <digits>")."""
+    words = command.lower().split()
+    if not words or words[0] not in COMMANDS:
         raise ValueError(f"unknown command {command!r}: one of {', '.join(COMMANDS)}")
+    if words[0] == "pin":
+        if len(words) != 2 or not _is_pin(words[1]):
+            raise ValueError("the pin command is 'pin <digits>', {}-{} digits".format(*PIN_DIGITS))
+    elif len(words) != 1:
+        raise ValueError(f"the {words[0]} command takes nothing after it")
     if not 0 < counter < MAX_COUNTER:
         raise ValueError(f"counter must be 1 to {MAX_COUNTER - 1}")
+    command = " ".join(words)
     mac = command_mac(key, drone_id, sender, counter, when, command)
     return f"{counter} {when} {command} {mac}"
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """What the authenticator decided: `command` if accepted, else `refusal` says why."""
+    """What the authenticator decided: `command` if accepted, else `refusal` says why; `pin`
+    the digits of an accepted pin command (kept out of the repr, so out of logs)."""
 
     sender: str
     command: str | None
     counter: int | None
     refusal: str | None = None
+    pin: str | None = field(default=None, repr=False)
 
 
 class CounterStore:
@@ -223,6 +242,9 @@ class CommandAuthenticator:
 
     def check(self, sender: str, text: str) -> Verdict:
         words = text.split()
+        pin = None
+        if len(words) == 5 and words[2].lower() == "pin":
+            pin = words.pop(3)
         if len(words) != 4:
             return Verdict(sender, None, None, "expected '<counter> <time> <command> <mac>'")
         counter_text, when_text, command, mac = words
@@ -234,7 +256,11 @@ class CommandAuthenticator:
         command = command.lower()
         if command not in COMMANDS:
             return Verdict(sender, None, counter, f"unknown command (known: {', '.join(COMMANDS)})")
-        expected = command_mac(self._key, self.drone_id, sender, counter, when, command)
+        if (command == "pin") != (pin is not None) or (pin is not None and not _is_pin(pin)):
+            why = "expected '<counter> <time> pin <digits> <mac>', {}-{} digits"
+            return Verdict(sender, None, counter, why.format(*PIN_DIGITS))
+        signed = command if pin is None else f"{command} {pin}"
+        expected = command_mac(self._key, self.drone_id, sender, counter, when, signed)
         if not hmac.compare_digest(mac.lower().encode(), expected.encode()):
             return Verdict(sender, None, counter, "the MAC does not match (wrong key or text)")
         age = self.clock() - when
@@ -252,7 +278,7 @@ class CommandAuthenticator:
         if not fresh:
             last = self.counters.last(sender)
             return Verdict(sender, None, counter, f"replay: counter {counter}, last used {last}")
-        return Verdict(sender, command, counter)
+        return Verdict(sender, command, counter, pin=pin)
 
 
 def _number(text: str) -> int | None:
@@ -267,6 +293,11 @@ class OperatorSms:
     flying, to answer with what the mission did, and to give the status. `answer_wait_s`
     bounds the wait for the mission's journaled reaction. Without an `authenticator` (no
     usable key or counter file) every command is refused, saying so.
+
+    `pin_check(digits)` checks a fallback PIN against the order in hand-over: it returns
+    (the order's drop id, whether the PIN matched), or None when no order with a PIN is on
+    board; its result goes to the mission as a `FallbackPin`. Without it a pin command is
+    answered as not checked.
     """
 
     def __init__(
@@ -278,9 +309,11 @@ class OperatorSms:
         drone_id: str,
         answer_wait_s: float = 10.0,
         clock: Callable[[], float] = time.time,
+        pin_check: Callable[[str], tuple[str, bool] | None] | None = None,
     ) -> None:
         self.bus = bus
         self.authenticator = authenticator
+        self.pin_check = pin_check
         self.send = send
         self.drone_id = drone_id
         self.answer_wait_s = answer_wait_s
@@ -332,17 +365,41 @@ class OperatorSms:
             log.info(
                 "SMS command status (counter %s) from %s: answered", verdict.counter, message.sender
             )
+        elif command == "pin":
+            answer = self._pin(message.sender, verdict)
         else:
             answer = self._act(message.sender, command, verdict.counter)
         self._answer(message.sender, answer)
 
-    def _act(self, sender: str, command: str, counter: int | None) -> str:
+    def _pin(self, sender: str, verdict: Verdict) -> str:
+        """Check the PIN against the order in hand-over and give the mission the result.
+        The digits go nowhere else: not to the log, the bus, the journal or the answer."""
+        checked: tuple[str, bool] | None = None
+        why = "no order with a fallback PIN on board"
+        if self.pin_check is not None and verdict.pin is not None:
+            try:
+                checked = self.pin_check(verdict.pin)
+            except Exception as exc:  # a failing check must not take the handler down
+                why = f"the PIN check failed ({type(exc).__name__})"
+        if checked is None:
+            log.warning("SMS command pin (counter %s) from %s: not checked: %s",
+                        verdict.counter, sender, why)  # fmt: skip
+            return f"{self.drone_id} PIN not checked: {why}"
+        drop_id, valid = checked
+        result = FallbackPin(drop_id, valid is True, f"sms:{sender}")
+        return self._act(sender, "pin", verdict.counter, result)
+
+    def _act(
+        self, sender: str, command: str, counter: int | None, event: object | None = None
+    ) -> str:
+        """Publish `event` (by default the operator command) and answer with the mission's
+        journaled reaction to it."""
         source = f"sms:{sender}"
         flying = self.mission_flying
         mission = self._mission.mission_id if self._mission is not None else None
         with self._cond:
             seen = len(self._reactions)
-        self.bus.publish(OperatorCommand(_ACTIONS[command], source))
+        self.bus.publish(event if event is not None else OperatorCommand(_ACTIONS[command], source))
         name = command.upper()
         if not flying:
             log.warning(
@@ -459,6 +516,12 @@ def _describe(event: MissionEvent) -> str:
         return f"resumed {event.phase.value} after {detail.get('held_s')} s"
     if event.event == "operator-ignored":
         return f"not done: {detail.get('why')}"
+    if event.event == "recipient-pin":
+        if detail.get("outcome") == "cleared":
+            return f"PIN accepted for drop {detail.get('drop')}: releasing the parcel"
+        return f"PIN refused for drop {detail.get('drop')} (wrong PIN {detail.get('wrong_pins')})"
+    if event.event == "recipient-ignored":
+        return f"PIN not used: {detail.get('why')}"
     return f"{event.event} in {event.phase.value}"
 
 
@@ -471,6 +534,9 @@ def add_sign_arguments(sign: argparse.ArgumentParser) -> None:
     sign.add_argument("--counter", type=int, required=True, help="above the last one used")
     sign.add_argument("--time", type=int, help="Unix seconds; default: now")
     sign.add_argument("command", choices=COMMANDS)
+    sign.add_argument(
+        "digits", nargs="?", help="for pin: the PIN (default: read from standard input)"
+    )
 
 
 def run_sign(args: argparse.Namespace) -> int:
@@ -478,7 +544,13 @@ def run_sign(args: argparse.Namespace) -> int:
     try:
         key = load_key(args.key_file)
         when = args.time if args.time is not None else int(time.time())
-        print(sign_command(key, args.drone, args.sender, args.counter, when, args.command))
+        command = args.command
+        if command == "pin":
+            digits = args.digits if args.digits is not None else sys.stdin.readline().strip()
+            command = f"pin {digits}"
+        elif args.digits is not None:
+            raise ValueError(f"the {command} command takes nothing after it")
+        print(sign_command(key, args.drone, args.sender, args.counter, when, command))
     except (SmsAuthError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
