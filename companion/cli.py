@@ -2,10 +2,11 @@
 
 `skycourier run` is the on-board daemon the systemd unit starts; `skycourier config` checks a
 configuration file or prints the defaults; `gps`, `models`, `detect` and `track` are the
-device and ground tools. Commands that live outside the on-board package register themselves
-in the entry-point group `skycourier.commands` (as pytest and flask find their plugins): the
-simulator side adds `skycourier sim` and `skycourier vehicle` from `sim.harness.cli`, so the
-on-board package never imports the simulator.
+device and ground tools; `keys`, `order` and `audit` those of the secure hand-over. Commands
+that live outside the on-board package register themselves in the entry-point group
+`skycourier.commands` (as pytest and flask find their plugins): the simulator side adds
+`skycourier sim` and `skycourier vehicle` from `sim.harness.cli`, so the on-board package
+never imports the simulator.
 """
 
 from __future__ import annotations
@@ -61,6 +62,24 @@ def _sms_sign(args: argparse.Namespace) -> int:
     return run_sign(args)
 
 
+def _keys(args: argparse.Namespace) -> int:
+    from companion.security.commands import run_keys
+
+    return run_keys(args)
+
+
+def _order(args: argparse.Namespace) -> int:
+    from companion.security.commands import run_order
+
+    return run_order(args)
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from companion.security.commands import run_audit
+
+    return run_audit(args)
+
+
 def _config(args: argparse.Namespace) -> int:
     from companion.config import default_config_toml
 
@@ -73,6 +92,12 @@ def _config(args: argparse.Namespace) -> int:
     load_config(args.file)
     print(f"{args.file}: OK")
     return 0
+
+
+def _face(args: argparse.Namespace) -> int:
+    from companion.identity.commands import run_face
+
+    return run_face(args)
 
 
 def _track(args: argparse.Namespace) -> int:
@@ -139,6 +164,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sign_arguments(sign)
     sign.set_defaults(func=_sms_sign)
+
+    from companion.security.commands import (
+        add_audit_arguments,
+        add_keys_arguments,
+        add_order_arguments,
+    )
+
+    keys = sub.add_parser("keys", help="the dispatcher's and the drones' keys: init, show, export")
+    add_keys_arguments(keys)
+    keys.set_defaults(func=_keys)
+    order = sub.add_parser("order", help="signed delivery orders: create, inspect")
+    add_order_arguments(order)
+    order.set_defaults(func=_order)
+    audit = sub.add_parser("audit", help="the hand-over audit trail: verify")
+    add_audit_arguments(audit)
+    audit.set_defaults(func=_audit)
+
+    face = sub.add_parser("face", help="face verification tools: compare two photos")
+    from companion.identity.commands import add_face_arguments
+
+    add_face_arguments(face)
+    face.set_defaults(func=_face)
 
     config = sub.add_parser("config", help="check a configuration file or print the defaults")
     config.add_argument("file", type=Path, nargs="?", default=None)

@@ -205,6 +205,14 @@ class FlightConfig(_Section):
         description="With a descent-cone camera, the descent and the release hold unless its "
         "newest frame is at most this old (autopilot seconds): a stale frame is no frame.",
     )
+    recipient_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        le=600,
+        description="For an order that names its recipient, hover at the hand-over altitude "
+        "at most this long (autopilot seconds) for a verified, live face match or a valid "
+        "fallback PIN; without one the drone flies the parcel home.",
+    )
 
     @field_validator("cruise_alt_m")
     @classmethod
@@ -617,6 +625,81 @@ class JournalConfig(_Section):
     )
 
 
+class SecurityConfig(_Section):
+    """Keys, signed orders and the audit trail of the secure hand-over (`skycourier keys init
+    --drone ID` creates the keys; the dispatcher's public file comes from its `keys init
+    --dispatcher`)."""
+
+    keys_dir: Path = Field(
+        Path("skycourier-keys"),
+        strict=False,
+        description="This drone's key directory (mode 0700; identity, seal and MAVLink "
+        "signing keys, each mode 0600); relative paths are from the working directory.",
+        examples=["/etc/skycourier/keys"],
+    )
+    dispatcher_pub: Path | None = Field(
+        None,
+        strict=False,
+        description="The dispatcher's public-key file (dispatcher.pub.json) that orders must "
+        "be signed with; unset: every order is refused.",
+        examples=["/etc/skycourier/dispatcher.pub.json"],
+    )
+    nonce_path: Path = Field(
+        Path("skycourier-order-nonces.json"),
+        strict=False,
+        description="Where the nonces of accepted orders are kept (until a day after their "
+        "order expired), so that no order is accepted twice, across restarts too.",
+    )
+    audit_path: Path = Field(
+        Path("skycourier-audit.jsonl"),
+        strict=False,
+        description="The hash-chained audit trail (JSON Lines, signed with the drone's "
+        "identity key); check it with `skycourier audit verify`.",
+    )
+
+
+class IdentityConfig(_Section):
+    """Face verification of the recipient at the hand-over (`skycourier face compare A B`
+    prints two photos' distance, for setting the threshold)."""
+
+    threshold: float = Field(
+        0.55,
+        gt=0,
+        lt=2,
+        description="Largest embedding distance that counts as the same person (0.55 accepts "
+        "every genuine and refuses every impostor pair of the reference faces: see README).",
+    )
+    n: int = Field(5, ge=1, le=50, description="Frames in one verification window.")
+    k: int = Field(3, ge=1, description="Matching frames needed in the window (at most n).")
+    max_rejected: int = Field(
+        2,
+        ge=0,
+        description="Unusable frames (no face, too small, blurred, off-angle) the window "
+        "tolerates before it fails.",
+    )
+    min_eye_chin_px: float = Field(
+        70.0, ge=20, description="Smallest face accepted, eyes to chin in frame pixels."
+    )
+    min_sharpness: float = Field(
+        40.0, ge=0, description="Least variance of the Laplacian of the aligned face chip."
+    )
+    max_yaw_deg: float = Field(35.0, gt=0, le=90, description="Most head turn accepted.")
+    max_pitch_deg: float = Field(30.0, gt=0, le=90, description="Most head tilt accepted.")
+    liveness_challenge: Literal["blink", "mouth"] = Field(
+        "blink",
+        description='What the recipient does for the liveness check at the door: "blink" or '
+        '"mouth" (open the mouth); a still or replayed photo cannot.',
+    )
+
+    @field_validator("k", "max_rejected")
+    @classmethod
+    def _within_window(cls, value: int, info: ValidationInfo) -> int:
+        n = info.data.get("n")
+        if n is not None and value > n:
+            raise ValueError(f"must be at most identity.n ({n}), got {value}")
+        return value
+
+
 class LoggingConfig(_Section):
     """Log output: stderr always (journald collects it under systemd), a file optionally."""
 
@@ -652,6 +735,8 @@ class Config(_Section):
     telemetry: TelemetryConfig = TelemetryConfig()
     vision: VisionConfig = VisionConfig()
     journal: JournalConfig = JournalConfig()
+    security: SecurityConfig = SecurityConfig()
+    identity: IdentityConfig = IdentityConfig()
     logging: LoggingConfig = LoggingConfig()
 
     def to_toml(self) -> str:
