@@ -16,11 +16,14 @@ def connect_autopilot(
     connection: str | None = None,
     heartbeat_interval_s: float | None = None,
     clock: Callable[[], float] = time.monotonic,
+    signing_secret: bytes | None = None,
 ) -> Vehicle:
     """Open the autopilot link with every setting of `[vehicle]` and `[companion]`, so the
     daemon and the simulator cannot drift apart; `connection` overrides the configured one
     (the simulator's own autopilot), `heartbeat_interval_s` the configured rate, and `clock`
-    the monotonic clock (a simulator's, in simulated time)."""
+    the monotonic clock (a simulator's, in simulated time). With `signing_secret` (the key
+    store's `mavlink_signing_secret()`) MAVLink 2 signing is set up before anything else is
+    asked of the autopilot (`Vehicle.connect`)."""
     vc, cc = config.vehicle, config.companion
     return Vehicle.connect(
         connection or vc.connection,
@@ -35,4 +38,5 @@ def connect_autopilot(
         command_timeout_s=vc.command_timeout_s,
         command_retries=vc.command_retries,
         clock=clock,
+        signing_secret=signing_secret,
     )

@@ -8,9 +8,16 @@ gone with the old process; if it is on the ground the mission is closed as inter
 both cases the outcome is journaled. Orders reach the daemon through later subsystems
 (order intake, telemetry link); until then it supervises.
 
-Everything the daemon starts (journal, autopilot link, GPS, telemetry, vision) is pushed onto
-one `ExitStack` as it starts, so a failure starting any part, or any way out of the run,
-stops exactly what was started, newest first.
+With the drone's key store in `[security] keys_dir` (`skycourier keys init --drone ID`), the
+link to the flight controller is MAVLink 2 signed with its secret, and the daemon's decisions
+(so far: the missions it closes after a restart) go into the audit trail at
+`[security] audit_path`, signed with the drone's identity key. Without one the daemon says so
+and flies unsigned; a key store it cannot use (a key file others can read, a corrupt file) or
+an audit trail it cannot continue stops it from starting.
+
+Everything the daemon starts (journal, audit trail, autopilot link, GPS, telemetry, vision) is
+pushed onto one `ExitStack` as it starts, so a failure starting any part, or any way out of
+the run, stops exactly what was started, newest first.
 """
 
 from __future__ import annotations
@@ -18,14 +25,18 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from contextlib import ExitStack
 from types import FrameType
+from typing import Any
 
 from companion.autopilot import connect_autopilot
 from companion.bus import Bus
-from companion.config import Config
+from companion.config import Config, SecurityConfig
 from companion.gps.service import start_gps
 from companion.mission.journal import Journal, JournalError
+from companion.security.audit import AuditError, AuditTrail
+from companion.security.keys import KeyFileError, KeyStore
 from companion.telemetry.uplink import open_uplink
 from companion.vision.service import start_vision
 from firmware_bridge.errors import BridgeError
@@ -37,8 +48,15 @@ log = logging.getLogger(__name__)
 _STATUS_EVERY_S = 10.0
 
 
-def recover_unfinished(journal: Journal, vehicle: Vehicle) -> list[tuple[str, str]]:
-    """Close every unfinished mission safely; returns (mission_id, outcome) pairs."""
+#: Receives an audited record: its kind and data (numbers and words only).
+AuditHook = Callable[[str, dict[str, Any]], None]
+
+
+def recover_unfinished(
+    journal: Journal, vehicle: Vehicle, audit: AuditHook | None = None
+) -> list[tuple[str, str]]:
+    """Close every unfinished mission safely; returns (mission_id, outcome) pairs. Each one
+    closed also goes to `audit` (a "restart-recovery" record) when given."""
     closed = []
     for mission_id in journal.unfinished():
         state = vehicle.state
@@ -57,7 +75,35 @@ def recover_unfinished(journal: Journal, vehicle: Vehicle) -> list[tuple[str, st
         journal.finish(mission_id, outcome, state.boot_time_s)
         log.warning("mission %s: %s", mission_id, outcome)
         closed.append((mission_id, outcome))
+        if audit is not None:
+            record = {"mission": mission_id, "outcome": outcome, "armed": state.armed,
+                      "boot_time_s": state.boot_time_s}  # fmt: skip
+            try:
+                audit("restart-recovery", record)
+            except (AuditError, ValueError) as exc:  # the vehicle's safety comes first
+                log.error("mission %s: restart recovery not audited: %s", mission_id, exc)
     return closed
+
+
+def open_security(
+    config: SecurityConfig, running: ExitStack
+) -> tuple[bytes | None, AuditHook | None]:
+    """The MAVLink signing secret and the audit hook from the drone's key store in
+    `config.keys_dir` (the trail pushed onto `running`); (None, None), with a warning, when
+    the folder holds no drone keys. KeyFileError or AuditError when it does but they cannot
+    be used."""
+    keys = KeyStore(config.keys_dir)
+    if not keys.has_drone():
+        log.warning(
+            "MAVLink signing and the audit trail are off: %s holds no drone keys (create them "
+            "with `skycourier keys init --dir %s --drone ID`, or set [security] keys_dir)",
+            config.keys_dir,
+            config.keys_dir,
+        )
+        return None, None
+    secret = keys.mavlink_signing_secret()
+    trail = running.enter_context(AuditTrail(config.audit_path, keys.drone_identity_key()))
+    return secret, lambda kind, data: trail.append(kind, **data)
 
 
 def _log_link(event: LinkState) -> None:
@@ -90,7 +136,14 @@ def run_daemon(config: Config, stop: threading.Event | None = None) -> int:
             log.error("cannot open the mission journal: %s", exc)
             return 1
         try:
-            vehicle = running.enter_context(connect_autopilot(config, bus.publish))
+            secret, audit = open_security(config.security, running)
+        except (KeyFileError, AuditError) as exc:
+            log.error("cannot use the drone's keys or audit trail: %s", exc)
+            return 1
+        try:
+            vehicle = running.enter_context(
+                connect_autopilot(config, bus.publish, signing_secret=secret)
+            )
         except BridgeError as exc:
             log.error("cannot reach the autopilot: %s", exc)
             return 1
@@ -104,7 +157,7 @@ def run_daemon(config: Config, stop: threading.Event | None = None) -> int:
             vehicle.wait_until(
                 lambda s: s.boot_time_s is not None, config.vehicle.connect_timeout_s, "telemetry"
             )
-            recover_unfinished(journal, vehicle)
+            recover_unfinished(journal, vehicle, audit)
             while not stop.wait(_STATUS_EVERY_S):
                 _log_status(vehicle.state, vehicle.link.up)
         except BridgeError as exc:

@@ -57,6 +57,8 @@ def test_default_sim_delivers_and_writes_a_true_report(tmp_path: Path) -> None:
     held: dict[str, float] = {}
     for hold in report["vision"].get("hold_events", []):
         held[hold["phase"]] = held.get(hold["phase"], 0.0) + (hold.get("held_s") or 0.0)
+    # Nor had it a recipient check at the door (the hand-over's, when the face models are in).
+    held["release"] = held.get("release", 0.0) + (report["handover"].get("check_s") or 0.0)
     flown_s = report["duration_s"] - sum(held.values())
     assert abs(flown_s / SITL_TAKEOFF_TO_DISARM_S - 1) <= 0.20
     durations = {p["name"]: p["duration_s"] - held.get(p["name"], 0.0) for p in report["phases"]}
@@ -160,13 +162,15 @@ def test_sitl_flies_the_shipped_parameters_and_refuses_a_small_fence(tmp_path: P
     if binary is None:
         pytest.skip(SITL_SKIP)
     small = main(["sim", "--sitl", str(binary), "--out", str(tmp_path / "small"), "--quiet",
-                  "--no-camera", "--speedup", "5", "--param", "FENCE_RADIUS=300"])  # fmt: skip
+                  "--no-camera", "--recipient", "none", "--speedup", "5",
+                  "--param", "FENCE_RADIUS=300"])  # fmt: skip
     assert small == 1
     refused = json.loads((tmp_path / "small" / "report.json").read_text())
     assert refused["outcome"].startswith("preflight refused: FENCE_RADIUS is 300 m")
     out = tmp_path / "shipped"
+    # Without the hand-over's recipient check, which SITL's reference flight did not have.
     assert main(["sim", "--sitl", str(binary), "--out", str(out), "--quiet", "--no-camera",
-                 "--speedup", "5"]) == 0  # fmt: skip
+                 "--recipient", "none", "--speedup", "5"]) == 0  # fmt: skip
     report = json.loads((out / "report.json").read_text())
     assert report["outcome"] == "delivered" and report["autopilot"] == "ArduCopter SITL"
     durations = {p["name"]: p["duration_s"] for p in report["phases"]}
@@ -181,7 +185,8 @@ def test_sitl_refusing_to_arm_for_a_4s_threshold_ends_the_attempt_at_once(tmp_pa
         pytest.skip(SITL_SKIP)
     out = tmp_path / "r"
     code = main(["sim", "--sitl", str(binary), "--out", str(out), "--quiet", "--no-camera",
-                 "--speedup", "5", "--param", "BATT_LOW_VOLT=14"])  # fmt: skip
+                 "--recipient", "none", "--speedup", "5",
+                 "--param", "BATT_LOW_VOLT=14"])  # fmt: skip
     assert code == 1
     report = json.loads((out / "report.json").read_text())
     assert report["outcome"] == "arming refused: Battery 1 low voltage failsafe"

@@ -19,6 +19,9 @@ from firmware_bridge.errors import BridgeError
 
 
 def _sim(args: argparse.Namespace) -> int:
+    from companion.security.audit import AuditError
+    from companion.security.keys import KeyFileError
+    from companion.security.orders import OrderError as SignedOrderError
     from sim.harness.simulate import OrderError, load_order, order_from_config, run_simulation
     from sim.sitl import SitlError
 
@@ -70,14 +73,17 @@ def _sim(args: argparse.Namespace) -> int:
             broker=broker,
             lte_outage_s=args.lte_outage,
             on_broker=announce,
+            recipient=args.recipient,
         )
-    except (BridgeError, SitlError, JournalError) as exc:
+    except (BridgeError, SitlError, JournalError, KeyFileError, AuditError,
+            SignedOrderError) as exc:  # fmt: skip
         print(f"skycourier sim: {exc}", file=sys.stderr)
         return 1
     print(_summary(report))
     print(_gps_summary(report["companion_gps"]))
     print(_telemetry_summary(report["telemetry"]))
     print(_vision_summary(report["vision"]))
+    print(_handover_summary(report["handover"]))
     print(f"report: {args.out / 'report.json'}  plot: {args.out / 'flight.png'}")
     return 0 if report["outcome"] == "delivered" else 1
 
@@ -106,6 +112,40 @@ def _vision_summary(vision: dict) -> str:
         f"vision: {vision['frames']} frames near the drop ({seen} detected), "
         f"{vision['holds']} descent holds, {vision['hold_s']:.1f} s held"
     )
+
+
+def _handover_summary(handover: dict) -> str:
+    """One line on the hand-over: the recipient check's verdict, the parcel, the audit trail."""
+    audit = handover["audit"]
+    trail = f"audit trail {audit['records']} records, " + (
+        "chain and signatures verified" if audit["verified"] else f"BAD: {audit['result']}"
+    )
+    parcel = "parcel released" if handover["gripper"]["released"] else "parcel kept aboard"
+    if not handover["enabled"]:
+        return f"hand-over: no recipient check ({handover['note']}); {parcel}; {trail}"
+    verdict = handover.get("verdict")
+    if verdict is None:
+        return f"hand-over: {handover['recipient']}: no verdict; {parcel}; {trail}"
+    distance = verdict["distance"]
+    face = (
+        f"face {'matched' if verdict['matched'] else 'not matched'}"
+        + ("" if distance is None else f" at {distance:.3f}")
+        + f" (threshold {verdict['threshold']:.2f})"
+    )
+    live = verdict["liveness"] or {}
+    challenge = live.get("challenge", "liveness")
+    base, extreme = (
+        ("ear_baseline", "ear_min") if challenge == "blink" else ("mar_baseline", "mar_max")
+    )
+    figures = (
+        f" ({base[:3].upper()} {live[base]:.3f} -> {live[extreme]:.3f})"
+        if base in live and extreme in live
+        else ""
+    )
+    liveness = f"{challenge} {'passed' if verdict['live'] else 'failed'}"
+    if not verdict["live"]:
+        liveness += f" ({live.get('reason')})"
+    return f"hand-over: {handover['recipient']}: {face}, {liveness}{figures}; {parcel}; {trail}"
 
 
 def _ensure_sim_model(quiet: bool) -> None:
@@ -208,6 +248,14 @@ def register_sim(sub: argparse._SubParsersAction) -> None:
         "--no-camera",
         action="store_true",
         help="fly without the simulated downward camera (and its person on the pad)",
+    )
+    sim.add_argument(
+        "--recipient",
+        choices=("right", "impostor", "photo", "none"),
+        default="right",
+        help="who waits at the drop: the right recipient, who follows the liveness challenge "
+        "(default); an impostor, who follows it too; a photo of the recipient held to the "
+        "camera; none: no recipient check (a plain delivery)",
     )
     sim.add_argument("--quiet", action="store_true", help="no progress display")
     sim.set_defaults(func=_sim)

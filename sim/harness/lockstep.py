@@ -7,10 +7,10 @@ a descent would go on past a person the camera saw. Like SITL's lockstep with an
 physics engine, the vehicle's step gate (`Lockstep.gate`) holds its clock while the mission
 is behind it by more than `max_lead_s` of simulated time or still has events to take in or
 commands to send, while another part of the companion that follows the vehicle (its GPS
-receiver's fixes: a `Follower`) is more than its own lead behind, and while the simulated
-camera takes a frame that is due. The vehicle keeps
-answering messages meanwhile (commands are acknowledged), and its simulated time only
-advances once the companion has caught up.
+receiver's fixes: a `Follower`) is more than its own lead behind, and while a simulated
+camera (the downward one, the door camera of the hand-over) takes a frame that is due. The
+vehicle keeps answering messages meanwhile (commands are acknowledged), and its simulated
+time only advances once the companion has caught up.
 
 While the links are cut (`VehicleServer.set_link_blocked`, a pulled cable) the companion
 cannot follow and the vehicle runs on its own. A companion that does not catch up within
@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from companion.mission.runner import MissionRunner
 from sim.harness.vision import CameraPose, SimVision
@@ -43,9 +44,15 @@ class Follower:
     max_lead_s: float
 
 
+class FrameGate(Protocol):
+    """A simulated camera in lockstep: False while a frame due before `t_next` is taken."""
+
+    def allow(self, t_next: float, pose: Callable[[], CameraPose]) -> bool: ...
+
+
 class Lockstep:
-    """The step gate of a `VehicleServer` flown by `runner`, with `vision`'s frames and the
-    `followers`' progress."""
+    """The step gate of a `VehicleServer` flown by `runner`, with `vision`'s frames (and
+    those of the other `cameras`) and the `followers`' progress."""
 
     def __init__(
         self,
@@ -54,12 +61,15 @@ class Lockstep:
         vision: SimVision | None = None,
         *,
         followers: Sequence[Follower] = (),
+        cameras: Sequence[FrameGate] = (),
         max_lead_s: float = 0.25,
         patience_s: float = 5.0,
     ) -> None:
         self.server = server
         self.runner = runner
         self.vision = vision
+        own: tuple[FrameGate, ...] = (vision,) if vision is not None else ()
+        self.cameras = own + tuple(cameras)
         self.followers = tuple(followers)
         self.max_lead_s = max_lead_s
         self.patience_s = patience_s
@@ -71,7 +81,7 @@ class Lockstep:
         """May the vehicle step to simulated time `t_next`? (Called by its thread.)"""
         if not self._companion_ready(t_next):
             return False
-        return self.vision is None or self.vision.allow(t_next, self._pose)
+        return all(camera.allow(t_next, self._pose) for camera in self.cameras)
 
     def _behind(self, t_next: float) -> list[str]:
         """The parts of the companion that have not caught up with the vehicle."""

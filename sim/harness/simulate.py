@@ -6,10 +6,16 @@ progress, and writes the flight report. The autopilot flies the parameters SkyCo
 (`firmware_bridge/autopilot/params`), so the preflight that would refuse a flight on the drone
 refuses it here.
 
+The delivery is a secure hand-over (`sim.harness.handover`): a signed order with the
+recipient's sealed face template, verified before the flight; MAVLink signing between the
+companion and the autopilot; an audit trail signed by the drone; and at the drop the identity
+service checking the face the simulated door camera shows (the right recipient, an impostor
+or a photo) before the release gate lets the parcel go.
+
 The built-in vehicle runs in lockstep with the companion (`sim.harness.lockstep`): its clock
 waits while the mission has not taken in what the vehicle sent, and at every frame of the
-simulated camera, so a run gives the same outcome, holds and phases on a loaded machine as on
-an idle one. SITL cannot be paused from outside; with the camera it runs at speed-up 2 at
+simulated cameras, so a run gives the same outcome, holds and phases on a loaded machine as
+on an idle one. SITL cannot be paused from outside; with the camera it runs at speed-up 2 at
 most, so that the mission's camera freshness check holds.
 """
 
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -31,13 +38,17 @@ from companion.geo import distance_m, offset
 from companion.gps.driver import GpsDriver
 from companion.gps.fix import GpsFix
 from companion.gps.flight_summary import GpsFlightSummary
+from companion.identity.service import IdentityService
 from companion.mission.events import MissionEvent
 from companion.mission.journal import Journal
 from companion.mission.plan import delivery_plan
 from companion.mission.runner import MissionRunner
 from companion.progress import DeliveryProgress
 from companion.report import FlightRecorder, build_report, write_report
+from companion.telemetry.uplink import TelemetryUplink
+from firmware_bridge.errors import BridgeError
 from firmware_bridge.state import VehicleState
+from firmware_bridge.vehicle import Vehicle
 from sim.harness.devices import (
     SpeedupClock,
     companion_gps,
@@ -46,6 +57,7 @@ from sim.harness.devices import (
     sim_time_of,
     telemetry_uplink,
 )
+from sim.harness.handover import Handover, SimDoorCamera, handover_summary, prepare_handover
 from sim.harness.lockstep import Follower, Lockstep
 from sim.harness.vision import SimVision
 from sim.sitl import SitlProcess
@@ -135,6 +147,7 @@ def run_simulation(
     broker: tuple[str, int] | None = None,
     lte_outage_s: float = 0.0,
     on_broker: Callable[[str, int], None] | None = None,
+    recipient: str = "right",
 ) -> dict:
     """Fly `order` in simulation, write report.json and flight.png to `out_dir`, return the
     report.
@@ -146,7 +159,10 @@ def run_simulation(
     emulator on a pty to an MQTT broker: `broker` (host, port), or one started here
     (mosquitto if installed, else the embedded one), announced through `on_broker`.
     `lte_outage_s` cuts the LTE coverage for that many simulated seconds from the start of
-    the cruise."""
+    the cruise. `recipient` is who waits at the drop ("right", "impostor", "photo"; "none"
+    flies without the recipient check); the keys, the order and the audit trail go into
+    `out_dir` too (KeyFileError, AuditError or a refused order's OrderError before anything
+    flies)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in RUN_OUTPUTS:
         (out_dir / name).unlink(missing_ok=True)
@@ -155,12 +171,14 @@ def run_simulation(
     gps_summary = GpsFlightSummary()
     gps_summary.attach(bus)
     drop = (order.drop_lat, order.drop_lon)
+    handover = prepare_handover(config, out_dir, order.mission_id, drop, recipient)
     vision = SimVision(bus, drop, wanted=camera)
-    if sitl_binary is not None and vision.enabled and config.sim.speedup > SITL_CAMERA_SPEEDUP:
+    cameras = vision.enabled or handover.checks_recipient
+    if sitl_binary is not None and cameras and config.sim.speedup > SITL_CAMERA_SPEEDUP:
         log.warning(
-            "SITL with the simulated camera runs at speed-up %g, not %g: SITL's clock does not "
-            "wait for a frame (~0.1 s of wall time), and a stale frame holds the descent "
-            "(--no-camera flies faster)",
+            "SITL with the simulated cameras runs at speed-up %g, not %g: SITL's clock does not "
+            "wait for a frame (~0.1 s of wall time), and a stale frame holds the descent and "
+            "fails the recipient check (--no-camera --recipient none flies faster)",
             SITL_CAMERA_SPEEDUP,
             config.sim.speedup,
         )
@@ -168,7 +186,9 @@ def run_simulation(
     sim = config.sim
     home = sim.home
     with ExitStack() as stack:
+        stack.callback(handover.close)
         stack.callback(vision.stop)
+        identity, door = _recipient_check(stack, bus, config, handover, order.mission_id)
         server: VehicleServer | None = None
         if sitl_binary is not None:
             sitl = SitlProcess(
@@ -204,6 +224,7 @@ def run_simulation(
             # The simulated autopilot times its companion watchdog in its own, faster clock.
             heartbeat_interval_s=min(1.0 / config.companion.heartbeat_hz, 1.0 / sim.speedup),
             clock=clock,
+            signing_secret=handover.signing_secret(),
         )
         stack.callback(vehicle.close)
         gps = companion_gps(stack, config, bus, server, clock)
@@ -215,21 +236,44 @@ def run_simulation(
             schedule_outage(bus, modem, clock, lte_outage_s)
         journal = Journal(out_dir / "journal.db")
         stack.callback(journal.close)
-        plan = delivery_plan(order.mission_id, drop, config.flight, camera_required=vision.enabled)
-        runner = MissionRunner(vehicle, journal, bus)
+        plan = delivery_plan(
+            order.mission_id,
+            drop,
+            config.flight,
+            camera_required=vision.enabled,
+            recipient_check=handover.checks_recipient,
+        )
+        runner = MissionRunner(vehicle, journal, bus, audit=handover.audit)
         lockstep = None
         if server is not None:
             followers = [gps_follower(bus, server, gps)]
-            lockstep = Lockstep(server, runner, vision, followers=followers)
+            cameras = [door] if door is not None else []
+            lockstep = Lockstep(server, runner, vision, followers=followers, cameras=cameras)
             server.set_step_gate(lockstep.gate)
             stack.callback(server.set_step_gate, None)
             vision.start_lockstep(runner)
+            if door is not None:
+                door.start_lockstep(runner)
         else:
             vision.start_free(clock)
+            if door is not None:
+                door.start_free()
         with progress:
             outcome = runner.run(plan)
-        # Everything queued in flight reaches the broker before the run ends.
-        uplink.drain(timeout_s=60.0)
+        if outcome != "delivered":
+            _wait_until_landed(vehicle, sim.speedup)
+        gripper = _gripper(server, handover)
+        signing = {
+            "link": vehicle.link.signing,
+            "autopilot_rejected": None if server is None else server.signing_rejected,
+        }
+        # Everything queued in flight reaches the broker before the run ends. After an abort
+        # the telemetry goes on at the abort's rate, faster than the modem sends it at a high
+        # speed-up: only what was queued until the landing is waited for then.
+        if outcome == "delivered":
+            uplink.drain(timeout_s=60.0)
+        else:
+            _drain_through(uplink, uplink.store.last_seq, timeout_s=60.0)
         telemetry = uplink.summary()
         telemetry["broker"] = f"{host}:{port}"
     report = build_report(
@@ -245,10 +289,77 @@ def run_simulation(
     report["companion_gps"] = gps_summary.as_dict(gps)
     report["telemetry"] = telemetry
     report["vision"] = vision.summary()
+    report["handover"] = handover_summary(
+        handover,
+        identity=identity.summary() if identity is not None else None,
+        camera=door,
+        gripper=gripper,
+        signing=signing,
+    )
     report["speedup"] = sim.speedup
     report["lockstep_stalls"] = None if lockstep is None else lockstep.stalls
     write_report(out_dir, report, recorder)
     return report
+
+
+def _recipient_check(
+    stack: ExitStack, bus: Bus, config: Config, handover: Handover, drop_id: str
+) -> tuple[IdentityService | None, SimDoorCamera | None]:
+    """The identity service, expecting the order's recipient at `drop_id`, and the door
+    camera that shows it the face; (None, None) for a delivery without the check."""
+    if handover.order is None:
+        return None, None
+    # The door camera is not the downward camera: its person boxes are no region of interest.
+    identity = IdentityService(
+        bus, handover.analyzer, config.identity, audit=handover.audit, person_roi=False
+    )
+    stack.callback(identity.close)
+    identity.expect_order(handover.order, handover.drone_keys.drone_seal_key(), drop_id)
+    door = SimDoorCamera(bus, drop_id, handover.faces, identity.frame)
+    stack.callback(door.stop)
+    return identity, door
+
+
+#: Simulated seconds an aborted delivery's return home (the autopilot's RTL) may take.
+RETURN_LIMIT_S = 600.0
+
+
+def _wait_until_landed(vehicle: Vehicle, speedup: float) -> None:
+    """After an abort the autopilot flies home on its own (RTL): wait until it has landed
+    and disarmed, so that the report shows the whole flight and where the parcel went."""
+    if not vehicle.state.armed:
+        return
+    try:
+        vehicle.wait_until(lambda s: not s.armed, RETURN_LIMIT_S / speedup, "the landing")
+    except BridgeError as exc:
+        log.warning("sim: the vehicle did not land after the abort: %s", exc)
+
+
+def _drain_through(uplink: TelemetryUplink, seq: int, timeout_s: float) -> bool:
+    """Wait until every record up to `seq` is acknowledged; False if time ran out."""
+    deadline = time.monotonic() + timeout_s
+    while (oldest := uplink.store.peek(1)) and oldest[0].seq <= seq:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _gripper(server: VehicleServer | None, handover: Handover) -> dict:
+    """Whether the parcel left the drone and where the drone ended up: the built-in vehicle's
+    own gripper and position, or (SITL) the mission's "released" record."""
+    if server is not None:
+        snap = server.state
+        return {
+            "released": snap.gripper_released,
+            "parcel_aboard": snap.load_held,
+            "landed": snap.landed and not snap.armed,
+            "landed_from_home_m": round(math.hypot(snap.north_m, snap.east_m), 1),
+            "source": "built-in vehicle",
+        }
+    released = any(kind == "released" for kind, _ in handover.records)
+    return {"released": released, "parcel_aboard": None, "landed": None,
+            "landed_from_home_m": None, "source": "mission records"}  # fmt: skip
 
 
 def gps_follower(bus: Bus, server: VehicleServer, driver: GpsDriver) -> Follower:
