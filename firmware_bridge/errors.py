@@ -50,3 +50,18 @@ class ArmingRefused(BridgeError):
     def __init__(self, reasons: list[str]) -> None:
         self.reasons = reasons
         super().__init__("arming refused: " + ("; ".join(reasons) or "no reason given"))
+
+
+class FenceError(BridgeError):
+    """A geofence or rally upload was not done: the definition is one the flight controller
+    would refuse (`problems` lists each, naming the polygon, circle or point), or the
+    autopilot refused it (the MAV_MISSION_RESULT and its STATUSTEXT in the message)."""
+
+    def __init__(self, what: str, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(f"{what}: " + "; ".join(problems))
+
+
+class FenceMismatch(FenceError):
+    """A geofence or rally list read back from the autopilot is not the one uploaded;
+    `problems` lists each difference."""

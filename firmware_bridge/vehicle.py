@@ -29,9 +29,23 @@ from firmware_bridge.errors import (
     ArmingRefused,
     BridgeError,
     CommandError,
+    FenceError,
+    FenceMismatch,
+    MissionError,
     ParamError,
     ProtocolTimeout,
     SigningError,
+)
+from firmware_bridge.fence import (
+    FenceCircle,
+    FenceDefinition,
+    FencePolygon,
+    LatLonE7,
+    RallyPoint,
+    fence_differences,
+    fence_problems,
+    rally_differences,
+    rally_problems,
 )
 from firmware_bridge.link import MavLink
 from firmware_bridge.mission_protocol import (
@@ -415,6 +429,70 @@ class Vehicle:
         """Make `seq` the item AUTO flies next."""
         self.link.require_up()
         self.link.run(MissionSetCurrent(seq, **self._ids()), timeout=30.0)
+
+    def upload_fence(
+        self,
+        polygons: Sequence[FencePolygon] = (),
+        circles: Sequence[FenceCircle] = (),
+        return_point: LatLonE7 | None = None,
+    ) -> FenceDefinition:
+        """Replace the autopilot's geofence and read it back; returns what is stored.
+
+        Checked first against what ArduPilot refuses (`fence.fence_problems`); then uploaded
+        as MAV_MISSION_TYPE_FENCE, downloaded and compared item by item, exactly on the
+        integer coordinates (`fence.fence_differences`). FenceError on a definition that
+        cannot be stored or an upload the autopilot refuses (with its STATUSTEXT, e.g.
+        "Fence exceeds storage size"), FenceMismatch when the read-back differs,
+        ProtocolTimeout when it stops answering. ArduPilot takes a fence while armed too and
+        enforces it at once. Uploading nothing clears the fence."""
+        definition = FenceDefinition(tuple(polygons), tuple(circles), return_point)
+        problems = fence_problems(definition)
+        if problems:
+            raise FenceError("fence refused before upload", problems)
+        items = definition.items()
+        self._upload_checked(items, mavlink.MAV_MISSION_TYPE_FENCE, "fence")
+        read = self.download_mission(mavlink.MAV_MISSION_TYPE_FENCE)
+        differences = fence_differences(items, read)
+        if differences:
+            raise FenceMismatch("fence read back differs from the upload", differences)
+        return definition
+
+    def download_fence(self) -> FenceDefinition:
+        """The autopilot's stored geofence; FenceError if its items do not form one."""
+        items = self.download_mission(mavlink.MAV_MISSION_TYPE_FENCE)
+        try:
+            return FenceDefinition.from_items(items)
+        except ValueError as exc:
+            raise FenceError("fence read from the autopilot is malformed", [str(exc)]) from exc
+
+    def upload_rally(self, points: Sequence[RallyPoint]) -> None:
+        """Replace the autopilot's rally points and read them back (see `upload_fence`;
+        `fence.rally_problems` and `fence.rally_differences`)."""
+        problems = rally_problems(points)
+        if problems:
+            raise FenceError("rally points refused before upload", problems)
+        items = [point.item(seq) for seq, point in enumerate(points)]
+        self._upload_checked(items, mavlink.MAV_MISSION_TYPE_RALLY, "rally points")
+        differences = rally_differences(
+            items, self.download_mission(mavlink.MAV_MISSION_TYPE_RALLY)
+        )
+        if differences:
+            raise FenceMismatch("rally points read back differ from the upload", differences)
+
+    def download_rally(self) -> list[RallyPoint]:
+        """The autopilot's stored rally points."""
+        items = self.download_mission(mavlink.MAV_MISSION_TYPE_RALLY)
+        return [RallyPoint((i.x, i.y), int(i.z), i.frame) for i in items]
+
+    def _upload_checked(self, items: list[MissionItem], mission_type: int, what: str) -> None:
+        """Upload; a refusal becomes FenceError with the autopilot's STATUSTEXT beside it."""
+        started = time.time()
+        try:
+            self.upload_mission(items, mission_type)
+        except MissionError as exc:
+            texts = [t.text for t in self.tracker.recent_texts(started)]
+            detail = f"{exc.result}" + (f" (autopilot said: {'; '.join(texts)})" if texts else "")
+            raise FenceError(f"{what} upload refused by the autopilot", [detail]) from exc
 
     # -- parameters ------------------------------------------------------------------------
 

@@ -18,7 +18,8 @@ Behaviour follows ArduPilot's MissionItemProtocol (GCS_MAVLink/MissionItemProtoc
 - Items read back the way ArduPilot stores them: MISSION item 0 is always home (frame
   GLOBAL, altitude AMSL); *_INT frames come back as their plain equivalents (6 -> 3, 5 -> 0);
   commands without a location come back with frame 0 and x = y = z = 0; fence items come back
-  with frame 0, z 0 and only param1; rally points with their altitude frame and no params.
+  with frame 0, z 0 and only param1; rally points with their altitude frame, whole metres
+  and no params.
 """
 
 from __future__ import annotations
@@ -34,7 +35,11 @@ MISSION = mavlink.MAV_MISSION_TYPE_MISSION
 FENCE = mavlink.MAV_MISSION_TYPE_FENCE
 RALLY = mavlink.MAV_MISSION_TYPE_RALLY
 
-MAX_ITEMS = {MISSION: 724, FENCE: 100, RALLY: 100}
+# MissionItemProtocol::max_items with SITL's 32 KiB storage (StorageManager layout): 724
+# mission items; fence 560 bytes / 8 = 70 items (AC_PolyFence_loader::max_items); rally
+# 690 bytes / 15 = 46 points (AP_Rally::get_rally_max).
+MAX_ITEMS = {MISSION: 724, FENCE: 70, RALLY: 46}
+FENCE_STORAGE_BYTES = 560
 UPLOAD_TIMEOUT_S = 8.0  # MissionItemProtocol::upload_timeout_ms
 REREQUEST_S = 1.0  # MissionItemProtocol::update wp_recv_timeout_ms
 LOCATION_ALT_MAX_M = 83000
@@ -175,18 +180,25 @@ def convert(item: Item, mission_type: int) -> tuple[int, Item | None]:
             _C.MAV_CMD_NAV_FENCE_POLYGON_VERTEX_INCLUSION,
             _C.MAV_CMD_NAV_FENCE_POLYGON_VERTEX_EXCLUSION,
         )
-        if polygon and item.param1 > 255:
+        # ArduPilot refuses param1 > 255 and converts the rest to a uint8; a NaN or negative
+        # count (undefined in that conversion) is refused the same way here.
+        if polygon and not 0 <= item.param1 <= 255:
             return mavlink.MAV_MISSION_INVALID_PARAM1, None
         p1 = 0.0 if item.command == _C.MAV_CMD_NAV_FENCE_RETURN_POINT else float(item.param1)
         if polygon:
             p1 = float(int(item.param1))
         stored = Item(item.seq, 0, item.command, p1, 0.0, 0.0, 0.0, item.x, item.y, 0.0, 0)
         return mavlink.MAV_MISSION_ACCEPTED, stored
+    # MissionItemProtocol_Rally::convert_MISSION_ITEM_INT_to_RallyLocation: the altitude is
+    # an int16 of metres (a fraction is dropped); a NaN, undefined there, is refused here.
     if item.command != _C.MAV_CMD_NAV_RALLY_POINT:
         return mavlink.MAV_MISSION_UNSUPPORTED, None
-    result = _check_location(item)
-    if result != mavlink.MAV_MISSION_ACCEPTED:
-        return result, None
+    if abs(item.x) > 900_000_000:
+        return mavlink.MAV_MISSION_INVALID_PARAM5_X, None
+    if abs(item.y) > 1_800_000_000:
+        return mavlink.MAV_MISSION_INVALID_PARAM6_Y, None
+    if not -32768 <= item.z <= 32767:
+        return mavlink.MAV_MISSION_INVALID_PARAM7, None
     if item.frame not in _ALT_FRAMES:
         return mavlink.MAV_MISSION_UNSUPPORTED_FRAME, None
     stored = Item(
@@ -199,46 +211,54 @@ def convert(item: Item, mission_type: int) -> tuple[int, Item | None]:
         0.0,
         item.x,
         item.y,
-        item.z,
+        float(math.trunc(item.z)),
         0,
     )
     return mavlink.MAV_MISSION_ACCEPTED, stored
 
 
 def fence_error(items: list[Item]) -> str | None:
-    """Why a fence list cannot be stored (AC_PolyFence_loader::validate_fence), or None."""
-    i = 0
-    returns = 0
-    while i < len(items):
-        item = items[i]
-        if item.command in (
-            _C.MAV_CMD_NAV_FENCE_POLYGON_VERTEX_INCLUSION,
-            _C.MAV_CMD_NAV_FENCE_POLYGON_VERTEX_EXCLUSION,
-        ):
+    """Why a fence list cannot be stored, as ArduPilot's STATUSTEXT says it, or None:
+    AC_PolyFence_loader::validate_fence, then the storage check of write_fence
+    (fence_storage_space_required: 4 header bytes, 2 + 8 per polygon vertex, 13 per circle,
+    9 for the return point)."""
+    polygons = (
+        _C.MAV_CMD_NAV_FENCE_POLYGON_VERTEX_INCLUSION,
+        _C.MAV_CMD_NAV_FENCE_POLYGON_VERTEX_EXCLUSION,
+    )
+    expecting, remaining, want = 0, 0, 0
+    seen_return = False
+    needed = 4
+    for item in items:
+        if item.command in polygons:
             count = int(item.param1)
             if count < 3:
                 return f"Invalid vertex count ({count})"
-            run = items[i : i + count]
-            if len(run) < count or any(
-                v.command != item.command or int(v.param1) != count for v in run
-            ):
-                return f"Unexpected vertex count want={count}"
-            i += count
-            continue
-        if (
-            item.command
-            in (
-                _C.MAV_CMD_NAV_FENCE_CIRCLE_INCLUSION,
-                _C.MAV_CMD_NAV_FENCE_CIRCLE_EXCLUSION,
-            )
-            and item.param1 <= 0
-        ):
-            return "Non-positive circle radius"
-        if item.command == _C.MAV_CMD_NAV_FENCE_RETURN_POINT:
-            returns += 1
-            if returns > 1:
+            if remaining == 0:
+                expecting, remaining, want = item.command, count, count
+                needed += 2 + 8 * count
+            elif item.command != expecting:
+                return f"Received incorrect vertex type (want={expecting} got={item.command})"
+            elif count != want:
+                return f"Unexpected vertex count want={want} got={count}"
+            remaining -= 1
+        elif remaining:
+            return f"Received incorrect type (want={expecting} got={item.command})"
+        elif item.command == _C.MAV_CMD_NAV_FENCE_RETURN_POINT:
+            if seen_return:
                 return "Multiple return points"
-        i += 1
+            seen_return = True
+            needed += 9
+        else:  # a circle
+            if not item.param1 >= 1.1920929e-07:  # is_positive(): >= FLT_EPSILON
+                return "Non-positive circle radius"
+            needed += 13
+        if abs(item.x) > 900_000_000 or abs(item.y) > 1_800_000_000:
+            return "Bad lat or lon"
+    if remaining:
+        return "Incorrect item count"
+    if needed > FENCE_STORAGE_BYTES:
+        return "Fence exceeds storage size"
     return None
 
 
@@ -414,6 +434,8 @@ class MissionStore:
             problem = fence_error(up.items)
             if problem is not None:
                 self._out.text(mavlink.MAV_SEVERITY_WARNING, problem)
+                if problem != "Fence exceeds storage size":
+                    self._out.text(mavlink.MAV_SEVERITY_WARNING, "Fence validation failed")
                 self._ack(up.client, msg, mavlink.MAV_MISSION_ERROR, mission_type)
                 return
         self._lists[mission_type] = up.items
