@@ -106,6 +106,30 @@ def _track(args: argparse.Namespace) -> int:
     return run_track(args)
 
 
+def _plan(args: argparse.Namespace) -> int:
+    import json
+
+    from companion.routing.planner import PlanError, solve_tsp
+    from companion.routing.tsplib import TsplibError, read_tsplib
+
+    if args.tsplib is None:
+        print("skycourier plan: give --tsplib FILE.tsp", file=sys.stderr)
+        return 2
+    try:
+        instance = read_tsplib(args.tsplib)
+        tour = solve_tsp(instance.distance_matrix(), time_limit_s=args.time_limit)
+    except (TsplibError, PlanError) as exc:
+        print(f"skycourier plan: {exc}", file=sys.stderr)
+        return 2
+    order = [i + 1 for i in tour.order]  # TSPLIB's 1-based city numbers
+    if args.json:
+        print(json.dumps({"name": instance.name, "length": tour.length, "order": order}))
+    else:
+        print(f"{instance.name or args.tsplib}: length {tour.length:g}")
+        print("order: " + " ".join(map(str, order)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (kept separate so tests and docs can introspect it)."""
     parser = argparse.ArgumentParser(prog="skycourier", description=__doc__.splitlines()[0])
@@ -186,6 +210,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_face_arguments(face)
     face.set_defaults(func=_face)
+
+    plan = sub.add_parser("plan", help="plan the order of drops (a TSPLIB instance for now)")
+    plan.add_argument(
+        "--tsplib", type=Path, default=None, help="solve a TSPLIB EUC_2D instance (FILE.tsp)"
+    )
+    plan.add_argument("--json", action="store_true", help="print one JSON object")
+    plan.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds of search (default: 1 + 0.05 a city, at most 8)",
+    )
+    plan.set_defaults(func=_plan)
 
     config = sub.add_parser("config", help="check a configuration file or print the defaults")
     config.add_argument("file", type=Path, nargs="?", default=None)

@@ -87,7 +87,7 @@ def test_order_file_chooses_the_drop_and_flying_it_again_starts_a_fresh_report(
     )
     out = tmp_path / "r"
     argv = ["sim", "--order", str(order), "--out", str(out), "--quiet", "--speedup", "25",
-            "--no-camera"]  # fmt: skip
+            "--no-camera", "--recipient", "none"]  # fmt: skip
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["mission_id"] == "o-7"

@@ -57,6 +57,8 @@ def test_a_60_s_lte_outage_in_flight_loses_nothing(mosquitto, tmp_path: Path) ->
             show_progress=False,
             broker=(mosquitto.host, mosquitto.port),
             lte_outage_s=60.0,
+            camera=False,  # the outage is the subject: no descent camera, no door camera
+            recipient="none",
         )
         telemetry = report["telemetry"]
         ground.wait_for(telemetry["last_seq"], timeout_s=20.0)
