@@ -100,6 +100,12 @@ def _face(args: argparse.Namespace) -> int:
     return run_face(args)
 
 
+def _fc(args: argparse.Namespace) -> int:
+    from companion.fc_apply import run_fc
+
+    return run_fc(args)
+
+
 def _track(args: argparse.Namespace) -> int:
     from companion.track import run_track
 
@@ -112,8 +118,17 @@ def _plan(args: argparse.Namespace) -> int:
     from companion.routing.planner import PlanError, solve_tsp
     from companion.routing.tsplib import TsplibError, read_tsplib
 
+    if args.orders is not None and args.tsplib is not None:
+        print(
+            "skycourier plan: give ORDERS.geojson or --tsplib FILE.tsp, not both", file=sys.stderr
+        )
+        return 2
+    if args.orders is not None:
+        from companion.routing.plan_command import run_orders
+
+        return run_orders(args)
     if args.tsplib is None:
-        print("skycourier plan: give --tsplib FILE.tsp", file=sys.stderr)
+        print("skycourier plan: give ORDERS.geojson or --tsplib FILE.tsp", file=sys.stderr)
         return 2
     try:
         instance = read_tsplib(args.tsplib)
@@ -211,9 +226,38 @@ def build_parser() -> argparse.ArgumentParser:
     add_face_arguments(face)
     face.set_defaults(func=_face)
 
-    plan = sub.add_parser("plan", help="plan the order of drops (a TSPLIB instance for now)")
+    plan = sub.add_parser(
+        "plan", help="plan deliveries from an orders GeoJSON file, or solve a TSPLIB instance"
+    )
+    plan.add_argument(
+        "orders",
+        type=Path,
+        nargs="?",
+        default=None,
+        metavar="ORDERS.geojson",
+        help="airspace, orders and depot in one GeoJSON FeatureCollection",
+    )
     plan.add_argument(
         "--tsplib", type=Path, default=None, help="solve a TSPLIB EUC_2D instance (FILE.tsp)"
+    )
+    plan.add_argument("--png", type=Path, default=None, metavar="MAP.png", help="draw the plan")
+    plan.add_argument(
+        "--airframe",
+        choices=("sitl-copter", "quad-4s-5000"),
+        default="sitl-copter",
+        help="energy profile of the drone (default sitl-copter)",
+    )
+    plan.add_argument(
+        "--profile",
+        choices=("easa-open", "faa-part107", "dgca"),
+        default="easa-open",
+        help="regulatory profile whose ceiling holds (default easa-open)",
+    )
+    plan.add_argument(
+        "--drones", type=int, default=1, help="drones for the orders that name none (default 1)"
+    )
+    plan.add_argument(
+        "--config", type=Path, default=None, help="TOML configuration ([flight] altitudes, speeds)"
     )
     plan.add_argument("--json", action="store_true", help="print one JSON object")
     plan.add_argument(
@@ -224,6 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds of search (default: 1 + 0.05 a city, at most 8)",
     )
     plan.set_defaults(func=_plan)
+
+    fc = sub.add_parser("fc", help="the flight controller: push and verify parameter files")
+    from companion.fc_apply import add_fc_arguments
+
+    add_fc_arguments(fc)
+    fc.set_defaults(func=_fc)
 
     config = sub.add_parser("config", help="check a configuration file or print the defaults")
     config.add_argument("file", type=Path, nargs="?", default=None)
