@@ -305,7 +305,8 @@ def shapes(size: int) -> dict[str, bytes]:
     """Inputs of about `size` bytes, each a shape that hurts some parser."""
     # The transcripts' sessions minus the SMS read (text mode without <length>: after it the
     # engine holds everything as data, which would make the baseline look fast).
-    good = b"".join(s.stream for s in transcript_seeds() if b"+CMGRD" not in s.stream)
+    sessions = transcript_seeds() or manual_seeds()  # the manuals' when ../shared is absent
+    good = b"".join(s.stream for s in sessions if b"+CMGRD" not in s.stream)
     rng = random.Random(0)
     quoted = b'\r\n+CMGR: "' + b'",,"' * 900 + b'"\r\n'
     return {
