@@ -249,7 +249,10 @@ def test_worst_case_wind_allowance_grows_with_wind(frame, d, kg, w1, w2, track) 
 def test_power_is_positive_and_grows_with_mass(frame, kg, speed, vc) -> None:  # type: ignore[no-untyped-def]
     p = power_w(frame, kg, speed, vc)
     assert p > 0
-    assert power_w(frame, kg + 0.5, speed, vc) > p
+    heavier = power_w(frame, kg + 0.5, speed, vc)
+    # In a fast descent the rotor can windmill (momentum theory's induced power clamps at
+    # zero), where mass no longer costs power; level flight and climbs always pay for it.
+    assert heavier > p if vc >= 0 else heavier >= p
 
 
 # ---- the mission core's plan -------------------------------------------------------------
