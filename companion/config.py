@@ -238,6 +238,34 @@ class FlightConfig(_Section):
         return value
 
 
+class PreflightConfig(_Section):
+    """What must be ready before a delivery arms, beyond the autopilot's parameters and its
+    battery: a demanded input that is missing, stale or failing keeps the drone on the
+    ground (asked again every 2 s until `flight.preflight_timeout_s`), with the reason."""
+
+    companion_gps: bool = Field(
+        True,
+        description=(
+            "The companion's own GPS receiver ([gps]) must have a fresh 3-D fix meeting the "
+            "satellite and HDOP minimums, like the autopilot's."
+        ),
+    )
+    uplink: bool = Field(
+        True, description="The modem must be registered on a network and telemetry flowing."
+    )
+    max_wind_mps: float = Field(
+        10.0,
+        gt=0,
+        le=30,
+        description="Refuse to start in a reported wind above this (m/s); no report refuses too.",
+    )
+    min_satellites: int = Field(6, ge=4, le=40, description="Satellites used, on each receiver.")
+    max_hdop: float = Field(2.0, gt=0, le=20, description="Highest HDOP, on each receiver.")
+    max_fix_age_s: float = Field(
+        2.0, gt=0, le=30, description="A companion fix older than this does not count."
+    )
+
+
 class DeliveryConfig(_Section):
     """The default drop point when no order names one: a distance and bearing from home, or
     explicit coordinates (lat and lon together), which win when given."""
@@ -728,6 +756,7 @@ class Config(_Section):
     vehicle: VehicleConfig = VehicleConfig()
     companion: CompanionConfig = CompanionConfig()
     flight: FlightConfig = FlightConfig()
+    preflight: PreflightConfig = PreflightConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     sim: SimConfig = SimConfig()
     gps: GpsConfig = GpsConfig()

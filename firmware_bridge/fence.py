@@ -359,6 +359,20 @@ class RallyPoint:
         )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class AutopilotLimits:
+    """What the flight controller must hold before arming: built from an airspace by
+    `companion.routing.limits`, carried by the mission plan, uploaded by its preflight.
+    `fence` and `rally` go up through `Vehicle.upload_fence` / `upload_rally`, `params`
+    through PARAM_SET; `notes` say where the fence differs from the airspace (always on the
+    safe side) and why."""
+
+    fence: FenceDefinition
+    rally: tuple[RallyPoint, ...]
+    params: dict[str, float]
+    notes: tuple[str, ...]
+
+
 def rally_problems(
     points: Sequence[RallyPoint], *, max_points: int = RALLY_MAX_POINTS
 ) -> list[str]:

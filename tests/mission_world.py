@@ -19,6 +19,7 @@ from companion.mission.actions import (
     Action,
     Arm,
     ChangeSpeed,
+    CheckSystems,
     Disarm,
     Finish,
     ReadParams,
@@ -27,16 +28,20 @@ from companion.mission.actions import (
     SetMode,
     Takeoff,
     Transition,
+    UploadLimits,
 )
 from companion.mission.core import MissionCore
 from companion.mission.events import Phase
 from companion.mission.inputs import (
     CommandResult,
     FallbackPin,
+    GroundStatus,
     Input,
+    LimitsUploaded,
     ParamsRead,
     RecipientVerdict,
     StateUpdate,
+    SystemsChecked,
 )
 from companion.mission.stages import VerifyRecipient
 from firmware_bridge.dialect import mavlink
@@ -52,7 +57,8 @@ SHIPPED_PARAMS: dict[str, float] = {
     "FENCE_ACTION": 1, "FENCE_MARGIN": 5, "RTL_ALT": 3000, "RTL_LOIT_TIME": 5000,
     "BATT_FS_LOW_ACT": 2, "BATT_FS_CRT_ACT": 1, "BATT_LOW_VOLT": 10.5, "BATT_CRT_VOLT": 10.05,
     "BATT_LOW_MAH": 660, "BATT_CRT_MAH": 330, "SCR_ENABLE": 1, "SCW_ENABLE": 1,
-    "GRIP_ENABLE": 1, "GRIP_TYPE": 1, "SERVO8_FUNCTION": 28,
+    "GRIP_ENABLE": 1, "GRIP_TYPE": 1, "SERVO8_FUNCTION": 28, "OA_TYPE": 2,
+    "OA_MARGIN_MAX": 10, "BATT_CAPACITY": 3300,
 }  # fmt: skip
 
 
@@ -70,6 +76,10 @@ class World:
     target: tuple[float, float, float] | None = None
     released: bool = False
     params: dict[str, float] = field(default_factory=lambda: dict(SHIPPED_PARAMS))
+    #: What `CheckSystems` is answered with (None: the companion has nothing to report).
+    ground: GroundStatus | None = None
+    #: The airspace limits the vehicle holds once uploaded.
+    limits_held: object | None = None
     ready_at: float = 2.0
     speed_xy: float = 10.0
     speed_z: float = 2.0
@@ -134,6 +144,14 @@ class World:
             return [result]
         if isinstance(action, ReadParams):
             return [ParamsRead(action.token, tuple(sorted(self.params.items())))]
+        if isinstance(action, UploadLimits):
+            self.limits_held = action.limits
+            self.params.update(action.limits.params)
+            return [LimitsUploaded(action.token)]
+        if isinstance(action, CheckSystems):
+            if self.ground is None:
+                return [SystemsChecked(action.token, error="nothing to report")]
+            return [SystemsChecked(action.token, self.ground)]
         ok = CommandResult(action.token, True)
         if isinstance(action, SetMode):
             self.mode = action.mode

@@ -267,6 +267,37 @@ def test_checker_finds_a_leg_through_a_zone() -> None:
     assert any("no-fly zone 'wall'" in f and "inside the 20 m margin" in f for f in faults)
 
 
+def test_each_sortie_carries_the_autopilots_limits_and_its_energy_price() -> None:
+    wall = zone("wall", [(400, -300), (600, -300), (600, 300), (400, 300)])
+    of, plan = plan_of(wall, order("behind", 1000, 0), order("near", -300, 200))
+    for sortie in plan.sorties:
+        limits = sortie.mission.autopilot_limits
+        assert limits is not None
+        assert [p.inclusion for p in limits.fence.polygons] == [True, False]
+        assert limits.params["FENCE_TYPE"] == 5
+        energy = sortie.mission.energy
+        assert energy is not None
+        assert energy.charge_mah == pytest.approx(sortie.energy.charge_mah)
+        assert energy.capacity_mah == plan.model.battery.capacity_mah
+        assert energy.reserve_mah == pytest.approx(0.2 * energy.capacity_mah)
+
+
+def test_a_fence_simplified_into_a_leg_is_refused_naming_the_drop() -> None:
+    """A round 64-vertex zone that must shrink to a few fence vertices to fit a small
+    flight controller's storage: the grown polygon reaches the leg that skirts the zone."""
+    pond = [
+        (500 + 200 * math.cos(2 * math.pi * k / 64), 200 * math.sin(2 * math.pi * k / 64))
+        for k in range(64)
+    ]
+    of, plan = plan_of(zone("pond", pond), order("behind", 1000, 0))  # 70 items: it fits
+    assert check_delivery_plan(plan, of.airspace, orders=of.orders) == []
+    with pytest.raises(DeliveryRefused) as refused:
+        plan_of(zone("pond", pond), order("behind", 1000, 0), fence_items=12)
+    cuts = [r for r in refused.value.reasons if "(to drop behind)" in r]
+    assert cuts and all("the autopilot's fence polygon 2 (exclusion)" in r for r in cuts)
+    assert any("cuts it" in r for r in cuts)
+
+
 def test_checker_finds_a_sortie_beyond_the_battery_and_a_missing_order() -> None:
     of, plan = plan_of(order("a", 1500, 1500), order("b", -1500, 1500))
     small = plan.model.with_battery(Battery(capacity_mah=1500.0, nominal_voltage_v=14.8))

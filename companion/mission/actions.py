@@ -12,6 +12,7 @@ from enum import IntEnum
 from typing import Any
 
 from companion.mission.events import Phase
+from firmware_bridge.fence import AutopilotLimits
 
 
 @dataclass(frozen=True)
@@ -102,5 +103,33 @@ class ReadParams:
     token: int
 
 
-Command = SetMode | Arm | Disarm | Takeoff | Reposition | ChangeSpeed | ReleaseParcel | ReadParams
+@dataclass(frozen=True)
+class UploadLimits:
+    """Put the plan's fence, rally points and fence parameters on the flight controller and
+    read them back; answered by `LimitsUploaded`."""
+
+    token: int
+    limits: AutopilotLimits
+
+
+@dataclass(frozen=True)
+class CheckSystems:
+    """Report the companion's own systems (GPS receiver, uplink, wind); answered by
+    `SystemsChecked`."""
+
+    token: int
+
+
+Command = (
+    SetMode
+    | Arm
+    | Disarm
+    | Takeoff
+    | Reposition
+    | ChangeSpeed
+    | ReleaseParcel
+    | ReadParams
+    | UploadLimits
+    | CheckSystems
+)
 Action = Transition | Finish | Command

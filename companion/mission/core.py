@@ -60,12 +60,14 @@ from companion.mission.inputs import (
     FallbackPin,
     Input,
     JournalFailed,
+    LimitsUploaded,
     LinkStatus,
     OperatorAction,
     OperatorCommand,
     ParamsRead,
     RecipientVerdict,
     StateUpdate,
+    SystemsChecked,
 )
 from companion.mission.plan import MissionPlan
 from companion.mission.stages import (
@@ -235,9 +237,9 @@ class MissionCore:
             self._link = event
         elif isinstance(event, CommandResult):
             self._on_result(event)
-        elif isinstance(event, ParamsRead):
+        elif isinstance(event, ParamsRead | LimitsUploaded | SystemsChecked):
             if self._aborting is None:
-                self.stage.on_params(self, event)
+                self.stage.on_answer(self, event)
         elif isinstance(event, AutopilotText):
             self._texts.append((event.boot_time_s, event.text))
             if _FENCE_BREACH_TEXT.search(event.text):

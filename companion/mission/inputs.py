@@ -55,6 +55,57 @@ class ParamsRead:
 
 
 @dataclass(frozen=True)
+class LimitsUploaded:
+    """The answer to `UploadLimits`: every way the flight controller does not hold the
+    limits (empty when it holds them exactly, read back)."""
+
+    token: int
+    problems: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ReceiverStatus:
+    """The companion's own GPS receiver as the preflight sees it: its last fix's quality and
+    how old that fix is (seconds on the companion's clock), with the driver's status word."""
+
+    fix_3d: bool
+    satellites: int | None
+    hdop: float | None
+    age_s: float | None
+    status: str
+
+
+@dataclass(frozen=True)
+class UplinkStatus:
+    """The telemetry uplink as the preflight sees it: the modem registered on a network, and
+    telemetry flowing (records acknowledged by the broker recently); `detail` says why not."""
+
+    registered: bool
+    flowing: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class GroundStatus:
+    """What the companion knows of its own systems before a flight: its GPS receiver, the
+    uplink and the wind (m/s, with where that figure comes from); None where it has none."""
+
+    gps: ReceiverStatus | None = None
+    uplink: UplinkStatus | None = None
+    wind_mps: float | None = None
+    wind_source: str = ""
+
+
+@dataclass(frozen=True)
+class SystemsChecked:
+    """The answer to `CheckSystems`: the ground status, or `error` when there is none."""
+
+    token: int
+    status: GroundStatus | None = None
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class AutopilotText:
     """A STATUSTEXT from the autopilot (failsafe and fence messages explain mode changes)."""
 
@@ -141,6 +192,8 @@ Input = (
     | LinkStatus
     | CommandResult
     | ParamsRead
+    | LimitsUploaded
+    | SystemsChecked
     | AutopilotText
     | ConeVerdict
     | OperatorCommand

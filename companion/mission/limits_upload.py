@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import struct
 
-from companion.routing.limits import AutopilotLimits
 from firmware_bridge.errors import BridgeError, FenceError
+from firmware_bridge.fence import AutopilotLimits
 from firmware_bridge.vehicle import Vehicle
 
 

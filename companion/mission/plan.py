@@ -18,8 +18,9 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
-from companion.config import FlightConfig
+from companion.config import FlightConfig, PreflightConfig
 from companion.geo import distance_m
+from firmware_bridge.fence import AutopilotLimits
 
 
 @dataclass(frozen=True)
@@ -172,16 +173,63 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class EnergyBudget:
+    """What the planner priced the flight at (`companion.routing.energy`): the charge it
+    draws and the reserve that must be left, on a battery of `capacity_mah`. The preflight
+    refuses a battery that holds less than charge + reserve, or a flight controller whose
+    BATT_CAPACITY is smaller than the battery the plan was priced for."""
+
+    charge_mah: float
+    reserve_mah: float
+    capacity_mah: float
+
+    def __post_init__(self) -> None:
+        for name in ("charge_mah", "reserve_mah", "capacity_mah"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"energy budget: {name} {value!r} is not a charge")
+
+
+@dataclass(frozen=True)
+class PreflightChecks:
+    """What the preflight demands beyond the autopilot's parameters and battery: GPS quality
+    (the autopilot's receiver always, the companion's own when `companion_gps`), the uplink
+    when `uplink`, and a wind report at or below `max_wind_mps` when that is set. A demanded
+    input that is missing or stale refuses the flight."""
+
+    companion_gps: bool = False
+    uplink: bool = False
+    max_wind_mps: float | None = None
+    min_satellites: int = 6
+    max_hdop: float = 2.0
+    #: A companion fix older than this (seconds) does not count.
+    max_fix_age_s: float = 2.0
+
+    @property
+    def needs_ground_status(self) -> bool:
+        """Whether the companion's own systems must be reported (`CheckSystems`)."""
+        return self.companion_gps or self.uplink or self.max_wind_mps is not None
+
+
+@dataclass(frozen=True)
 class MissionPlan:
     """One mission: its legs in flying order, the speeds to set, the limits to keep, and
     whether a descent-cone camera watches the hand-over (then a missing or stale frame
-    holds the descent; without one the plan says so and nothing is watched)."""
+    holds the descent; without one the plan says so and nothing is watched), and what the
+    preflight must see in place before arming (the autopilot's limits, the energy, the
+    companion's systems)."""
 
     mission_id: str
     legs: tuple[Leg, ...]
     speeds: Speeds = field(default_factory=Speeds)
     limits: Limits = field(default_factory=Limits)
     camera_required: bool = False
+    #: The airspace's fence, rally points and fence parameters, uploaded and read back in the
+    #: preflight before arming (None: the autopilot's fence circle and ceiling only).
+    autopilot_limits: AutopilotLimits | None = None
+    #: The planner's price for the flight, checked against the battery before arming.
+    energy: EnergyBudget | None = None
+    checks: PreflightChecks = field(default_factory=PreflightChecks)
 
     def __post_init__(self) -> None:
         if not self.mission_id:
@@ -258,6 +306,18 @@ def limits_from_config(flight: FlightConfig) -> Limits:
         camera_max_age_s=flight.camera_max_age_s,
         altitude_ceiling_m=flight.altitude_ceiling_m,
         recipient_timeout_s=flight.recipient_timeout_s,
+    )
+
+
+def checks_from_config(preflight: PreflightConfig) -> PreflightChecks:
+    """The readiness checks `[preflight]` configures."""
+    return PreflightChecks(
+        companion_gps=preflight.companion_gps,
+        uplink=preflight.uplink,
+        max_wind_mps=preflight.max_wind_mps,
+        min_satellites=preflight.min_satellites,
+        max_hdop=preflight.max_hdop,
+        max_fix_age_s=preflight.max_fix_age_s,
     )
 
 

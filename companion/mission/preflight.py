@@ -8,6 +8,17 @@ one the autopilot would not hold; a gripper that is not configured answers MAV_C
 with FAILED over the recipient's garden. Each check names the parameter, its value and the
 value it needs.
 
+Before the parameters are read, the plan's airspace limits (fence, rally points, fence
+parameters) are uploaded and read back (`UploadLimits`), so the parameters judged are the
+ones the flight will have. With no-fly zones in the fence the autopilot must also plan its own
+returns around them (OA_TYPE Dijkstra): the watchdog's or a failsafe's RTL flies home with no
+companion, and a straight line home may cross a zone.
+
+The rest of the flight's readiness is checked here too, each with its reason: the battery
+against the planner's energy price plus reserve (`EnergyBudget`), the GPS quality of the
+autopilot's receiver and of the companion's own, the uplink, and the wind
+(`check_receivers`, `check_ground`; what a plan demands is its `PreflightChecks`).
+
 `check_autopilot` is a pure function of the parameters, the plan and home; `arming_refusal_is_
 transient` sorts the autopilot's pre-arm texts into those that waiting fixes (sensors settling,
 GPS, EKF) and those it does not (a low battery, a fence, a missing gripper).
@@ -19,13 +30,18 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from companion.mission.plan import MissionPlan
+from companion.mission.inputs import GroundStatus
+from companion.mission.plan import MissionPlan, PreflightChecks
+from firmware_bridge.state import GpsInfo
 
 #: FENCE_TYPE bits (AC_Fence): 1 maximum altitude, 2 circle around home, 4 polygons.
 FENCE_ALT_MAX_BIT = 1
 FENCE_CIRCLE_BIT = 2
 #: SERVOn_FUNCTION of a gripper output (SRV_Channel::k_gripper).
 SERVO_FUNCTION_GRIPPER = 28
+#: OA_TYPE values that plan paths around the fence (AP_OAPathPlanner: 2 Dijkstra, 3 Dijkstra
+#: with BendyRuler).
+OA_TYPES_AROUND_FENCE = (2, 3)
 
 
 @dataclass(frozen=True)
@@ -48,9 +64,152 @@ def check_autopilot(
     """Every reason the autopilot (with these parameters, at this battery level) would stop
     or could not fly `plan` from `home`; empty when it can."""
     findings: list[Finding] = []
-    for check in (_fence, _rtl, _battery_failsafes, _watchdog, _gripper):
+    for check in (_fence, _avoidance, _rtl, _battery_failsafes, _watchdog, _gripper):
         findings += check(params, plan, home)
     findings += _battery_level(battery_pct, plan)
+    findings += _battery_energy(params, battery_pct, plan)
+    return findings
+
+
+def _avoidance(
+    params: Mapping[str, float], plan: MissionPlan, home: tuple[float, float]
+) -> list[Finding]:
+    limits = plan.autopilot_limits
+    if limits is None:
+        return []
+    zones = [p for p in limits.fence.polygons if not p.inclusion]
+    zones += [c for c in limits.fence.circles if not c.inclusion]
+    if not zones:
+        return []
+    oa_type = _get(params, "OA_TYPE")
+    if oa_type is None:
+        return [_missing("OA_TYPE", "the autopilot must plan its returns around the zones")]
+    if int(oa_type) not in OA_TYPES_AROUND_FENCE:
+        return [
+            Finding(
+                "OA_TYPE",
+                f"OA_TYPE is {oa_type:g}: without the companion the autopilot's RTL would fly "
+                f"straight home across {len(zones)} no-fly zone(s); set OA_TYPE 2 (Dijkstra, "
+                "delivery-copter.parm) and reboot the flight controller",
+            )
+        ]
+    return []
+
+
+def _battery_energy(
+    params: Mapping[str, float], battery_pct: int | None, plan: MissionPlan
+) -> list[Finding]:
+    budget = plan.energy
+    if budget is None or battery_pct is None:
+        return []  # no price to check, or no level at all (_battery_level refuses that)
+    capacity = _get(params, "BATT_CAPACITY")
+    if capacity is None or capacity <= 0:
+        return [
+            Finding(
+                "BATT_CAPACITY",
+                f"BATT_CAPACITY is {'missing' if capacity is None else f'{capacity:g}'}: the "
+                f"plan's {budget.charge_mah:.0f} mAh cannot be checked against the battery",
+            )
+        ]
+    findings = []
+    if capacity < budget.capacity_mah:
+        findings.append(
+            Finding(
+                "BATT_CAPACITY",
+                f"BATT_CAPACITY is {capacity:g} mAh, smaller than the {budget.capacity_mah:g} "
+                "mAh battery the plan was priced for: plan again for this battery",
+            )
+        )
+    holds = capacity * battery_pct / 100.0
+    needed = budget.charge_mah + budget.reserve_mah
+    if holds < needed:
+        findings.append(
+            Finding(
+                "battery",
+                f"battery {battery_pct}% holds about {holds:.0f} mAh of BATT_CAPACITY "
+                f"{capacity:g}; the plan draws {budget.charge_mah:.0f} mAh and must land with "
+                f"{budget.reserve_mah:.0f} mAh in reserve: {needed:.0f} mAh needed",
+            )
+        )
+    return findings
+
+
+def check_receivers(
+    autopilot: GpsInfo, status: GroundStatus | None, checks: PreflightChecks
+) -> list[Finding]:
+    """The GPS receivers against the plan's minimums: the autopilot's always, the
+    companion's own when the plan demands it (a missing, stale or poor fix refuses)."""
+    findings = _fix_quality(
+        "autopilot GPS",
+        autopilot.fix_type >= 3,
+        autopilot.satellites,
+        autopilot.hdop,
+        checks,
+    )
+    if not checks.companion_gps:
+        return findings
+    gps = None if status is None else status.gps
+    if gps is None:
+        return [*findings, Finding("companion GPS", "companion GPS: no receiver reported")]
+    if gps.age_s is None or gps.age_s > checks.max_fix_age_s:
+        age = "no fix yet" if gps.age_s is None else f"last fix {gps.age_s:.1f} s old"
+        findings.append(
+            Finding(
+                "companion GPS",
+                f"companion GPS ({gps.status}): {age}, more than {checks.max_fix_age_s:g} s",
+            )
+        )
+        return findings
+    return findings + _fix_quality(
+        f"companion GPS ({gps.status})", gps.fix_3d, gps.satellites, gps.hdop, checks
+    )
+
+
+def _fix_quality(
+    who: str, fix_3d: bool, satellites: int | None, hdop: float | None, checks: PreflightChecks
+) -> list[Finding]:
+    problems = []
+    if not fix_3d:
+        problems.append("no 3-D fix")
+    if satellites is None or satellites < checks.min_satellites:
+        problems.append(
+            f"{'unknown' if satellites is None else satellites} satellites, "
+            f"{checks.min_satellites} needed"
+        )
+    if hdop is None or hdop > checks.max_hdop:
+        problems.append(
+            f"HDOP {'unknown' if hdop is None else f'{hdop:.2f}'} above {checks.max_hdop:g}"
+        )
+    return [Finding(who, f"{who}: " + ", ".join(problems))] if problems else []
+
+
+def check_ground(status: GroundStatus | None, checks: PreflightChecks) -> list[Finding]:
+    """The uplink and the wind against what the plan demands (missing counts as failing)."""
+    findings = []
+    if checks.uplink:
+        uplink = None if status is None else status.uplink
+        if uplink is None:
+            findings.append(Finding("uplink", "telemetry uplink: none reported"))
+        elif not (uplink.registered and uplink.flowing):
+            what = "not registered on a network" if not uplink.registered else "not flowing"
+            detail = f" ({uplink.detail})" if uplink.detail else ""
+            findings.append(Finding("uplink", f"telemetry uplink: modem {what}{detail}"))
+    limit = checks.max_wind_mps
+    if limit is not None:
+        wind = None if status is None else status.wind_mps
+        source = "" if status is None or not status.wind_source else f" ({status.wind_source})"
+        if wind is None:
+            findings.append(
+                Finding("wind", f"wind: no report, and the limit is {limit:g} m/s{source}")
+            )
+        elif not wind <= limit:  # NaN fails too
+            findings.append(
+                Finding(
+                    "wind",
+                    f"wind {wind:g} m/s{source} is above the {limit:g} m/s limit "
+                    "(preflight.max_wind_mps)",
+                )
+            )
     return findings
 
 

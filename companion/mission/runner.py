@@ -12,7 +12,9 @@ through it, so what is tested is what flies. It is the only part of a mission wi
   on unrecorded;
 - commands go to one worker thread that drives them through the bridge (acknowledged,
   retried, timed out there) and hands each result back as an event, so a slow command never
-  stalls the loop or an abort;
+  stalls the loop or an abort; the preflight's requests go there too: the airspace limits
+  (`upload_limits`, read back), the parameters, and the companion's own systems (the
+  `systems` callable the runner is given: GPS receiver, uplink, wind);
 - the hand-over's records (each recipient check, verdict, PIN result, clearance, release),
   every abort and the mission's end also go to the optional `audit` hook (e.g. an append-only
   audit trail) after the journal; a failing hook is treated like a failing journal.
@@ -36,6 +38,7 @@ from companion.mission.actions import (
     Action,
     Arm,
     ChangeSpeed,
+    CheckSystems,
     Command,
     Disarm,
     Finish,
@@ -45,6 +48,7 @@ from companion.mission.actions import (
     SetMode,
     Takeoff,
     Transition,
+    UploadLimits,
 )
 from companion.mission.core import MissionCore
 from companion.mission.events import MissionEvent
@@ -54,15 +58,19 @@ from companion.mission.inputs import (
     CommandResult,
     ConeVerdict,
     FallbackPin,
+    GroundStatus,
     Input,
     JournalFailed,
+    LimitsUploaded,
     LinkStatus,
     OperatorCommand,
     ParamsRead,
     RecipientVerdict,
     StateUpdate,
+    SystemsChecked,
 )
 from companion.mission.journal import FINISHED_EVENT, Journal, JournalError
+from companion.mission.limits_upload import LimitsRefused, upload_limits
 from companion.mission.plan import MissionPlan
 from firmware_bridge.dialect import mavlink
 from firmware_bridge.errors import BridgeError, CommandError, LinkError, ProtocolTimeout
@@ -86,7 +94,9 @@ AuditHook = Callable[[str, dict[str, Any]], None]
 
 class MissionRunner:
     """Flies missions with `vehicle`, journaling to `journal` and publishing on `bus`; the
-    hand-over's records, aborts and ends also go to `audit` when given."""
+    hand-over's records, aborts and ends also go to `audit` when given. `systems` reports the
+    companion's own systems for a preflight that demands them (without it, such a plan is
+    refused on the ground)."""
 
     def __init__(
         self,
@@ -97,6 +107,7 @@ class MissionRunner:
         gripper: Gripper | None = None,
         tick_s: float = TICK_S,
         audit: AuditHook | None = None,
+        systems: Callable[[], GroundStatus] | None = None,
     ) -> None:
         self.vehicle = vehicle
         self.journal = journal
@@ -104,6 +115,7 @@ class MissionRunner:
         self.gripper = gripper or Gripper(vehicle)
         self.tick_s = tick_s
         self.audit = audit
+        self.systems = systems
         self._audit_ok = True
         self.core: MissionCore | None = None
         self._events: queue.Queue[Input] = queue.Queue()
@@ -350,6 +362,21 @@ class MissionRunner:
             except BridgeError as exc:
                 return ParamsRead(command.token, error=str(exc))
             return ParamsRead(command.token, tuple(sorted(values.items())))
+        if isinstance(command, UploadLimits):
+            try:
+                upload_limits(v, command.limits)
+            except LimitsRefused as exc:
+                return LimitsUploaded(command.token, tuple(exc.reasons))
+            return LimitsUploaded(command.token)
+        if isinstance(command, CheckSystems):
+            if self.systems is None:
+                return SystemsChecked(command.token, error="this runner has no systems to report")
+            try:
+                status = self.systems()
+            except Exception as exc:  # a broken source refuses the flight, named
+                log.exception("the companion's systems report failed")
+                return SystemsChecked(command.token, error=f"{type(exc).__name__}: {exc}")
+            return SystemsChecked(command.token, status)
         started = time.time()
         try:
             _COMMANDS[type(command)](self, command)

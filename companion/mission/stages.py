@@ -19,12 +19,14 @@ from companion.geo import distance_m
 from companion.mission.actions import (
     Arm,
     ChangeSpeed,
+    CheckSystems,
     ReadParams,
     ReleaseParcel,
     Reposition,
     SetMode,
     SpeedType,
     Takeoff,
+    UploadLimits,
 )
 from companion.mission.events import Phase
 from companion.mission.handover import (
@@ -36,7 +38,15 @@ from companion.mission.handover import (
     release_refusal,
     verdict_figures,
 )
-from companion.mission.inputs import CommandResult, FallbackPin, ParamsRead, RecipientVerdict
+from companion.mission.inputs import (
+    CommandResult,
+    FallbackPin,
+    GroundStatus,
+    LimitsUploaded,
+    ParamsRead,
+    RecipientVerdict,
+    SystemsChecked,
+)
 from companion.mission.plan import (
     DropLeg,
     HandoverStep,
@@ -49,14 +59,22 @@ from companion.mission.plan import (
     Waypoint,
 )
 from companion.mission.preflight import (
+    Finding,
     arming_reason,
     arming_refusal_is_transient,
     check_autopilot,
+    check_ground,
+    check_receivers,
     speed_notes,
 )
 from companion.mission.progress import ProgressWatch
 from firmware_bridge.dialect import mavlink
 from firmware_bridge.state import VehicleState
+
+#: How often (autopilot seconds) the preflight asks again for systems that were not ready.
+SYSTEMS_RETRY_S = 2.0
+#: Answers to a step's requests that are not flight commands.
+Answer = ParamsRead | LimitsUploaded | SystemsChecked
 
 if TYPE_CHECKING:
     from companion.mission.core import MissionCore
@@ -141,8 +159,8 @@ class Stage:
     def on_result(self, core: MissionCore, result: CommandResult) -> None:
         """A command this step sent has been answered."""
 
-    def on_params(self, core: MissionCore, params: ParamsRead) -> None:
-        """The parameters this step asked for have been read."""
+    def on_answer(self, core: MissionCore, answer: Answer) -> None:
+        """A non-command request of this step (parameters, limits, systems) is answered."""
 
     def verify(self, core: MissionCore) -> bool:
         """True once the step is done; raise Abort when it cannot be."""
@@ -154,19 +172,37 @@ class Stage:
 
 @dataclass
 class Preflight(Stage):
-    """Wait until the vehicle can arm in GUIDED, then check the autopilot's parameters and
-    the battery against the plan (`preflight.check_autopilot`)."""
+    """Wait until the vehicle can arm in GUIDED; put the plan's airspace limits on the
+    autopilot and read them back (`UploadLimits`); then read its parameters and judge them
+    with the battery (`preflight.check_autopilot`): any finding there refuses at once, every
+    one named. Then the receivers, the uplink and the wind (`check_receivers`,
+    `check_ground`; the companion's own systems are asked for with `CheckSystems` when the
+    plan demands them): these come up by themselves after a boot, so they are asked again
+    every `SYSTEMS_RETRY_S` until ready, and the preflight times out naming what is not."""
 
     phase = Phase.PREFLIGHT
     airborne = False
+    _limits_token: int | None = field(default=None, init=False)
+    _limits_done: bool = field(default=False, init=False)
     _params_token: int | None = field(default=None, init=False)
-    _findings: list[str] | None = field(default=None, init=False)
+    _params: ParamsRead | None = field(default=None, init=False)
+    _systems_token: int | None = field(default=None, init=False)
+    _systems: SystemsChecked | None = field(default=None, init=False)
+    _next_systems_at: float | None = field(default=None, init=False)
+    _not_ready: list[str] = field(default_factory=list, init=False)
+    _reported: bool = field(default=False, init=False)
 
     @property
     def what(self) -> str:
+        if self._limits_token is not None and not self._limits_done:
+            return "the airspace limits to be uploaded and read back"
         if self._params_token is None:
             return "a 3-D fix, a home position and an EKF position estimate"
-        return "the autopilot's parameters"
+        if self._params is None:
+            return "the autopilot's parameters"
+        if self._not_ready:
+            return "readiness: " + "; ".join(self._not_ready)
+        return "the companion's systems report"
 
     def timeout_s(self, core: MissionCore) -> float:
         return core.plan.limits.preflight_timeout_s
@@ -175,32 +211,127 @@ class Preflight(Stage):
         state = core.state
         if state is None or not armable(state):
             return False
-        if self._params_token is None:
+        plan = core.plan
+        if core.home is None:
             assert state.home is not None
             core.home = (state.home.lat, state.home.lon)
+        limits = plan.autopilot_limits
+        if limits is not None and self._limits_token is None:
+            self._limits_token = core.send(lambda t: UploadLimits(t, limits))
+            return False
+        if limits is not None and not self._limits_done:
+            return False
+        if self._params_token is None:
             self._params_token = core.send(ReadParams)
             return False
-        if self._findings is None:
+        if self._params is None:
             return False
-        if self._findings:
-            raise Abort("preflight refused: " + "; ".join(self._findings), "NONE")
+        if plan.checks.needs_ground_status:
+            if self._systems_token is None or self._due(core):
+                self._systems = None
+                self._systems_token = core.send(CheckSystems)
+                return False
+            if self._systems is None:
+                return False
+        not_ready = [str(f) for f in self._readiness(core)]
+        if not_ready != self._not_ready or (not not_ready and not self._reported):
+            status = None if self._systems is None else self._systems.status
+            core.record(
+                "not-ready" if not_ready else "ready",
+                findings=not_ready,
+                **_ground_summary(status),
+            )
+            self._not_ready = not_ready
+            self._reported = True
+        if not_ready:
+            if self._next_systems_at is None:
+                self._next_systems_at = (core.now or 0.0) + SYSTEMS_RETRY_S
+            return False
         return True
 
-    def on_params(self, core: MissionCore, params: ParamsRead) -> None:
-        if params.token != self._params_token:
-            return
-        if params.error:
-            raise Abort(f"preflight: cannot read the autopilot's parameters ({params.error})",
-                        "NONE")  # fmt: skip
+    def _due(self, core: MissionCore) -> bool:
+        """Whether a systems report that showed something not ready is due to be asked again."""
+        due = self._next_systems_at
+        if due is None or core.now is None or core.now < due:
+            return False
+        self._next_systems_at = None
+        return True
+
+    def on_answer(self, core: MissionCore, answer: Answer) -> None:
+        if isinstance(answer, LimitsUploaded) and answer.token == self._limits_token:
+            if answer.problems:
+                raise Abort(
+                    "preflight refused: the autopilot does not hold the airspace limits: "
+                    + "; ".join(answer.problems),
+                    "NONE",
+                )
+            self._limits_done = True
+            core.record("limits-uploaded", **_limits_summary(core.plan))
+        elif isinstance(answer, ParamsRead) and answer.token == self._params_token:
+            if answer.error:
+                raise Abort(
+                    f"preflight: cannot read the autopilot's parameters ({answer.error})", "NONE"
+                )
+            self._params = answer
+            self._judge_autopilot(core, dict(answer.values))
+        elif isinstance(answer, SystemsChecked) and answer.token == self._systems_token:
+            self._systems = answer
+
+    def _judge_autopilot(self, core: MissionCore, params: dict[str, float]) -> None:
+        """The parameters, limits and battery: what waiting cannot fix, refused at once."""
         state = core.state
         assert core.home is not None and state is not None
-        findings = check_autopilot(
-            dict(params.values), core.plan, core.home, state.battery.remaining_pct
-        )
-        self._findings = [str(f) for f in findings]
-        core.params = dict(params.values)
-        notes = speed_notes(core.params, core.plan)
-        core.record("checked", findings=self._findings, notes=notes)
+        plan = core.plan
+        findings = [
+            str(f) for f in check_autopilot(params, plan, core.home, state.battery.remaining_pct)
+        ]
+        core.params = params
+        core.record("checked", findings=findings, notes=speed_notes(params, plan))
+        if findings:
+            raise Abort("preflight refused: " + "; ".join(findings), "NONE")
+
+    def _readiness(self, core: MissionCore) -> list[Finding]:
+        """The receivers, the uplink and the wind now."""
+        state = core.state
+        assert state is not None
+        checks = core.plan.checks
+        status = None if self._systems is None else self._systems.status
+        findings = check_receivers(state.gps, status, checks)
+        findings += check_ground(status, checks)
+        if self._systems is not None and self._systems.error:
+            findings.insert(0, Finding("systems", f"companion systems: {self._systems.error}"))
+        return findings
+
+
+def _limits_summary(plan: MissionPlan) -> dict[str, object]:
+    limits = plan.autopilot_limits
+    assert limits is not None
+    fence = limits.fence
+    return {
+        "inclusion_polygons": sum(p.inclusion for p in fence.polygons),
+        "exclusion_polygons": sum(not p.inclusion for p in fence.polygons),
+        "circles": len(fence.circles),
+        "rally_points": len(limits.rally),
+        "params": dict(limits.params),
+        "notes": list(limits.notes),
+    }
+
+
+def _ground_summary(status: GroundStatus | None) -> dict[str, object]:
+    if status is None:
+        return {}
+    gps, uplink = status.gps, status.uplink
+    summary: dict[str, object] = {}
+    if gps is not None:
+        summary["companion_gps"] = {
+            "status": gps.status, "fix_3d": gps.fix_3d, "satellites": gps.satellites,
+            "hdop": gps.hdop, "age_s": gps.age_s,
+        }  # fmt: skip
+    if uplink is not None:
+        summary["uplink"] = {"registered": uplink.registered, "flowing": uplink.flowing}
+    if status.wind_mps is not None:
+        summary["wind_mps"] = status.wind_mps
+    return summary
 
 
 @dataclass

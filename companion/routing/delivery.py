@@ -36,13 +36,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import shapely
-from shapely.geometry import LineString, Point
+from shapely.geometry import LineString, Point, Polygon
+from shapely.geometry.base import BaseGeometry
 
 from companion.config import FlightConfig
 from companion.geo import distance_m as geo_distance_m
 from companion.mission.plan import (
     DEFAULT_HANDOVER,
     DropLeg,
+    EnergyBudget,
     LandLeg,
     MissionPlan,
     ReturnLeg,
@@ -80,9 +82,11 @@ from companion.routing.energy import (
     transit,
 )
 from companion.routing.frame import LocalFrame
+from companion.routing.limits import LimitsError, build_limits, stored_xy
 from companion.routing.orders import Order
 from companion.routing.paths import DEFAULT_MARGIN_M, AirspaceRouter
 from companion.routing.planner import PlanError, RoutingProblem, plan_routes
+from firmware_bridge.fence import FENCE_MAX_ITEMS, AutopilotLimits
 
 #: Metres of slack in the checker's clearance tests: the waypoints go through lat/lon and
 #: back, and the router keeps `margin - 0.01 m` (paths.EPS_M).
@@ -90,6 +94,11 @@ CLEARANCE_TOLERANCE_M = 0.05
 #: Battery swap and reload between two sorties of one drone (the planner's turnaround adds
 #: the landing and the next take-off to it).
 DEFAULT_SWAP_S = 120.0
+#: How far every flown line keeps from the uploaded fence (its exclusion polygons and the
+#: inclusion polygon's edge): OA_MARGIN_MAX of delivery-copter.parm. Closer, the autopilot's
+#: own path planner would re-route the companion's leg, or FENCE_MARGIN (5 m) would call a
+#: breach; either way the fence, simplified to fit the flight controller, cuts the leg.
+FENCE_CLEARANCE_M = 10.0
 
 
 class DeliveryRefused(AirspaceError):
@@ -195,13 +204,17 @@ def plan_deliveries(
     mission_prefix: str = "sortie",
     time_limit_s: float | None = None,
     solution_limit: int | None = None,
+    fence_items: int = FENCE_MAX_ITEMS,
 ) -> DeliveryPlan:
     """Plan every order into sorties from `depot` (lat, lon) and prove the result.
 
     Orders naming a `drone` are planned on that drone alone; the others on a fleet of
-    `drones` drones ("drone 1", ...). Raises `DeliveryRefused` naming each drop that cannot
-    be served and why; a plan that `check_delivery_plan` faults is refused too (never
-    returned)."""
+    `drones` drones ("drone 1", ...). Every sortie carries the autopilot's limits for the
+    airspace (`build_limits`, a fence of at most `fence_items` items: the flight controller's
+    storage) and its energy price, which its preflight uploads and checks before arming.
+    Raises `DeliveryRefused` naming each drop that cannot be served and why; a plan that
+    `check_delivery_plan` faults is refused too (never returned), a fence that would cut a
+    leg included."""
     if isinstance(profile, str):
         profile = regulatory_profile(profile)
     flight = flight or FlightConfig()
@@ -254,8 +267,25 @@ def plan_deliveries(
         except EnergyInputError as err:
             raise DeliveryRefused([str(err)]) from None
         sorties.extend(planned)
+    try:
+        limits = build_limits(airspace, depot, profile, cruise_alt_m=cruise, max_items=fence_items)
+    except LimitsError as err:
+        raise DeliveryRefused([f"the autopilot's limits cannot be built: {err}"]) from None
+    battery_model = model.battery
     numbered = tuple(
-        replace(s, mission=replace(s.mission, mission_id=f"{mission_prefix}-{k}"))
+        replace(
+            s,
+            mission=replace(
+                s.mission,
+                mission_id=f"{mission_prefix}-{k}",
+                autopilot_limits=limits,
+                energy=EnergyBudget(
+                    charge_mah=s.energy.charge_mah,
+                    reserve_mah=battery_model.reserve_mah,
+                    capacity_mah=battery_model.capacity_mah,
+                ),
+            ),
+        )
         for k, s in enumerate(sorties, 1)
     )
     plan = DeliveryPlan(depot, numbered, model, profile, margin_m, handover_extra_s)
@@ -528,7 +558,9 @@ def check_delivery_plan(
     altitude and from the operating area's edge and stays inside it; the charge
     `legs_from_mission` prices leaves the reserve; every altitude is within the profile's,
     the area's and the zones' ceilings; parcels within the payload; every order dropped
-    once, at its point, before its window closes. Empty means feasible."""
+    once, at its point, before its window closes; and when the mission carries the
+    autopilot's limits, every line keeps `FENCE_CLEARANCE_M` from the fence as the flight
+    controller stores it. Empty means feasible."""
     model = model or plan.model
     profile = profile or plan.profile
     margin = plan.margin_m if margin_m is None else margin_m
@@ -547,11 +579,13 @@ def check_delivery_plan(
         tag = f"{mission.mission_id} ({sortie.drone})"
         flown = _flown(mission, plan.depot)
         alt_legs = []
-        for k, ((p, alt_p), (q, alt_q)) in enumerate(itertools.pairwise(flown)):
+        fence = _fence_xy(mission.autopilot_limits, frame)
+        for k, ((p, alt_p, _), (q, alt_q, towards)) in enumerate(itertools.pairwise(flown)):
             seg_xy = [frame.to_xy(*p), frame.to_xy(*q)]
             geom = LineString(seg_xy) if seg_xy[0] != seg_xy[1] else Point(seg_xy[0])
             alt = max(alt_p, alt_q)
-            label = f"{tag} line {k + 1}"
+            label = f"{tag} line {k + 1} (to {towards})"
+            out.extend(_fence_cuts(label, p, q, geom, fence))
             alt_legs.append(AltitudeLeg(label, (p, q), alt))
             for zone, zgeom in zones:
                 if zone.floor_m > alt:
@@ -632,20 +666,66 @@ def check_delivery_plan(
 
 def _flown(
     mission: MissionPlan, home: tuple[float, float]
-) -> list[tuple[tuple[float, float], float]]:
-    """The points the mission flies through with their altitudes, from home back to home
-    (RTL flies straight home from wherever the last leg ended)."""
-    pts: list[tuple[tuple[float, float], float]] = [(home, 0.0)]
+) -> list[tuple[tuple[float, float], float, str]]:
+    """The points the mission flies through with their altitudes and what the line to them
+    leads to, from home back to home (RTL flies straight home from wherever the last leg
+    ended)."""
+    pts: list[tuple[tuple[float, float], float, str]] = [(home, 0.0, "home")]
     for leg in mission.legs:
         if isinstance(leg, TakeoffLeg):
-            pts.append((home, leg.alt_m))
+            pts.append((home, leg.alt_m, "take-off"))
         elif isinstance(leg, TransitLeg):
-            pts.extend(((wp.lat, wp.lon), wp.alt_m) for wp in leg.waypoints)
+            pts.extend(((wp.lat, wp.lon), wp.alt_m, leg.to) for wp in leg.waypoints)
         elif isinstance(leg, DropLeg):
-            pts.append(((leg.lat, leg.lon), leg.cruise_alt_m))
+            pts.append(((leg.lat, leg.lon), leg.cruise_alt_m, f"drop {leg.drop_id}"))
         elif isinstance(leg, ReturnLeg):
-            pts.append((home, pts[-1][1]))
+            pts.append((home, pts[-1][1], "home"))
     return pts
+
+
+_FenceXY = list[tuple[str, Polygon, bool]]
+
+
+def _fence_xy(limits: AutopilotLimits | None, frame: LocalFrame) -> _FenceXY:
+    """The fence's polygons as the flight controller stores them, in metres, each with a
+    name for messages and whether it is the inclusion polygon."""
+    if limits is None:
+        return []
+    out: _FenceXY = []
+    for n, polygon in enumerate(limits.fence.polygons, 1):
+        kind = "inclusion" if polygon.inclusion else "exclusion"
+        xy = stored_xy(polygon, frame)
+        shapely.prepare(xy)
+        out.append((f"fence polygon {n} ({kind})", xy, polygon.inclusion))
+    return out
+
+
+def _fence_cuts(
+    label: str,
+    p: tuple[float, float],
+    q: tuple[float, float],
+    geom: BaseGeometry,
+    fence: _FenceXY,
+) -> list[str]:
+    """How the line `geom` comes closer than `FENCE_CLEARANCE_M` to the stored fence."""
+    out = []
+    for name, polygon, inclusion in fence:
+        if inclusion:
+            inside = polygon.buffer(-(FENCE_CLEARANCE_M - CLEARANCE_TOLERANCE_M))
+            if not inside.covers(geom):
+                out.append(
+                    f"{label} from {_fmt(p)} to {_fmt(q)}: the autopilot's {name} cuts it, or "
+                    f"comes within {FENCE_CLEARANCE_M:g} m"
+                )
+            continue
+        gap = polygon.distance(geom)
+        if gap < FENCE_CLEARANCE_M - CLEARANCE_TOLERANCE_M:
+            out.append(
+                f"{label} from {_fmt(p)} to {_fmt(q)}: the autopilot's {name} "
+                + ("cuts it" if gap == 0 else f"comes {gap:.1f} m from it")
+                + f", inside the {FENCE_CLEARANCE_M:g} m the fence needs"
+            )
+    return out
 
 
 def _fmt(p: tuple[float, float]) -> str:

@@ -42,6 +42,7 @@ from firmware_bridge.fence import (
     FENCE_MAX_ITEMS,
     FENCE_STORAGE_BYTES,
     RALLY_MAX_POINTS,
+    AutopilotLimits,
     FenceDefinition,
     FencePolygon,
     RallyPoint,
@@ -63,18 +64,6 @@ _TOLERANCES_M = (0.05, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 class LimitsError(ValueError):
     """The autopilot's limits cannot be built; the message names the zone, the area or the
     point and the reason."""
-
-
-@dataclass(frozen=True)
-class AutopilotLimits:
-    """What the flight controller must hold before arming: `fence` and `rally` go up through
-    `Vehicle.upload_fence` / `upload_rally`, `params` through PARAM_SET; `notes` say where
-    the fence differs from the airspace (always on the safe side) and why."""
-
-    fence: FenceDefinition
-    rally: tuple[RallyPoint, ...]
-    params: dict[str, float]
-    notes: tuple[str, ...]
 
 
 @dataclass
@@ -203,7 +192,7 @@ def _polygons(geometry: BaseGeometry) -> list[Polygon]:
     raise LimitsError(f"unexpected zone geometry {geometry.geom_type}")
 
 
-def _stored_xy(polygon: FencePolygon, frame: LocalFrame) -> Polygon:
+def stored_xy(polygon: FencePolygon, frame: LocalFrame) -> Polygon:
     """The polygon as the flight controller stores it (its integers), in metres."""
     return Polygon([frame.to_xy(lat / 1e7, lon / 1e7) for lat, lon in polygon.vertices])
 
@@ -240,7 +229,7 @@ def _candidates(
         polygon = _to_fence(Polygon(shape.exterior), frame, inclusion)
         if polygon is None:
             return
-        stored = _stored_xy(polygon, frame)
+        stored = stored_xy(polygon, frame)
         if not stored.is_valid:
             return
         if inclusion:
@@ -328,10 +317,10 @@ def _fit(shapes: list[_Shape], items: int, storage: int) -> None:
 
 def _breach(xy: Point, shapes: list[_Shape], frame: LocalFrame) -> str:
     """Why the stored fence would not let the drone be at `xy` (metres); empty when it may."""
-    if not _stored_xy(shapes[0].polygon, frame).contains(xy):
+    if not stored_xy(shapes[0].polygon, frame).contains(xy):
         return "outside the fenced operating area"
     for shape in shapes[1:]:
-        if _stored_xy(shape.polygon, frame).intersects(xy):
+        if stored_xy(shape.polygon, frame).intersects(xy):
             grown = f", grown by up to {shape.tolerance:g} m" if shape.tolerance else ""
             return f"inside the fence polygon of {shape.label}{grown}"
     return ""

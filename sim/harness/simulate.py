@@ -21,6 +21,7 @@ most, so that the mission's camera freshness check holds.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -41,9 +42,10 @@ from companion.gps.flight_summary import GpsFlightSummary
 from companion.identity.service import IdentityService
 from companion.mission.events import MissionEvent
 from companion.mission.journal import Journal
-from companion.mission.plan import delivery_plan
+from companion.mission.plan import checks_from_config, delivery_plan
 from companion.mission.runner import MissionRunner
 from companion.progress import DeliveryProgress
+from companion.readiness import GroundWatch
 from companion.report import FlightRecorder, build_report, write_report
 from companion.telemetry.uplink import TelemetryUplink
 from firmware_bridge.errors import BridgeError
@@ -236,14 +238,18 @@ def run_simulation(
             schedule_outage(bus, modem, clock, lte_outage_s)
         journal = Journal(out_dir / "journal.db")
         stack.callback(journal.close)
-        plan = delivery_plan(
-            order.mission_id,
-            drop,
-            config.flight,
-            camera_required=vision.enabled,
-            recipient_check=handover.checks_recipient,
+        plan = dataclasses.replace(
+            delivery_plan(
+                order.mission_id,
+                drop,
+                config.flight,
+                camera_required=vision.enabled,
+                recipient_check=handover.checks_recipient,
+            ),
+            checks=checks_from_config(config.preflight),
         )
-        runner = MissionRunner(vehicle, journal, bus, audit=handover.audit)
+        ground = GroundWatch(bus, clock, uplink=uplink, wind=simulated_wind(config))
+        runner = MissionRunner(vehicle, journal, bus, audit=handover.audit, systems=ground.status)
         lockstep = None
         if server is not None:
             followers = [gps_follower(bus, server, gps)]
@@ -300,6 +306,11 @@ def run_simulation(
     report["lockstep_stalls"] = None if lockstep is None else lockstep.stalls
     write_report(out_dir, report, recorder)
     return report
+
+
+def simulated_wind(config: Config) -> tuple[float, str]:
+    """The wind the simulator blows, as the preflight's wind report."""
+    return config.sim.wind_speed_mps, "simulated, sim.wind_speed_mps"
 
 
 def _recipient_check(

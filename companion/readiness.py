@@ -1,0 +1,93 @@
+"""What the companion knows of its own systems when a preflight asks (`CheckSystems`).
+
+The mission core judges readiness (`companion.mission.preflight.check_receivers` and
+`check_ground`); this gathers the facts it judges from the running parts: the newest fix and
+status word of the companion's GPS receiver (from the bus), the modem's registration and
+whether telemetry is being acknowledged by the broker, and the wind with where that figure
+comes from. Nothing here decides "ok": a part that is absent is reported as absent (None),
+and the core refuses what the plan demands and does not get.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from companion.bus import Bus
+from companion.gps.driver import GpsStatus
+from companion.gps.fix import GpsFix
+from companion.mission.inputs import GroundStatus, ReceiverStatus, UplinkStatus
+from companion.telemetry.uplink import TelemetryUplink
+
+
+class GroundWatch:
+    """Follows the companion's GPS on `bus` and reads `uplink` and `wind` when asked.
+
+    `clock` is the GPS driver's clock (a fix's `received_at` is on it); `wind` is
+    (speed m/s, source) or None when nothing reports the wind."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        clock: Callable[[], float],
+        *,
+        uplink: TelemetryUplink | None = None,
+        wind: tuple[float, str] | None = None,
+    ) -> None:
+        self._clock = clock
+        self._uplink = uplink
+        self._wind = wind
+        self._lock = threading.Lock()
+        self._fix: GpsFix | None = None
+        self._gps_state: str | None = None
+        bus.subscribe(GpsFix, self._on_fix)
+        bus.subscribe(GpsStatus, self._on_status)
+
+    def _on_fix(self, fix: GpsFix) -> None:
+        with self._lock:
+            self._fix = fix
+
+    def _on_status(self, status: GpsStatus) -> None:
+        with self._lock:
+            self._gps_state = status.state
+
+    def status(self) -> GroundStatus:
+        """The ground status now (the `systems` callable of a `MissionRunner`)."""
+        wind, source = self._wind if self._wind is not None else (None, "")
+        return GroundStatus(
+            gps=self._receiver(), uplink=self._uplink_status(), wind_mps=wind, wind_source=source
+        )
+
+    def _receiver(self) -> ReceiverStatus | None:
+        with self._lock:
+            fix, state = self._fix, self._gps_state
+        if fix is None and state is None:
+            return None
+        if fix is None:
+            return ReceiverStatus(False, None, None, None, state or "unknown")
+        return ReceiverStatus(
+            fix_3d=fix.valid and fix.mode == 3,
+            satellites=fix.sats_used,
+            hdop=fix.hdop,
+            age_s=fix.age_s(self._clock()),
+            status=state or "unknown",
+        )
+
+    def _uplink_status(self) -> UplinkStatus | None:
+        uplink = self._uplink
+        if uplink is None:
+            return None
+        stats = uplink.publisher.stats()
+        connected = uplink.transport.connected
+        supervisor = uplink.supervisor
+        if supervisor is not None:
+            modem = supervisor.state
+            registered = modem.registered
+            detail = f"modem {modem.stage}" + (f": {modem.error}" if modem.error else "")
+        else:  # a direct broker connection: no cellular network to register on
+            registered = connected
+            detail = "direct connection"
+        flowing = connected and stats.published > 0
+        if not flowing:
+            detail += "; broker not connected" if not connected else "; nothing acknowledged yet"
+        return UplinkStatus(registered, flowing, "" if registered and flowing else detail)
