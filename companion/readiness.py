@@ -3,20 +3,23 @@
 The mission core judges readiness (`companion.mission.preflight.check_receivers` and
 `check_ground`); this gathers the facts it judges from the running parts: the newest fix and
 status word of the companion's GPS receiver (from the bus), the modem's registration and
-whether telemetry is being acknowledged by the broker, and the wind with where that figure
-comes from. Nothing here decides "ok": a part that is absent is reported as absent (None),
-and the core refuses what the plan demands and does not get.
+whether telemetry is being acknowledged by the broker, the wind with where that figure
+comes from, and whether each drop's signed order is still within its validity window.
+Nothing here decides "ok": a part that is absent is reported as absent (None), and the core
+refuses what the plan demands and does not get.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 
 from companion.bus import Bus
 from companion.gps.driver import GpsStatus
 from companion.gps.fix import GpsFix
-from companion.mission.inputs import GroundStatus, ReceiverStatus, UplinkStatus
+from companion.mission.inputs import GroundStatus, OrderStatus, ReceiverStatus, UplinkStatus
+from companion.security.orders import Order
 from companion.telemetry.uplink import TelemetryUplink
 
 
@@ -24,7 +27,9 @@ class GroundWatch:
     """Follows the companion's GPS on `bus` and reads `uplink` and `wind` when asked.
 
     `clock` is the GPS driver's clock (a fix's `received_at` is on it); `wind` is
-    (speed m/s, source) or None when nothing reports the wind."""
+    (speed m/s, source) or None when nothing reports the wind; `orders` are the signed orders
+    verified at intake (`verify_order`), whose validity window is judged on `wall_clock`
+    (UTC seconds, as the orders' times are)."""
 
     def __init__(
         self,
@@ -33,10 +38,14 @@ class GroundWatch:
         *,
         uplink: TelemetryUplink | None = None,
         wind: tuple[float, str] | None = None,
+        orders: Sequence[Order] = (),
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._clock = clock
         self._uplink = uplink
         self._wind = wind
+        self._orders = tuple(orders)
+        self._wall_clock = wall_clock
         self._lock = threading.Lock()
         self._fix: GpsFix | None = None
         self._gps_state: str | None = None
@@ -54,8 +63,13 @@ class GroundWatch:
     def status(self) -> GroundStatus:
         """The ground status now (the `systems` callable of a `MissionRunner`)."""
         wind, source = self._wind if self._wind is not None else (None, "")
+        now = self._wall_clock()
         return GroundStatus(
-            gps=self._receiver(), uplink=self._uplink_status(), wind_mps=wind, wind_source=source
+            gps=self._receiver(),
+            uplink=self._uplink_status(),
+            wind_mps=wind,
+            wind_source=source,
+            orders=tuple(order_status(o, now) for o in self._orders),
         )
 
     def _receiver(self) -> ReceiverStatus | None:
@@ -91,3 +105,14 @@ class GroundWatch:
         if not flowing:
             detail += "; broker not connected" if not connected else "; nothing acknowledged yet"
         return UplinkStatus(registered, flowing, "" if registered and flowing else detail)
+
+
+def order_status(order: Order, now: float) -> OrderStatus:
+    """A verified order's standing at `now` (UTC seconds): inside its validity window or not.
+    The signature, the drone and the nonce were checked once, at intake; the window is what
+    time can change before take-off."""
+    if now < order.not_before:
+        return OrderStatus(order.order_id, False, f"not valid before {order.not_before}")
+    if now >= order.expires:
+        return OrderStatus(order.order_id, False, f"expired at {order.expires}")
+    return OrderStatus(order.order_id, True)

@@ -33,6 +33,12 @@ AIRFRAMES_DIR = PARAMS_DIR / "airframes"
 _SEPARATORS = re.compile(r"[,= \t]+")
 _NAME = re.compile(r"[A-Z][A-Z0-9_]{0,15}")  # AP_MAX_NAME_SIZE 16
 
+#: Parameters ArduPilot reads only at boot (@RebootRequired, or AP_PARAM_FLAG_ENABLE on a
+#: group's enable): setting them changes nothing until the flight controller restarts.
+REBOOT_REQUIRED = re.compile(
+    r"OA_TYPE|GRIP_ENABLE|GRIP_TYPE|SCR_ENABLE|BATT\d?_MONITOR|SERIAL\d_(PROTOCOL|BAUD)"
+)
+
 #: Outcomes, in the order the report lists them.
 SET, UNCHANGED, REFUSED, MISMATCHED = "set", "unchanged", "refused", "mismatched"
 
@@ -173,4 +179,17 @@ def format_table(outcomes: list[ParamOutcome]) -> str:
     counts = ", ".join(
         f"{sum(o.status == s for o in outcomes)} {s}" for s in (SET, UNCHANGED, REFUSED, MISMATCHED)
     )
-    return "\n".join(line.rstrip() for line in lines) + f"\n{counts}"
+    table = "\n".join(line.rstrip() for line in lines) + f"\n{counts}"
+    reboot = reboot_needed(outcomes)
+    if reboot:
+        table += (
+            f"\nreboot the flight controller: {', '.join(reboot)} take effect only after a "
+            "restart (ArduPilot reads them at boot)"
+        )
+    return table
+
+
+def reboot_needed(outcomes: list[ParamOutcome]) -> list[str]:
+    """The parameters just set that ArduPilot applies only after a reboot."""
+    names = [o.entry.name for o in outcomes if o.status == SET]
+    return [name for name in names if REBOOT_REQUIRED.fullmatch(name)]

@@ -19,6 +19,7 @@ from firmware_bridge.param_apply import (
 )
 from sim.vehicle import DEFAULT_HOME, VehicleServer
 from sim.vehicle import parm_file as sim_parm_file
+from sim.vehicle.params import ParamTable
 
 
 def _apply(capsys: pytest.CaptureFixture[str], port: int, *extra: str) -> tuple[int, str]:
@@ -27,8 +28,16 @@ def _apply(capsys: pytest.CaptureFixture[str], port: int, *extra: str) -> tuple[
     return code, out.out + out.err
 
 
+def _table(text: str) -> tuple[dict[str, list[str]], str, list[str]]:
+    """The report's rows by parameter name, its count line, and what follows it."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    end = next(i for i, line in enumerate(lines) if line.endswith(" mismatched"))
+    rows = {line.split()[0]: line.split() for line in lines[1:end]}
+    return rows, lines[end], lines[end + 1 :]
+
+
 def _rows(text: str) -> dict[str, list[str]]:
-    return {line.split()[0]: line.split() for line in text.splitlines()[1:-1]}
+    return _table(text)[0]
 
 
 def test_stock_flight_controller_gets_the_shipped_parameters(
@@ -41,13 +50,21 @@ def test_stock_flight_controller_gets_the_shipped_parameters(
         wanted = merged(shipped_files("sitl-copter"))
         assert set(rows) == {e.name for e in wanted}
         assert rows["FENCE_ENABLE"][-1] == "set"  # stock ArduCopter: 0
+        assert rows["OA_TYPE"][3:] == ["0", "2", "set"]  # the planner around the fence
+        # "set" exactly where stock ArduCopter's value differs from the file's, as stored
+        stock, applied = ParamTable(), ParamTable({e.name: e.value for e in wanted})
+        differing = {e.name for e in wanted if applied[e.name] != stock[e.name]}
+        assert {name for name, row in rows.items() if row[-1] == "set"} == differing
         sources = {e.name: e.source for e in wanted}
         assert sources["FENCE_ENABLE"].startswith("delivery-copter.parm:")
         assert sources["BATT_CAPACITY"].startswith("sitl-copter.parm:")  # from the overlay
         assert all(rows[name][1] == source for name, source in sources.items())
         for entry in wanted:
             assert srv.param(entry.name) == pytest.approx(entry.value, rel=1e-6), entry.name
-        assert text.splitlines()[-1].endswith("0 refused, 0 mismatched")
+        _, counts, after = _table(text)
+        assert counts.endswith("0 refused, 0 mismatched")
+        # the planner ArduPilot creates at boot: OA_TYPE set is only half the job
+        assert any(line.startswith("reboot") and "OA_TYPE" in line for line in after), after
         code, text = _apply(capsys, srv.port, "--airframe", "sitl-copter")
         assert code == 0
         assert {row[-1] for row in _rows(text).values()} == {"unchanged"}
@@ -67,7 +84,7 @@ def test_what_the_flight_controller_does_not_take_is_reported(
         assert "no parameter NO_SUCH_PARAM" in text
         assert rows["FENCE_ALT_MAX"][1] == "extra.parm:3"  # a later file replaces the value
         assert rows["FENCE_ALT_MAX"][-1] == "set"  # float32(0.1) read back equals float32(0.1)
-        assert text.splitlines()[-1].endswith("1 refused, 1 mismatched")
+        assert _table(text)[1].endswith("1 refused, 1 mismatched")
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from shapely.geometry import Point, Polygon
 
 from companion.geo import offset
 from firmware_bridge.dialect import mavlink
@@ -30,7 +31,7 @@ from firmware_bridge.fence import (
 from firmware_bridge.mission_protocol import MissionItem
 from firmware_bridge.vehicle import Vehicle
 from sim.sitl import SitlProcess
-from sim.vehicle import DEFAULT_HOME
+from sim.vehicle import DEFAULT_HOME, VehicleServer
 from sim.vehicle.mission_store import FENCE, Item, convert, fence_error
 from tests.conftest import HEARTBEAT_S, SITL_SKIP, Autopilot, sitl_binary
 from tests.flight_helpers import arm_guided
@@ -282,10 +283,15 @@ def test_rally_altitude_is_stored_as_whole_metres(builtin_autopilot: Autopilot) 
         assert v.download_mission(mavlink.MAV_MISSION_TYPE_RALLY)[0].z == 20.0
 
 
-def test_polygon_exclusion_breach_triggers_rtl(builtin_autopilot: Autopilot) -> None:
+def test_polygon_exclusion_breach_triggers_rtl() -> None:
     """A no-fly polygon across the path: the destination beyond it is accepted (ArduPilot
-    checks only the destination), crossing into it is a breach, and FENCE_ACTION 1 is RTL."""
-    with Vehicle.connect(builtin_autopilot.connection, heartbeat_interval_s=HEARTBEAT_S) as v:
+    checks only the destination), crossing into it is a breach, and FENCE_ACTION 1 is RTL.
+    Without the path planner (OA_TYPE 0): with it, the RTL from inside the zone would find no
+    way out (tests/test_sim_vehicle_oa.py)."""
+    with (
+        VehicleServer(DEFAULT_HOME, speedup=20.0, port=0, params={"OA_TYPE": 0}) as server,
+        Vehicle.connect(f"tcp:127.0.0.1:{server.port}", heartbeat_interval_s=HEARTBEAT_S) as v,
+    ):
         zone = FencePolygon.from_degrees(square(80, 0, 20), inclusion=False)
         v.upload_fence([zone])
         arm_guided(v)
@@ -299,6 +305,36 @@ def test_polygon_exclusion_breach_triggers_rtl(builtin_autopilot: Autopilot) -> 
         texts = [t.text for t in v.tracker.recent_texts(started)]
         assert "Polygon fence breached" in texts
         v.wait_until(lambda s: not s.armed, 120, "landed and disarmed at home")
+
+
+def test_with_the_planner_a_guided_goto_beyond_a_zone_goes_around_it() -> None:
+    """The shipped OA_TYPE 2, with GUIDED flying its targets with the waypoint navigator
+    (GUID_OPTIONS bit 6; ArduCopter's default flies them straight, planner or not): the goto
+    beyond the zone arrives without a breach, and the track keeps out of the zone."""
+    with (
+        VehicleServer(DEFAULT_HOME, speedup=20.0, port=0, params={"GUID_OPTIONS": 64}) as server,
+        Vehicle.connect(f"tcp:127.0.0.1:{server.port}", heartbeat_interval_s=HEARTBEAT_S) as v,
+    ):
+        assert v.get_param("OA_TYPE") == 2  # delivery-copter.parm
+        v.upload_fence([FencePolygon.from_degrees(square(80, 0, 20), inclusion=False)])
+        arm_guided(v)
+        v.takeoff(10)
+        v.wait_until(lambda s: s.position is not None and s.position.alt_rel_m > 9, 60, "10 m")
+        v.goto(*offset(LAT0, LON0, 160, 0), 10)
+        track = []
+        deadline = time.monotonic() + 60
+        while True:
+            state = server.state
+            track.append((state.north_m, state.east_m))
+            if math.hypot(state.north_m - 160, state.east_m) < 1.0:
+                break
+            assert time.monotonic() < deadline, f"not there: {track[-1]}"
+            time.sleep(0.005)
+        state = server.state
+        assert (state.mode, state.fence_breaches) == ("GUIDED", 0)
+        zone = Polygon([(60, -20), (60, 20), (100, 20), (100, -20)])  # north, east
+        assert not any(zone.intersects(Point(p)) for p in track)
+        assert max(abs(e) for _, e in track) > 20  # it went round, not through
 
 
 # ---- SITL -----------------------------------------------------------------------------------

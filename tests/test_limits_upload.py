@@ -1,6 +1,8 @@
 """The airspace's limits uploaded to the built-in vehicle over TCP before arming: read back
 identical, fence parameters verified, a refusal naming what differs, and the flight
-controller alone returning home when a leg breaches a no-fly polygon."""
+controller alone returning home when a leg breaches a no-fly polygon (without the path
+planner: with OA_TYPE 2 an RTL from inside a zone finds no way out; the return around the
+zones is tests/test_zone_aware_return.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from companion.routing.limits import AutopilotLimits, build_limits
 from firmware_bridge.errors import CommandError
 from firmware_bridge.fence import FencePolygon
 from firmware_bridge.vehicle import Vehicle
-from sim.vehicle import DEFAULT_HOME
+from sim.vehicle import DEFAULT_HOME, VehicleServer
 from tests.conftest import HEARTBEAT_S, Autopilot
 from tests.flight_helpers import arm_guided
 
@@ -59,11 +61,12 @@ def _limits() -> AutopilotLimits:
     )
 
 
-def test_limits_are_uploaded_read_back_and_a_breach_returns_home(
-    builtin_autopilot: Autopilot,
-) -> None:
+def test_limits_are_uploaded_read_back_and_a_breach_returns_home() -> None:
     limits = _limits()
-    with Vehicle.connect(builtin_autopilot.connection, heartbeat_interval_s=HEARTBEAT_S) as v:
+    with (
+        VehicleServer(DEFAULT_HOME, speedup=20.0, port=0, params={"OA_TYPE": 0}) as server,
+        Vehicle.connect(f"tcp:127.0.0.1:{server.port}", heartbeat_interval_s=HEARTBEAT_S) as v,
+    ):
         upload_limits(v, limits)
         assert v.download_fence() == limits.fence
         assert [(p.position, p.alt_m) for p in v.download_rally()] == [

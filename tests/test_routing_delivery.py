@@ -269,7 +269,7 @@ def test_checker_finds_a_leg_through_a_zone() -> None:
 
 def test_each_sortie_carries_the_autopilots_limits_and_its_energy_price() -> None:
     wall = zone("wall", [(400, -300), (600, -300), (600, 300), (400, 300)])
-    of, plan = plan_of(wall, order("behind", 1000, 0), order("near", -300, 200))
+    _, plan = plan_of(wall, order("behind", 1000, 0), order("near", -300, 200))
     for sortie in plan.sorties:
         limits = sortie.mission.autopilot_limits
         assert limits is not None

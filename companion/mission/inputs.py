@@ -86,14 +86,26 @@ class UplinkStatus:
 
 
 @dataclass(frozen=True)
+class OrderStatus:
+    """A drop's signed order at the preflight: verified at intake (dispatcher's signature,
+    this drone, fresh nonce) and still within its validity now; `reason` says why not."""
+
+    order_id: str
+    valid: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class GroundStatus:
     """What the companion knows of its own systems before a flight: its GPS receiver, the
-    uplink and the wind (m/s, with where that figure comes from); None where it has none."""
+    uplink, the wind (m/s, with where that figure comes from) and the drops' signed orders;
+    None (or no entry) where it has none."""
 
     gps: ReceiverStatus | None = None
     uplink: UplinkStatus | None = None
     wind_mps: float | None = None
     wind_source: str = ""
+    orders: tuple[OrderStatus, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -194,7 +194,8 @@ class EnergyBudget:
 class PreflightChecks:
     """What the preflight demands beyond the autopilot's parameters and battery: GPS quality
     (the autopilot's receiver always, the companion's own when `companion_gps`), the uplink
-    when `uplink`, and a wind report at or below `max_wind_mps` when that is set. A demanded
+    when `uplink`, a wind report at or below `max_wind_mps` when that is set, and each
+    drop's signed order when `signed_orders`. A demanded
     input that is missing or stale refuses the flight."""
 
     companion_gps: bool = False
@@ -204,11 +205,17 @@ class PreflightChecks:
     max_hdop: float = 2.0
     #: A companion fix older than this (seconds) does not count.
     max_fix_age_s: float = 2.0
+    #: Every drop is a signed order, reported valid now (`GroundStatus.orders`): set by
+    #: whoever built the plan from signed orders, so that an order that expired, or was
+    #: never verified, keeps the drone on the ground.
+    signed_orders: bool = False
 
     @property
     def needs_ground_status(self) -> bool:
         """Whether the companion's own systems must be reported (`CheckSystems`)."""
-        return self.companion_gps or self.uplink or self.max_wind_mps is not None
+        return (
+            self.companion_gps or self.uplink or self.max_wind_mps is not None or self.signed_orders
+        )
 
 
 @dataclass(frozen=True)

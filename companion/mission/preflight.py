@@ -27,7 +27,7 @@ GPS, EKF) and those it does not (a low battery, a fence, a missing gripper).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from companion.mission.inputs import GroundStatus
@@ -183,9 +183,20 @@ def _fix_quality(
     return [Finding(who, f"{who}: " + ", ".join(problems))] if problems else []
 
 
-def check_ground(status: GroundStatus | None, checks: PreflightChecks) -> list[Finding]:
-    """The uplink and the wind against what the plan demands (missing counts as failing)."""
+def check_ground(
+    status: GroundStatus | None, checks: PreflightChecks, drops: Sequence[str] = ()
+) -> list[Finding]:
+    """The uplink, the wind and the `drops`' signed orders against what the plan demands
+    (missing counts as failing)."""
     findings = []
+    if checks.signed_orders:
+        known = {} if status is None else {o.order_id: o for o in status.orders}
+        for drop in drops:
+            order = known.get(drop)
+            if order is None:
+                findings.append(Finding("order", f"drop {drop!r}: no verified signed order"))
+            elif not order.valid:
+                findings.append(Finding("order", f"drop {drop!r}: order {order.reason}"))
     if checks.uplink:
         uplink = None if status is None else status.uplink
         if uplink is None:

@@ -297,7 +297,7 @@ class Preflight(Stage):
         checks = core.plan.checks
         status = None if self._systems is None else self._systems.status
         findings = check_receivers(state.gps, status, checks)
-        findings += check_ground(status, checks)
+        findings += check_ground(status, checks, [d.drop_id for d in core.plan.drops()])
         if self._systems is not None and self._systems.error:
             findings.insert(0, Finding("systems", f"companion systems: {self._systems.error}"))
         return findings
@@ -331,6 +331,8 @@ def _ground_summary(status: GroundStatus | None) -> dict[str, object]:
         summary["uplink"] = {"registered": uplink.registered, "flowing": uplink.flowing}
     if status.wind_mps is not None:
         summary["wind_mps"] = status.wind_mps
+    if status.orders:
+        summary["orders"] = {o.order_id: o.reason or "valid" for o in status.orders}
     return summary
 
 

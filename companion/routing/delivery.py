@@ -95,9 +95,10 @@ CLEARANCE_TOLERANCE_M = 0.05
 #: the landing and the next take-off to it).
 DEFAULT_SWAP_S = 120.0
 #: How far every flown line keeps from the uploaded fence (its exclusion polygons and the
-#: inclusion polygon's edge): OA_MARGIN_MAX of delivery-copter.parm. Closer, the autopilot's
-#: own path planner would re-route the companion's leg, or FENCE_MARGIN (5 m) would call a
-#: breach; either way the fence, simplified to fit the flight controller, cuts the leg.
+#: inclusion polygon's edge), which is simplified to fit the flight controller and may reach
+#: closer to a leg than the zone itself: FENCE_MARGIN (5 m in delivery-copter.parm) plus as
+#: much again for position error and overshoot, the OA_MARGIN_MAX the autopilot's own return
+#: keeps its detour points out. Closer, the fence cuts the leg.
 FENCE_CLEARANCE_M = 10.0
 
 

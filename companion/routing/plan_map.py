@@ -8,6 +8,7 @@ north of the depot), so distances on the map are true.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -28,8 +29,14 @@ def _outlines(geom: BaseGeometry) -> list[list[tuple[float, float]]]:
     return out
 
 
-def plot_plan(path: Path, plan: DeliveryPlan, airspace: Airspace) -> None:
-    """Render the plan's map to `path` (PNG)."""
+def plot_plan(
+    path: Path,
+    plan: DeliveryPlan,
+    airspace: Airspace,
+    flown: Sequence[Sequence[tuple[float, float]]] = (),
+) -> None:
+    """Render the plan's map to `path` (PNG); `flown` adds each sortie's flown track
+    ((lat, lon) points, in sortie order) as a dashed line over its planned route."""
     frame = LocalFrame(*plan.depot)
     fig = Figure(figsize=(9, 9), layout="constrained")
     FigureCanvasAgg(fig)
@@ -56,6 +63,10 @@ def plot_plan(path: Path, plan: DeliveryPlan, airspace: Airspace) -> None:
             f"{sortie.distance_m / 1000:.2f} km, {sortie.energy.charge_mah:.0f} mAh"
         )
         ax.plot(*zip(*pts, strict=True), color=cmap[k], linewidth=1.3, label=label)
+        if k < len(flown) and len(flown[k]) > 1:
+            xy = [frame.to_xy(*p) for p in flown[k]]
+            ax.plot(*zip(*xy, strict=True), color=cmap[k], linewidth=0.8, linestyle="--",
+                    label=f"{sortie.mission.mission_id} flown")  # fmt: skip
         for o in sortie.orders:
             number += 1
             x, y = frame.to_xy(o.lat, o.lon)

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from companion.config import load_config
+from companion.config import Config, load_config
 from companion.mission.journal import JournalError
 from firmware_bridge.errors import BridgeError
 
@@ -57,6 +58,8 @@ def _sim(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
+    if args.orders is not None:
+        return _sim_orders(args, config, broker, announce)
     _ensure_sim_model(args.quiet)
     try:
         report = run_simulation(
@@ -86,6 +89,65 @@ def _sim(args: argparse.Namespace) -> int:
     print(_handover_summary(report["handover"]))
     print(f"report: {args.out / 'report.json'}  plot: {args.out / 'flight.png'}")
     return 0 if report["outcome"] == "delivered" else 1
+
+
+def _sim_orders(
+    args: argparse.Namespace,
+    config: Config,
+    broker: tuple[str, int] | None,
+    announce: Callable[[str, int], None],
+) -> int:
+    """`skycourier sim --orders FILE`: plan the job and fly its sorties; 2 when refused."""
+    from companion.routing.airspace import AirspaceError
+    from companion.routing.delivery import DeliveryRefused
+    from companion.routing.energy import EnergyInputError, airframe
+    from sim.harness.orders_sim import fly_orders
+    from sim.harness.simulate import OrderError
+    from sim.sitl import SitlError
+
+    try:
+        job = fly_orders(
+            config,
+            args.orders,
+            args.out,
+            airframe=airframe(args.airframe),
+            profile=args.profile,
+            sitl_binary=args.sitl,
+            sitl_defaults=[Path(p) for p in args.sitl_defaults.split(",")]
+            if args.sitl_defaults
+            else None,
+            autopilot_params=dict(args.param) or None,
+            show_progress=not args.quiet,
+            broker=broker,
+            on_broker=announce,
+        )
+    except DeliveryRefused as err:
+        print(f"skycourier sim: {args.orders}: refused before take-off:", file=sys.stderr)
+        for reason in err.reasons:
+            print(f"  {reason}", file=sys.stderr)
+        return 2
+    except (AirspaceError, EnergyInputError, OrderError) as exc:
+        print(f"skycourier sim: {args.orders}: {exc}", file=sys.stderr)
+        return 2
+    except (BridgeError, SitlError, JournalError) as exc:
+        print(f"skycourier sim: {exc}", file=sys.stderr)
+        return 1
+    for sortie in job["sorties"]:
+        drops = ", ".join(
+            f"{d['order_id']} " + (f"({d['error_m']:.1f} m)" if d.get("error_m") is not None
+                                   else "not released")
+            for d in sortie["drops"]
+        )  # fmt: skip
+        energy = sortie["energy_error"]
+        print(
+            f"{sortie['mission_id']}: {sortie['outcome']}; drops {drops}; "
+            f"{sortie['used_mah']} mAh used, {sortie['predicted_as_carried_mah']} predicted"
+            + ("" if energy is None else f" ({energy:+.1%})")
+        )
+    planned = len(job["plan"]["sorties"])
+    print(f"{len(job['sorties'])} of {planned} sorties flown; delivered: {job['delivered']}")
+    print(f"report: {args.out / 'report.json'}  map: {args.out / 'plan.png'}")
+    return 0 if job["delivered"] else 1
 
 
 def _summary(report: dict) -> str:
@@ -212,7 +274,26 @@ def register_sim(sub: argparse._SubParsersAction) -> None:
     sim = sub.add_parser("sim", help="fly a whole simulated delivery and write a flight report")
     sim.add_argument("--config", type=Path, default=None, help="TOML configuration file")
     sim.add_argument("--out", type=Path, default=Path("flight-report"), help="report folder")
-    sim.add_argument("--order", type=Path, default=None, help="JSON order file (drop point)")
+    source = sim.add_mutually_exclusive_group()
+    source.add_argument("--order", type=Path, default=None, help="JSON order file (drop point)")
+    source.add_argument(
+        "--orders",
+        type=Path,
+        default=None,
+        metavar="ORDERS.geojson",
+        help="plan an orders file (airspace, depot, orders; as `skycourier plan`) and fly "
+        "every sortie from the depot, without the camera or recipient check",
+    )
+    sim.add_argument(
+        "--airframe",
+        default="sitl-copter",
+        help="energy model the --orders job is planned for (the simulators fly sitl-copter)",
+    )
+    sim.add_argument(
+        "--profile",
+        default="easa-open",
+        help="regulatory profile of an --orders job: easa-open, faa-part107, dgca",
+    )
     sim.add_argument("--distance", type=float, default=None, help="drop distance from home, m")
     sim.add_argument("--bearing", type=float, default=None, help="drop bearing from home, deg")
     sim.add_argument("--speedup", type=float, default=None, help="simulation speed-up factor")

@@ -25,6 +25,7 @@ import dataclasses
 import json
 import logging
 import math
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -42,13 +43,14 @@ from companion.gps.flight_summary import GpsFlightSummary
 from companion.identity.service import IdentityService
 from companion.mission.events import MissionEvent
 from companion.mission.journal import Journal
-from companion.mission.plan import checks_from_config, delivery_plan
+from companion.mission.plan import MissionPlan, checks_from_config, delivery_plan
 from companion.mission.runner import MissionRunner
 from companion.progress import DeliveryProgress
 from companion.readiness import GroundWatch
 from companion.report import FlightRecorder, build_report, write_report
 from companion.telemetry.uplink import TelemetryUplink
 from firmware_bridge.errors import BridgeError
+from firmware_bridge.payload import Gripper
 from firmware_bridge.state import VehicleState
 from firmware_bridge.vehicle import Vehicle
 from sim.harness.devices import (
@@ -150,6 +152,8 @@ def run_simulation(
     lte_outage_s: float = 0.0,
     on_broker: Callable[[str, int], None] | None = None,
     recipient: str = "right",
+    mission: MissionPlan | None = None,
+    observe: Callable[[Bus], None] | None = None,
 ) -> dict:
     """Fly `order` in simulation, write report.json and flight.png to `out_dir`, return the
     report.
@@ -164,7 +168,11 @@ def run_simulation(
     the cruise. `recipient` is who waits at the drop ("right", "impostor", "photo"; "none"
     flies without the recipient check); the keys, the order and the audit trail go into
     `out_dir` too (KeyFileError, AuditError or a refused order's OrderError before anything
-    flies)."""
+    flies). `mission` is a planned sortie (`skycourier sim --orders`) flown instead of the
+    order's single drop, with its own legs, airspace limits and energy price; the order then
+    only names the run and the drop the camera looks at. The report lists every release
+    (`drops`) and the charge the autopilot counted (`battery_used_mah`); `observe` is handed
+    the run's bus before anything flies, to follow it (e.g. a map of several sorties)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in RUN_OUTPUTS:
         (out_dir / name).unlink(missing_ok=True)
@@ -229,6 +237,10 @@ def run_simulation(
             signing_secret=handover.signing_secret(),
         )
         stack.callback(vehicle.close)
+        if sitl_binary is not None:
+            # Loading the parcel: SITL's simulated gripper holds its 1 kg load only when it
+            # closes on the ground (the built-in vehicle starts with the parcel aboard).
+            Gripper(vehicle).grab()
         gps = companion_gps(stack, config, bus, server, clock)
         host, port = broker or own_broker(stack)
         if on_broker is not None:
@@ -239,20 +251,28 @@ def run_simulation(
         journal = Journal(out_dir / "journal.db")
         stack.callback(journal.close)
         plan = dataclasses.replace(
-            delivery_plan(
+            mission
+            or delivery_plan(
                 order.mission_id,
                 drop,
                 config.flight,
                 camera_required=vision.enabled,
                 recipient_check=handover.checks_recipient,
             ),
-            checks=checks_from_config(config.preflight),
+            checks=dataclasses.replace(
+                checks_from_config(config.preflight), signed_orders=handover.order is not None
+            ),
         )
-        ground = GroundWatch(bus, clock, uplink=uplink, wind=simulated_wind(config))
+        releases = ReleaseLog()
+        releases.attach(bus)
+        if observe is not None:
+            observe(bus)
+        signed = [handover.order] if handover.order is not None else []
+        ground = GroundWatch(bus, clock, uplink=uplink, wind=simulated_wind(config), orders=signed)
         runner = MissionRunner(vehicle, journal, bus, audit=handover.audit, systems=ground.status)
         lockstep = None
         if server is not None:
-            followers = [gps_follower(bus, server, gps)]
+            followers = [gps_follower(bus, server, gps), uplink_follower(uplink)]
             cameras = [door] if door is not None else []
             lockstep = Lockstep(server, runner, vision, followers=followers, cameras=cameras)
             server.set_step_gate(lockstep.gate)
@@ -292,6 +312,8 @@ def run_simulation(
         wall_duration_s=time.monotonic() - wall_start,
         autopilot="ArduCopter SITL" if sitl_binary else "built-in vehicle",
     )
+    report["drops"] = releases.drops()
+    report["battery_used_mah"] = releases.consumed_mah
     report["companion_gps"] = gps_summary.as_dict(gps)
     report["telemetry"] = telemetry
     report["vision"] = vision.summary()
@@ -306,6 +328,47 @@ def run_simulation(
     report["lockstep_stalls"] = None if lockstep is None else lockstep.stalls
     write_report(out_dir, report, recorder)
     return report
+
+
+class ReleaseLog:
+    """Where and when each parcel left the drone (the mission's "released" events, placed at
+    the autopilot's latest position), and the charge the autopilot has counted."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state: VehicleState | None = None
+        self._drops: list[dict] = []
+        self.consumed_mah: float | None = None
+
+    def attach(self, bus: Bus) -> None:
+        bus.subscribe(VehicleState, self._on_state)
+        bus.subscribe(MissionEvent, self._on_event)
+
+    def _on_state(self, state: VehicleState) -> None:
+        with self._lock:
+            self._state = state
+            if state.battery.consumed_mah is not None:
+                self.consumed_mah = round(state.battery.consumed_mah, 1)
+
+    def _on_event(self, event: MissionEvent) -> None:
+        if event.event != "released":
+            return
+        with self._lock:
+            state = self._state
+            where = None if state is None else state.position
+            self._drops.append(
+                {
+                    "drop": event.detail.get("drop"),
+                    "boot_time_s": event.boot_time_s,
+                    "lat": None if where is None else round(where.lat, 7),
+                    "lon": None if where is None else round(where.lon, 7),
+                    "alt_rel_m": None if where is None else round(where.alt_rel_m, 2),
+                }
+            )
+
+    def drops(self) -> list[dict]:
+        with self._lock:
+            return list(self._drops)
 
 
 def simulated_wind(config: Config) -> tuple[float, str]:
@@ -371,6 +434,27 @@ def _gripper(server: VehicleServer | None, handover: Handover) -> dict:
     released = any(kind == "released" for kind, _ in handover.records)
     return {"released": released, "parcel_aboard": None, "landed": None,
             "landed_from_home_m": None, "source": "mission records"}  # fmt: skip
+
+
+#: Simulated seconds the built-in vehicle may run before telemetry first reaches the broker.
+UPLINK_LEAD_S = 15.0
+
+
+def uplink_follower(uplink: TelemetryUplink) -> Follower:
+    """The uplink as a lockstep follower until telemetry first reaches the broker: the A7670
+    emulator boots and attaches in wall time (the module's documented delays) while the
+    preflight waits for the uplink in simulated time, so without this a slow machine would
+    spend the preflight's timeout waiting for the modem. The clock holds `UPLINK_LEAD_S`
+    after its start until then (what was sampled meanwhile is queued and sent), and never
+    again: an outage in flight is the modem's to ride out, not the simulator's."""
+    flowed: list[bool] = []
+
+    def seen() -> float:
+        if not flowed and uplink.publisher.stats().published > 0:
+            flowed.append(True)
+        return math.inf if flowed else 0.0
+
+    return Follower("the telemetry uplink", seen, UPLINK_LEAD_S)
 
 
 def gps_follower(bus: Bus, server: VehicleServer, driver: GpsDriver) -> Follower:

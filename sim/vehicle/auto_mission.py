@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from .avoidance import AvoidingLeg
 from .controllers import Controller, Land, PositionTarget, Rtl, Takeoff, arrived
 from .dialect import mavlink
 from .kinematics import MotionLimits
@@ -81,7 +82,9 @@ class _NavTakeoff(_Nav):
 
 class _NavGoto(_Nav):
     """WAYPOINT, LOITER_TIME, LOITER_UNLIM: reach the point, then hold for `hold_s`
-    (forever when None)."""
+    (forever when None). A pass-through waypoint is passed at speed towards `next_point`
+    unless the path planner says the way on meets the fence; while the planner routes the
+    leg, the waypoint is not reached (AC_WPNav_OA::reached_wp_destination)."""
 
     def __init__(
         self,
@@ -89,22 +92,24 @@ class _NavGoto(_Nav):
         hold_s: float | None,
         pass_through: bool,
         radius: float,
+        next_point: tuple[float, float] | None = None,
     ) -> None:
         self.point = target
         self.hold_s = hold_s
         self.pass_through = pass_through
         self.radius = radius
         self.reached_at: float | None = None
+        self.leg = AvoidingLeg(target[:2], next_point if pass_through else None)
 
     def step(self, c: Copter, dt: float, lim: MotionLimits) -> None:
         north, east, alt = self.point
         body = c.body
-        body.command_position_xy(
-            north, east, lim, dt, pass_through=self.pass_through and self.reached_at is None
-        )
+        goal = self.leg.point(c)
+        through = self.pass_through and self.leg.next_clear
+        body.command_position_xy(*goal, lim, dt, pass_through=through and self.reached_at is None)
         body.command_altitude(alt, lim, dt)
-        if self.reached_at is None:
-            if self.pass_through:
+        if self.reached_at is None and not self.leg.active:
+            if through:
                 reached = (
                     math.dist((north, east, alt), (body.north, body.east, body.alt)) < self.radius
                 )
@@ -116,14 +121,18 @@ class _NavGoto(_Nav):
             self.done = c.time - self.reached_at >= self.hold_s
 
     def target(self) -> tuple[float, float, float] | None:
+        if self.leg.active:
+            return (*self.leg.current, self.point[2])
         return self.point
 
 
 class _NavLand(_Nav):
-    """NAV_LAND: fly to the point at the current altitude (if one is given), then land."""
+    """NAV_LAND: fly to the point at the current altitude (if one is given; around the fence
+    when the path planner is on), then land."""
 
     def __init__(self, c: Copter, point: tuple[float, float] | None) -> None:
-        self.approach = PositionTarget(point[0], point[1], c.body.alt) if point else None
+        self.approach = AvoidingLeg(point) if point else None
+        self.approach_alt = c.body.alt
         self.land: Land | None = None if point else Land(c)
 
     @property
@@ -132,8 +141,9 @@ class _NavLand(_Nav):
 
     def step(self, c: Copter, dt: float, lim: MotionLimits) -> None:
         if self.land is None and self.approach is not None:
-            self.approach.step(c, dt, lim)
-            if arrived(c, self.approach.north, self.approach.east):
+            c.body.command_position_xy(*self.approach.point(c), lim, dt)
+            c.body.command_altitude(self.approach_alt, lim, dt)
+            if not self.approach.active and arrived(c, *self.approach.destination):
                 self.land = Land(c)
         if self.land is not None:
             self.land.step(c, dt, lim)
@@ -166,6 +176,7 @@ class _NavPayloadPlace(_Nav):
 
     def __init__(self, c: Copter, point: tuple[float, float], max_descent: float) -> None:
         self.point = point
+        self.approach = AvoidingLeg(point)
         self.max_descent = max_descent
         self.state = self.FLY
         self.start_alt = c.body.alt
@@ -177,11 +188,12 @@ class _NavPayloadPlace(_Nav):
 
     def step(self, c: Copter, dt: float, lim: MotionLimits) -> None:
         body = c.body
-        body.command_position_xy(*self.point, lim, dt)
+        goal = self.approach.point(c) if self.state == self.FLY else self.point
+        body.command_position_xy(*goal, lim, dt)
         p = c.params
         if self.state == self.FLY:
             body.command_altitude(self.start_alt, lim, dt)
-            if arrived(c, *self.point):
+            if not self.approach.active and arrived(c, *self.point):
                 self.start_alt = body.alt
                 self._go(c, self.DESCENT)
         elif self.state == self.DESCENT:
@@ -334,7 +346,8 @@ class AutoMission(Controller):
             through = (
                 hold == 0 and following is not None and following.command in _PASS_THROUGH_NEXT
             )
-            return _NavGoto((north, east, alt), hold, through, radius)
+            after = c.item_position(following)[:2] if through and following else None
+            return _NavGoto((north, east, alt), hold, through, radius, after)
         if item.command == C.MAV_CMD_NAV_LOITER_TIME:
             return _NavGoto((north, east, alt), max(item.param1, 0.0), False, radius)
         if item.command == C.MAV_CMD_NAV_LOITER_UNLIM:

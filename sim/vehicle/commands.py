@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import telemetry
+from .avoidance import GUIDED_USES_WPNAV
 from .controllers import GuidedPosition, Takeoff, VelocityTarget
 from .dialect import MAVLinkMessage, mavlink
 from .modes import USER_TAKEOFF, Mode
@@ -212,10 +213,12 @@ def _set_guided_position(c: Copter, north: float, east: float, alt: float) -> No
     (takeoff, velocity, or GUIDED just entered) resets the speeds to WPNAV_* as
     ModeGuided::pva_control_start does, dropping an earlier DO_CHANGE_SPEED: on SITL a
     DO_CHANGE_SPEED 4 sent after the takeoff and before the first goto leaves the goto at
-    10 m/s, while one sent during a goto holds for the next goto too."""
+    10 m/s, while one sent during a goto holds for the next goto too. GUID_OPTIONS bit 6
+    flies it with the waypoint navigator, and so around the fence (`avoidance`)."""
     if not isinstance(c.controller, GuidedPosition):
         c.speed_override.clear()
-    c.controller = GuidedPosition(north, east, alt)
+    wpnav = bool(int(c.params["GUID_OPTIONS"]) & GUIDED_USES_WPNAV)
+    c.controller = GuidedPosition(north, east, alt, wpnav)
 
 
 def _check_latlng(lat: float, lon: float) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from .avoidance import AvoidingLeg
 from .kinematics import MotionLimits, sqrt_controller
 
 if TYPE_CHECKING:
@@ -94,11 +95,27 @@ class PositionTarget(Controller):
 
 
 class GuidedPosition(PositionTarget):
-    """GUIDED position control (ModeGuided SubMode::Pos): a destination from DO_REPOSITION or
-    a position setpoint, reported by POSITION_TARGET_GLOBAL_INT. On the ground it is stored
-    and nothing moves (pos_control_run's ground handling)."""
+    """GUIDED position control: a destination from DO_REPOSITION or a position setpoint,
+    reported by POSITION_TARGET_GLOBAL_INT. On the ground it is stored and nothing moves
+    (pos_control_run's ground handling). ModeGuided flies it with the position controller
+    (SubMode::Pos), straight; with `wpnav` (GUID_OPTIONS bit 6, SubMode::WP) with the waypoint
+    navigator, which goes around the fence when the path planner is on (`avoidance`)."""
+
+    def __init__(self, north: float, east: float, alt: float, wpnav: bool = False) -> None:
+        super().__init__(north, east, alt)
+        self.leg = AvoidingLeg((north, east)) if wpnav else None
+
+    def step(self, c: Copter, dt: float, lim: MotionLimits) -> None:
+        if self.leg is None:
+            super().step(c, dt, lim)
+            return
+        c.body.command_position_xy(*self.leg.point(c), lim, dt)
+        c.body.command_altitude(self.alt, lim, dt)
 
     def target(self) -> tuple[float, float, float] | None:
+        """The destination, or the planner's point on the way (get_oa_wp_destination)."""
+        if self.leg is not None and self.leg.active:
+            return (*self.leg.current, self.alt)
         return self.north, self.east, self.alt
 
 
@@ -194,8 +211,9 @@ class Land(Controller):
 
 class Rtl(Controller):
     """RTL's stages (ArduCopter mode_rtl.cpp): initial climb to the return altitude over the
-    stopping point, return at that altitude to home or the nearest rally point, loiter
-    RTL_LOIT_TIME, then land (or descend to RTL_ALT_FINAL and hover)."""
+    stopping point, return at that altitude to home or the nearest rally point (around the
+    fence when the path planner is on, `avoidance`), loiter RTL_LOIT_TIME, then land (or
+    descend to RTL_ALT_FINAL and hover)."""
 
     CLIMB, RETURN, LOITER, DESCENT, LAND = range(5)
 
@@ -218,6 +236,7 @@ class Rtl(Controller):
         self.stage = self.CLIMB
         self.stage_start = c.time
         self._land: Land | None = None
+        self._return = AvoidingLeg(self.target_ne)
 
     @property
     def landing(self) -> bool:
@@ -225,11 +244,14 @@ class Rtl(Controller):
 
     def target(self) -> tuple[float, float, float] | None:
         """ModeRTL::get_wp: the climb target, then the return point at the return altitude
-        (also while loitering and descending over it); none once landing."""
+        (the path planner's point on the way while it is routing the return; the return
+        point again while loitering and descending over it); none once landing."""
         if self.stage == self.CLIMB:
             return (*self.origin, self.return_alt)
         if self.stage == self.LAND:
             return None
+        if self.stage == self.RETURN and self._return.active:
+            return (*self._return.current, self.return_alt)
         return (*self.target_ne, self.return_alt)
 
     def _next(self, c: Copter, stage: int) -> None:
@@ -248,7 +270,7 @@ class Rtl(Controller):
             ):
                 self._next(c, self.RETURN)
         elif self.stage == self.RETURN:
-            body.command_position_xy(*self.target_ne, lim, dt)
+            body.command_position_xy(*self._return.point(c), lim, dt)
             body.command_altitude(self.return_alt, lim, dt)
             if arrived(c, *self.target_ne):
                 self._next(c, self.LOITER)

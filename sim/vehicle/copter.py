@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from . import commands, telemetry
 from .auto_mission import AutoMission
+from .avoidance import PathPlanner
 from .battery import DISARMED_CURRENT_A, GRAVITY, GROUND_IDLE_CURRENT_A, Battery, flight_current
 from .controllers import (
     ARMING_DELAY_S,
@@ -119,6 +120,7 @@ class Copter(FailsafeRules):
         self.gripper = Gripper(int(params["GRIP_GRAB"]))
         self.servos: dict[int, int] = {}
         self.fence = Fence(self.to_ne)
+        self.path_planner = PathPlanner(int(params["OA_TYPE"]))
         self.missions = MissionStore(self._home_for_mission, self._missions_changed, self.out)
         self.mode = Mode.STABILIZE
         self.controller: Controller = Controller()
@@ -179,7 +181,11 @@ class Copter(FailsafeRules):
 
     def latlon(self) -> tuple[int, int]:
         """Current position, 1e-7 degrees."""
-        return offset_latlon(self.origin[0], self.origin[1], self.body.north, self.body.east)
+        return self.latlon_of(self.body.north, self.body.east)
+
+    def latlon_of(self, north: float, east: float) -> tuple[int, int]:
+        """A local position, 1e-7 degrees."""
+        return offset_latlon(self.origin[0], self.origin[1], north, east)
 
     def relative_alt(self, z: float, frame: int) -> float:
         """An altitude in a MAVLink frame as metres above home (terrain is flat at home)."""
@@ -215,6 +221,7 @@ class Copter(FailsafeRules):
     def _missions_changed(self, mission_type: int) -> None:
         if mission_type == FENCE:
             self.fence.load(self.missions.items(FENCE))
+            self.path_planner.fence_changed()
         elif mission_type == MISSION and self.mode != Mode.AUTO:
             self.mission_index = 0
             self.mission_complete = False
@@ -394,6 +401,9 @@ class Copter(FailsafeRules):
         battery = self._battery_arming_failure()
         if battery:
             failures.append(f"Battery 1 {battery}")
+        avoidance = self.path_planner.prearm_failure(int(p["OA_TYPE"]))  # oa_checks
+        if avoidance:
+            failures.append(avoidance)
         if self.gcs_failsafe:
             failures.append("GCS failsafe on")
         return failures

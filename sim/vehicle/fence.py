@@ -15,6 +15,7 @@ from collections.abc import Callable
 from .dialect import mavlink
 from .geo import point_in_polygon
 from .mission_store import Item
+from .oa_dijkstra import FenceShapes
 
 ALT_MAX = 1
 CIRCLE = 2
@@ -75,6 +76,15 @@ class Fence:
             or self._exclusion_polygons
             or self._inclusion_circles
             or self._exclusion_circles
+        )
+
+    def shapes(self) -> FenceShapes:
+        """The stored shapes, for the path planner."""
+        return FenceShapes(
+            tuple(tuple(p) for p in self._inclusion_polygons),
+            tuple(tuple(p) for p in self._exclusion_polygons),
+            tuple(self._inclusion_circles),
+            tuple(self._exclusion_circles),
         )
 
     def breaches(

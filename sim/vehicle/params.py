@@ -10,7 +10,9 @@ companion_watchdog.lua, which exist on ArduPilot only while that script runs.
 Some parameters are only stored, so that a parameter file or the companion's read-back finds
 them, and change nothing here: SERIAL2_PROTOCOL, SERIAL2_BAUD, SIM_GRPS_ENABLE, SIM_GRPS_PIN
 (the parcel is simulated whatever they say), GRIP_NEUTRAL and BATT_MONITOR. SCR_ENABLE only
-switches the emulated companion watchdog script on and off.
+switches the emulated companion watchdog script on and off. Of GUID_OPTIONS only bit 6 (GUIDED
+targets flown by the waypoint navigator, and so by the path planner) changes anything here;
+OA_TYPE is read when the vehicle is built, as ArduPilot reads it at boot (`avoidance`).
 
 Wire behaviour follows GCS_Param.cpp: PARAM_VALUE carries the value C-cast to float whatever
 its type; integers are stored after ArduPilot's +0.01 rounding and clamping to the type's
@@ -77,10 +79,14 @@ DEFAULTS: tuple[ParamSpec, ...] = (
     ParamSpec("GRIP_NEUTRAL", 1500, INT16),
     ParamSpec("GRIP_RELEASE", 1100, INT16),
     ParamSpec("GRIP_TYPE", 0, INT8),
+    ParamSpec("GUID_OPTIONS", 0, INT32),
     ParamSpec("GUID_TIMEOUT", 3.0, REAL32),
     ParamSpec("LAND_ALT_LOW", 1000, INT16),
     ParamSpec("LAND_SPEED", 50, INT16),
     ParamSpec("LAND_SPEED_HIGH", 0, INT16),
+    # Path planning around the fence (avoidance.py): OA_TYPE is read at boot.
+    ParamSpec("OA_MARGIN_MAX", 5.0, REAL32),
+    ParamSpec("OA_TYPE", 0, INT8),
     ParamSpec("PLDP_DELAY", 0.0, REAL32),
     ParamSpec("PLDP_SPEED_DN", 0.0, REAL32),
     ParamSpec("RTL_ALT", 1500, INT32),
