@@ -648,6 +648,10 @@ def test_the_gripper_is_reached_only_through_the_release_step_the_runner_and_the
         (payload, "Gripper._act", "MAV_CMD_DO_SET_SERVO"),
         (payload, "<module>", "defines payload_place_item"),
         (payload, "payload_place_item", "MAV_CMD_NAV_PAYLOAD_PLACE"),
+        # The simulator loads the parcel into SITL's gripper before flight (a grab: a release
+        # there would show up as ".release()").
+        ("sim/harness/simulate.py", "<module>", "imports firmware_bridge.payload"),
+        ("sim/harness/simulate.py", "run_simulation", "Gripper"),
     }, "a new way to the gripper: it must go through the Release step's gate"
 
 
