@@ -4,6 +4,8 @@ action that makes the drone safe."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable
 
 import pytest
@@ -33,7 +35,8 @@ from companion.mission.inputs import (
     OperatorAction,
     OperatorCommand,
 )
-from companion.mission.plan import Limits, MissionPlan, delivery_plan
+from companion.mission.plan import DropLeg, Limits, MissionPlan, delivery_plan
+from companion.mission.stages import WaitForWindow
 from tests.mission_world import HOME, World
 
 FLIGHT = FlightConfig()
@@ -626,3 +629,31 @@ def test_a_plan_must_start_with_a_takeoff_and_release_once_per_drop():
         DropLeg("A", *HOME, 5.0, 30.0, steps=(HandoverStep.CLEAR_CONE,))
     with pytest.raises(ValueError, match="legal ceiling"):
         MissionPlan("x", (TakeoffLeg(150.0),))
+
+
+def test_a_drop_whose_window_has_not_opened_is_waited_for_over_it():
+    base = plan(200.0)
+    legs = tuple(
+        dataclasses.replace(leg, not_before_s=90.0) if isinstance(leg, DropLeg) else leg
+        for leg in base.legs
+    )
+    world = World()
+    held: list[tuple[float, float, float]] = []
+
+    def watch(w: World, core: MissionCore) -> list:
+        if isinstance(core.stage, WaitForWindow):
+            held.append((w.t, w.alt, math.hypot(w.north, w.east)))
+        return []
+
+    world.hooks.append(watch)
+    core = fly(world, dataclasses.replace(base, legs=legs))
+    assert core.outcome == "delivered"
+    takeoff_at = next(t for t, a in world.actions if isinstance(a, Takeoff))
+    waiting = next(t for t in world.transitions() if t.event == "waiting")
+    assert waiting.detail["until_s"] == 90.0 and waiting.detail["wait_s"] > 30
+    descend = next(t for t in world.transitions() if t.phase is Phase.DESCEND)
+    assert descend.boot_time_s is not None
+    assert descend.boot_time_s - takeoff_at >= 90.0
+    # It waited over the drop at cruise altitude, for as long as the window needed.
+    assert held and held[-1][0] - held[0][0] > 30
+    assert all(abs(alt - FLIGHT.cruise_alt_m) < 0.5 and abs(r - 200.0) < 2.5 for _, alt, r in held)

@@ -337,6 +337,34 @@ def test_capacity_splits_into_sorties_and_windows_order_the_drops() -> None:
     assert plan.sorties[0].orders[0].order_id == "near"
 
 
+def test_a_drop_reached_before_its_window_opens_waits_over_it() -> None:
+    """A first drop whose window closes early pins the take-off near 0; the second is
+    reached before its window opens, so the sortie hovers over it until then."""
+    of, plan = plan_of(
+        order("first", 200, 0, 0.3, window=[0, 60]),
+        order("late", 400, 0, 0.3, window=[200, 400]),
+    )
+    (sortie,) = plan.sorties
+    first, drop = sortie.mission.drops()
+    assert first.not_before_s is None and drop.drop_id == "late"
+    assert drop.not_before_s == pytest.approx(200 - sortie.start_s)
+    labels = [leg.label for leg in sortie.energy.legs]
+    wait = sortie.energy.legs[labels.index("waiting for drop late's window")]
+    descent = labels.index("descent at drop late")
+    reached = sum(leg.time_s for leg in sortie.energy.legs[:descent])
+    assert reached == pytest.approx(200.0 - sortie.start_s) and wait.time_s > 30
+    assert wait.charge_mah > 0
+    assert check_delivery_plan(plan, of.airspace, orders=of.orders) == []
+    # The same sortie without the wait would drop before anyone is there: the checker says so.
+    early = dataclasses.replace(drop, not_before_s=None)
+    legs = tuple(early if leg is drop else leg for leg in sortie.mission.legs)
+    bad = dataclasses.replace(sortie, mission=dataclasses.replace(sortie.mission, legs=legs))
+    faults = check_delivery_plan(dataclasses.replace(plan, sorties=(bad,)), of.airspace,
+                                 orders=of.orders)  # fmt: skip
+    assert any("drop 'late' descends at" in f and "before its window opens at 200" in f
+               for f in faults)  # fmt: skip
+
+
 def test_orders_for_a_named_drone_fly_on_it() -> None:
     _, plan = plan_of(order("a", 800, 0, drone="north"), order("b", -800, 0))
     drones = {o.order_id: s.drone for s in plan.sorties for o in s.orders}

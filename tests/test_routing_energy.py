@@ -27,7 +27,9 @@ from companion.routing.energy import (
     hover,
     legs_from_mission,
     power_w,
+    takeoff,
     transit,
+    wait_until,
 )
 from firmware_bridge.dialect import mavlink
 from sim.vehicle import DEFAULT_HOME
@@ -283,3 +285,15 @@ def test_a_mission_plan_is_priced_like_the_same_delivery_in_plain_numbers() -> N
     assert priced.charge_mah == pytest.approx(expected.charge_mah, rel=0.01)
     with pytest.raises(EnergyInputError, match=r"no parcel mass for drops \['m1'\]"):
         legs_from_mission(plan, home, {})
+
+
+def test_a_wait_hovers_until_its_time_after_take_off_and_not_longer() -> None:
+    model = EnergyModel(SITL_COPTER)
+    start = model.plan([takeoff(30.0)])
+    early = model.plan([takeoff(30.0), wait_until(start.time_s + 40.0, label="window")])
+    assert early.legs[1].time_s == pytest.approx(40.0)
+    assert early.legs[1].charge_mah == pytest.approx(model.leg(hover(40.0)).charge_mah)
+    late = model.plan([takeoff(30.0), transit(2000.0), wait_until(30.0)])
+    assert late.legs[2].time_s == 0.0 and late.legs[2].charge_mah == 0.0
+    with pytest.raises(EnergyInputError, match="a wait is priced within a plan"):
+        model.leg(wait_until(30.0))

@@ -120,6 +120,8 @@ class MissionCore:
         self.now: float | None = None
         self.state: VehicleState | None = None
         self.home: tuple[float, float] | None = None
+        #: When the take-off command was sent (autopilot time): drop windows count from it.
+        self.took_off_at: float | None = None
         self.params: dict[str, float] = {}
         self.released: list[str] = []
         #: Leave to release, per drop, from its recipient check (taken by its release).

@@ -79,7 +79,9 @@ RECIPIENT_HANDOVER = (
 @dataclass(frozen=True)
 class DropLeg:
     """Descend over the drop point to `handover_alt_m`, run the hand-over `steps`, climb back
-    to `cruise_alt_m`. `drop_id` names the parcel (an order id with several drops)."""
+    to `cruise_alt_m`. `drop_id` names the parcel (an order id with several drops).
+    `not_before_s`: hover over the drop at cruise altitude until that many seconds after the
+    take-off command before descending (the order's window opens then)."""
 
     drop_id: str
     lat: float
@@ -87,8 +89,12 @@ class DropLeg:
     handover_alt_m: float
     cruise_alt_m: float
     steps: tuple[HandoverStep, ...] = DEFAULT_HANDOVER
+    not_before_s: float | None = None
 
     def __post_init__(self) -> None:
+        wait = self.not_before_s
+        if wait is not None and not (math.isfinite(wait) and wait >= 0):
+            raise ValueError(f"drop {self.drop_id}: not_before_s {wait!r} is not a time")
         # Steps read back from JSON are plain strings: make them steps (or refuse them).
         object.__setattr__(self, "steps", tuple(HandoverStep(step) for step in self.steps))
         if self.steps.count(HandoverStep.RELEASE) != 1:

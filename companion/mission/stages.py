@@ -520,6 +520,7 @@ class TakeoffTo(Stage):
     def start(self, core: MissionCore) -> None:
         alt = self.alt_m
         self._token = core.send(lambda token: Takeoff(token, alt))
+        core.took_off_at = core.now  # drop windows count from the take-off command
         self._watch.restart(core.now)
 
     def on_result(self, core: MissionCore, result: CommandResult) -> None:
@@ -711,6 +712,43 @@ class Release(Stage):
 
 
 @dataclass
+class WaitForWindow(Stage):
+    """Hover over the drop at cruise altitude until `until_s` after the take-off command: the
+    order's window opens then, and a parcel left early may be left with no one to take it.
+    Nothing is sent (GUIDED holds the last target); the guards (battery, link, mode) still
+    run."""
+
+    phase = Phase.CRUISE
+    drop_id: str = ""
+    until_s: float = 0.0
+
+    @property
+    def what(self) -> str:
+        return f"drop {self.drop_id}'s window to open ({self.until_s:g} s after take-off)"
+
+    def timeout_s(self, core: MissionCore) -> float:
+        return self.until_s + core.plan.limits.phase_timeout_s
+
+    def start(self, core: MissionCore) -> None:
+        elapsed = self._elapsed(core)
+        if elapsed is not None and elapsed < self.until_s:
+            core.record(
+                "waiting", drop=self.drop_id, until_s=self.until_s,
+                wait_s=round(self.until_s - elapsed, 1),
+            )  # fmt: skip
+
+    def verify(self, core: MissionCore) -> bool:
+        elapsed = self._elapsed(core)
+        return elapsed is not None and elapsed >= self.until_s
+
+    @staticmethod
+    def _elapsed(core: MissionCore) -> float | None:
+        if core.now is None or core.took_off_at is None:
+            return None
+        return core.now - core.took_off_at
+
+
+@dataclass
 class Dwell(Stage):
     """Hover the plan's release hold after letting go of the parcel."""
 
@@ -806,7 +844,10 @@ def _leg_stages(leg: Leg, plan: MissionPlan, speeds_set: bool) -> list[Stage]:
     if isinstance(leg, DropLeg):
         low = Waypoint(leg.lat, leg.lon, leg.handover_alt_m)
         high = Waypoint(leg.lat, leg.lon, leg.cruise_alt_m)
-        steps = [Descend(target=low, to="the hand-over altitude", vertical=True)]
+        steps = []
+        if leg.not_before_s is not None:
+            steps.append(WaitForWindow(drop_id=leg.drop_id, until_s=leg.not_before_s))
+        steps.append(Descend(target=low, to="the hand-over altitude", vertical=True))
         for step in leg.steps:
             if step is HandoverStep.CLEAR_CONE:
                 steps.append(ClearCone())

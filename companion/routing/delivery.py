@@ -23,9 +23,13 @@ off, a round trip beyond the battery, and drops the planner cannot fit.
 
 Time windows are seconds from departure (the take-off command). The planner is given each
 arc's flying time as the energy model times it (cruise speed with the autopilot's ramps at
-every waypoint), so it minimises flight time and its arrivals are the mission's; it may
-plan to wait for a window to open, which the mission core does not (it drops early), so
-only a window's end is a limit. The checker recomputes each arrival from the priced legs.
+every waypoint), so it minimises flight time and its arrivals are the mission's; where it
+arrives before a window opens, the drop leg holds over the drop at cruise altitude until
+then (`DropLeg.not_before_s`), and the wait is priced as a hover. The planner also leaves
+the depot as late as the windows allow (a wait on the ground costs nothing): a sortie's
+`start_s` is when it must take off, since its mission counts the waits from its own
+take-off command. The checker recomputes each arrival from the priced legs, the waits
+included, against both ends of the window.
 """
 
 from __future__ import annotations
@@ -447,7 +451,7 @@ def _plan_group(
         chain = (0, *s.drops, 0)
         arcs = tuple(paths[a, b] for a, b in itertools.pairwise(chain))
         chosen = tuple(group[d - 1] for d in s.drops)
-        mission = _mission("sortie", chosen, arcs, flight)
+        mission = _mission("sortie", chosen, arcs, flight, s.start_s)
         parcels = {o.order_id: o.mass_kg for o in chosen}
         priced = model.plan(
             legs_from_mission(mission, depot, parcels, handover_extra_s=handover_extra_s)
@@ -517,15 +521,21 @@ def _mission(
     orders: Sequence[Order],
     arcs: Sequence[Sequence[tuple[float, float]]],
     flight: FlightConfig,
+    start_s: float = 0.0,
 ) -> MissionPlan:
     """A sortie as the mission core's legs: each arc a transit through its corners, each
-    drop with the default hand-over, the last arc a transit home, then RTL and land."""
+    drop with the default hand-over (held over the drop until its window opens, counted
+    from this sortie's take-off at `start_s` of the job), the last arc a transit home, then
+    RTL and land."""
     alt = flight.cruise_alt_m
     legs: list = [TakeoffLeg(alt)]
     for o, arc in zip(orders, arcs, strict=False):
         wps = tuple(Waypoint(lat, lon, alt) for lat, lon in arc[1:])
         legs.append(TransitLeg(wps, to=f"drop {o.order_id}"))
-        legs.append(DropLeg(o.order_id, o.lat, o.lon, flight.handover_alt_m, alt, DEFAULT_HANDOVER))
+        opens = None if o.window is None else o.window[0] - start_s
+        wait = opens if opens is not None and opens > 0 else None
+        drop = (o.order_id, o.lat, o.lon, flight.handover_alt_m, alt, DEFAULT_HANDOVER)
+        legs.append(DropLeg(*drop, not_before_s=wait))
     legs.append(TransitLeg(tuple(Waypoint(lat, lon, alt) for lat, lon in arcs[-1][1:]), to="home"))
     legs.extend([ReturnLeg(), LandLeg()])
     return MissionPlan(
@@ -646,6 +656,11 @@ def check_delivery_plan(
                         out.append(
                             f"{tag}: drop {oid!r} reached at {clock:.0f} s, after its window "
                             f"closes at {window[1]:g} s"
+                        )
+                    elif window is not None and clock < window[0] - 1e-3:
+                        out.append(
+                            f"{tag}: drop {oid!r} descends at {clock:.0f} s, before its "
+                            f"window opens at {window[0]:g} s"
                         )
                 clock += leg_price.time_s
         previous = last_end.get(sortie.drone)

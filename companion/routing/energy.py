@@ -324,6 +324,7 @@ class LegKind(str, Enum):
     CLIMB = "climb"
     RETURN = "return"
     LAND = "land"
+    WAIT = "wait"
 
 
 @dataclass(frozen=True)
@@ -331,7 +332,9 @@ class FlightLeg:
     """One leg in plain numbers. `distance_m` and `track_deg` (course over ground, None when
     not known) for transit and return; `alt_m` the altitude climbed to (take-off), the
     altitude change (climb, descent) or the altitude landed from (land); `duration_s` for a
-    hover; `payload_kg` what it carries; `label` names it in reports."""
+    hover; `until_s` for a wait (hover until that many seconds after the take-off command,
+    as long as that takes by then: priced only within a plan); `payload_kg` what it
+    carries; `label` names it in reports."""
 
     kind: LegKind
     payload_kg: float = 0.0
@@ -340,6 +343,7 @@ class FlightLeg:
     alt_m: float = 0.0
     duration_s: float = 0.0
     label: str = ""
+    until_s: float = 0.0
 
     def __post_init__(self) -> None:
         where = f"leg {self.label or self.kind.value}"
@@ -349,6 +353,7 @@ class FlightLeg:
         _non_negative(f"{where}: distance_m", self.distance_m)
         _non_negative(f"{where}: alt_m", self.alt_m)
         _non_negative(f"{where}: duration_s", self.duration_s)
+        _non_negative(f"{where}: until_s", self.until_s)
         if self.track_deg is not None:
             _finite(f"{where}: track_deg", self.track_deg)
 
@@ -373,6 +378,12 @@ def descent(alt_m: float, payload_kg: float = 0.0, label: str = "") -> FlightLeg
 def hover(duration_s: float, payload_kg: float = 0.0, label: str = "") -> FlightLeg:
     """Hold position for `duration_s` (a hand-over at the drop)."""
     return FlightLeg(LegKind.HOVER, payload_kg, duration_s=duration_s, label=label or "hover")
+
+
+def wait_until(until_s: float, payload_kg: float = 0.0, label: str = "") -> FlightLeg:
+    """Hold position until `until_s` after the take-off command (a drop whose window has not
+    opened yet); nothing when the flight is already later."""
+    return FlightLeg(LegKind.WAIT, payload_kg, until_s=until_s, label=label or "wait")
 
 
 def climb(alt_m: float, payload_kg: float = 0.0, label: str = "") -> FlightLeg:
@@ -529,7 +540,10 @@ class EnergyModel:
         return replace(self, frame=replace(self.frame, battery=battery))
 
     def leg(self, leg: FlightLeg) -> LegEnergy:
-        """Time, energy and charge of one leg; EnvelopeError when it cannot be flown."""
+        """Time, energy and charge of one leg; EnvelopeError when it cannot be flown.
+        A wait has no length of its own: it is priced by `plan`, which knows the time."""
+        if leg.kind is LegKind.WAIT:
+            raise EnergyInputError(f"leg {leg.label}: a wait is priced within a plan")
         if leg.payload_kg > self.frame.max_payload_kg:
             raise EnvelopeError(
                 f"leg {leg.label}: payload {leg.payload_kg:g} kg is above airframe "
@@ -546,9 +560,13 @@ class EnergyModel:
         if not legs:
             raise EnergyInputError("plan: no legs to price")
         priced: list[LegEnergy] = []
+        clock = 0.0
         for leg in legs:
+            if leg.kind is LegKind.WAIT:
+                leg = replace(leg, kind=LegKind.HOVER, duration_s=max(0.0, leg.until_s - clock))
             try:
                 priced.append(self.leg(leg))
+                clock += priced[-1].time_s
             except EnvelopeError as err:
                 return PlanEnergy(tuple(priced), self.battery, can_fly=False, reason=str(err))
         plan = PlanEnergy(tuple(priced), self.battery, can_fly=True, reason="")
@@ -692,7 +710,8 @@ def legs_from_mission(
     """The mission core's plan (companion/mission/plan.py) as legs to price: every parcel
     (`parcels_kg` by drop id) on board from take-off until its drop; each hand-over a hover
     of the plan's release hold plus `handover_extra_s` (time allowed for the cone and the
-    recipient); the return from the last point flown to `home` (lat, lon)."""
+    recipient), after a wait over the drop until its window opens when the drop says so;
+    the return from the last point flown to `home` (lat, lon)."""
     from companion.geo import bearing_deg, distance_m
     from companion.mission.plan import DropLeg, LandLeg, ReturnLeg, TakeoffLeg, TransitLeg
 
@@ -724,6 +743,9 @@ def legs_from_mission(
                 trk = bearing_deg(lat, lon, leg.lat, leg.lon)
                 legs.append(transit(d, aboard, trk, f"to drop {leg.drop_id}"))
             lat, lon = leg.lat, leg.lon
+            if leg.not_before_s is not None:
+                label = f"waiting for drop {leg.drop_id}'s window"
+                legs.append(wait_until(leg.not_before_s, aboard, label))
             down = max(0.0, alt - leg.handover_alt_m)
             legs.append(descent(down, aboard, f"descent at drop {leg.drop_id}"))
             aboard = max(0.0, aboard - parcels_kg[leg.drop_id])
