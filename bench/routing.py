@@ -5,8 +5,9 @@ Instances: for 10, 25, 50 and 100 drops, drops drawn at random in a 6 km square 
 area around the depot with three no-fly zones, distances the airspace module's shortest paths
 around the zones (`companion.routing.paths.AirspaceRouter`, 20 m margin); the time to build
 that matrix is reported apart from the planning time. Where the optimum is known the gap is
-reported: TSPLIB berlin52 (7542; read from ../shared, skipped when absent) and random
-9-drop instances solved by exhaustive search.
+reported: TSPLIB berlin52 (7542; read from ../shared, skipped when absent), eil51 (426),
+st70 (675) and kroA100 (21282) from a registry package (`bench/tsplib_sources.py`), and
+random 9-drop instances solved by exhaustive search.
 
 The planner's time is its time limit by design (guided local search runs until told to
 stop), so a time ratio would only restate that limit: the baseline takes milliseconds and is
@@ -33,6 +34,7 @@ from shapely.geometry import Point, Polygon, box
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import interleaved, median_ms, write_results
+from bench.tsplib_sources import SourceError, fetch_instances
 from companion.routing.airspace import Airspace, OperatingArea, Zone
 from companion.routing.baseline import nearest_neighbour_two_opt
 from companion.routing.frame import LocalFrame
@@ -128,24 +130,29 @@ def main() -> None:
         figures[f"length_vs_baseline_{drops}_drops"] = round(
             result["ours_length"] / result["baseline_length"], 4
         )
+    known: dict[str, tuple[Path, int]] = {}
     if BERLIN52.exists():
-        matrix = read_tsplib(BERLIN52).distance_matrix()
-        result = compare(matrix, repetitions)
-        ratios["vs_nn_2opt_berlin52"] = result["baseline_length"] / result["ours_length"]
-        baselines["vs_nn_2opt_berlin52"] = (
-            "tour length of nearest neighbour + 2-opt over ours on TSPLIB berlin52"
-        )
-        figures["berlin52_ours_length"] = result["ours_length"]
-        figures["berlin52_baseline_length"] = result["baseline_length"]
-        figures["berlin52_ours_gap_pct"] = round(
-            100 * (result["ours_length"] / BERLIN52_OPTIMUM - 1), 3
-        )
-        figures["berlin52_baseline_gap_pct"] = round(
-            100 * (result["baseline_length"] / BERLIN52_OPTIMUM - 1), 3
-        )
-        figures["berlin52_ours_s"] = round(result["ours_ms"] / 1000, 3)
+        known["berlin52"] = (BERLIN52, BERLIN52_OPTIMUM)
     else:
         figures["berlin52"] = f"skipped: {BERLIN52} absent"
+    try:
+        known.update(fetch_instances())
+    except SourceError as err:
+        figures["eil51_st70_kroA100"] = f"skipped: {err}"
+    for name, (path, optimum) in known.items():
+        result = compare(read_tsplib(path).distance_matrix(), repetitions)
+        ratios[f"vs_nn_2opt_{name}"] = result["baseline_length"] / result["ours_length"]
+        baselines[f"vs_nn_2opt_{name}"] = (
+            f"tour length of nearest neighbour + 2-opt over ours on TSPLIB {name}"
+        )
+        figures[f"{name}_optimum"] = optimum
+        figures[f"{name}_ours_length"] = result["ours_length"]
+        figures[f"{name}_baseline_length"] = result["baseline_length"]
+        figures[f"{name}_ours_gap_pct"] = round(100 * (result["ours_length"] / optimum - 1), 3)
+        figures[f"{name}_baseline_gap_pct"] = round(
+            100 * (result["baseline_length"] / optimum - 1), 3
+        )
+        figures[f"{name}_ours_s"] = round(result["ours_ms"] / 1000, 3)
     ours_gaps, baseline_gaps = [], []
     for seed in range(3):
         rng = random.Random(100 + seed)

