@@ -35,6 +35,21 @@ log = logging.getLogger("skycourier")
 COMMANDS_GROUP = "skycourier.commands"
 
 
+def _status(args: argparse.Namespace) -> int:
+    """Print the running daemon's status as JSON; 2 when no daemon answers."""
+    import json
+
+    from companion.intake.control import ControlError, daemon_status
+
+    path = args.socket or load_config(args.config).intake.socket_path
+    try:
+        print(json.dumps(daemon_status(path), indent=2))
+    except ControlError as exc:
+        print(f"skycourier status: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from companion.daemon import run_daemon
 
@@ -106,6 +121,12 @@ def _fc(args: argparse.Namespace) -> int:
     return run_fc(args)
 
 
+def _check(args: argparse.Namespace) -> int:
+    from companion.check import run_check
+
+    return run_check(args)
+
+
 def _track(args: argparse.Namespace) -> int:
     from companion.track import run_track
 
@@ -155,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the on-board daemon (what the systemd unit starts)")
     run.add_argument("--config", type=Path, default=None, help="TOML configuration file")
     run.set_defaults(func=_run)
+    status = sub.add_parser("status", help="the running daemon's link, vehicle, mission, orders")
+    status.add_argument("--config", type=Path, default=None, help="the daemon's configuration")
+    status.add_argument(
+        "--socket", type=Path, default=None, help="control socket (default: [intake] socket_path)"
+    )
+    status.set_defaults(func=_status)
 
     gps = sub.add_parser("gps", help="the companion's GPS receiver: live monitor, log replay")
     gps_sub = gps.add_subparsers(dest="gps_command", required=True)
@@ -213,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="the dispatcher's and the drones' keys: init, show, export")
     add_keys_arguments(keys)
     keys.set_defaults(func=_keys)
-    order = sub.add_parser("order", help="signed delivery orders: create, inspect")
+    order = sub.add_parser("order", help="signed delivery orders: create, inspect, submit")
     add_order_arguments(order)
     order.set_defaults(func=_order)
     audit = sub.add_parser("audit", help="the hand-over audit trail: verify")
@@ -274,6 +301,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_fc_arguments(fc)
     fc.set_defaults(func=_fc)
+
+    check = sub.add_parser(
+        "check", help="open and identify every configured device; print what to fix"
+    )
+    check.add_argument(
+        "--config", type=Path, default=None, help="TOML configuration file (the daemon's)"
+    )
+    check.add_argument("--json", action="store_true", help="print the rows as a JSON list")
+    check.set_defaults(func=_check)
 
     config = sub.add_parser("config", help="check a configuration file or print the defaults")
     config.add_argument("file", type=Path, nargs="?", default=None)

@@ -259,6 +259,15 @@ class PreflightConfig(_Section):
         le=30,
         description="Refuse to start in a reported wind above this (m/s); no report refuses too.",
     )
+    declared_wind_mps: float | None = Field(
+        None,
+        ge=0,
+        le=60,
+        examples=[4.0],
+        description="The wind declared for the operating area (m/s), which the daemon's "
+        "preflight judges against max_wind_mps; unset: no report, so the daemon refuses to "
+        "fly (the simulator reports its own simulated wind).",
+    )
     min_satellites: int = Field(6, ge=4, le=40, description="Satellites used, on each receiver.")
     max_hdop: float = Field(2.0, gt=0, le=20, description="Highest HDOP, on each receiver.")
     max_fix_age_s: float = Field(
@@ -643,6 +652,46 @@ def split_broker(url: str) -> tuple[str, int]:
     return host, int(port)
 
 
+class IntakeConfig(_Section):
+    """How orders reach the daemon (`skycourier run`): each is verified against
+    `[security] dispatcher_pub`, queued durably, answered on the uplink, and flown in turn."""
+
+    queue_path: Path = Field(
+        Path("skycourier-orders.db"),
+        strict=False,
+        description="The durable order queue (SQLite); relative paths are from the working "
+        "directory.",
+    )
+    socket_path: Path = Field(
+        Path("skycourier-control.sock"),
+        strict=False,
+        description="The local control socket (`skycourier order submit`), created 0660: the "
+        "daemon's user and group may use it.",
+    )
+    mqtt: bool = Field(
+        True,
+        description="Take orders published on skycourier/v1/<drone_id>/orders over the "
+        "telemetry link.",
+    )
+
+
+class MetricsConfig(_Section):
+    """Prometheus metrics of the daemon (`skycourier run`), for fleets."""
+
+    port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        examples=[9108],
+        description="Serve /metrics on this TCP port; unset: no metrics server.",
+    )
+    address: str = Field(
+        "127.0.0.1",
+        description="Address the metrics server binds (loopback: only this computer; "
+        '"0.0.0.0" exposes it on every interface, the LTE one included).',
+    )
+
+
 class JournalConfig(_Section):
     """The durable mission journal (SQLite) that lets a restarted daemon resume or land."""
 
@@ -764,6 +813,8 @@ class Config(_Section):
     telemetry: TelemetryConfig = TelemetryConfig()
     vision: VisionConfig = VisionConfig()
     journal: JournalConfig = JournalConfig()
+    intake: IntakeConfig = IntakeConfig()
+    metrics: MetricsConfig = MetricsConfig()
     security: SecurityConfig = SecurityConfig()
     identity: IdentityConfig = IdentityConfig()
     logging: LoggingConfig = LoggingConfig()

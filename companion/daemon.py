@@ -5,8 +5,9 @@ state on the bus, and logs a status line at a steady rate. At start it reads the
 journal: a mission left unfinished by a crash or reboot is never forgotten. If the vehicle
 is still flying it is brought home (RTL), since the plan's context (recipient, obstacles) is
 gone with the old process; if it is on the ground the mission is closed as interrupted. In
-both cases the outcome is journaled. Orders reach the daemon through later subsystems
-(order intake, telemetry link); until then it supervises.
+both cases the outcome is journaled. Then it takes orders (`companion.intake`: the local
+control socket and the telemetry link's downlink), verifies and queues them, answers each on
+the uplink and flies them in turn.
 
 With the drone's key store in `[security] keys_dir` (`skycourier keys init --drone ID`), the
 link to the flight controller is MAVLink 2 signed with its secret, and the daemon's decisions
@@ -25,6 +26,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from types import FrameType
@@ -34,10 +36,14 @@ from companion.autopilot import connect_autopilot
 from companion.bus import Bus
 from companion.config import Config, SecurityConfig
 from companion.gps.service import start_gps
+from companion.intake.control import ControlError
+from companion.intake.queue import QueueError
+from companion.intake.service import start_intake
 from companion.mission.journal import Journal, JournalError
+from companion.sd_notify import Watchdog
 from companion.security.audit import AuditError, AuditTrail
 from companion.security.keys import KeyFileError, KeyStore
-from companion.telemetry.uplink import open_uplink
+from companion.telemetry.uplink import TelemetryUplink, open_uplink
 from companion.vision.service import start_vision
 from firmware_bridge.errors import BridgeError
 from firmware_bridge.state import LinkState, StatusText, VehicleState
@@ -130,6 +136,8 @@ def run_daemon(config: Config, stop: threading.Event | None = None) -> int:
     bus.subscribe(LinkState, _log_link)
     bus.subscribe(StatusText, _log_text)
     with ExitStack() as running:
+        # systemd (Type=notify): entered first, so its pings outlive every other part's stop.
+        watchdog = running.enter_context(Watchdog.from_environment())
         try:
             journal = running.enter_context(Journal(config.journal.path))
         except JournalError as exc:
@@ -148,7 +156,7 @@ def run_daemon(config: Config, stop: threading.Event | None = None) -> int:
             log.error("cannot reach the autopilot: %s", exc)
             return 1
         try:
-            _start_subsystems(config, bus, vehicle, running)
+            uplink = _start_subsystems(config, bus, vehicle, running)
         except Exception:
             # Whatever did start is stopped by `running` on the way out.
             log.exception("daemon not started: a subsystem failed to start")
@@ -157,17 +165,24 @@ def run_daemon(config: Config, stop: threading.Event | None = None) -> int:
             vehicle.wait_until(
                 lambda s: s.boot_time_s is not None, config.vehicle.connect_timeout_s, "telemetry"
             )
+            _notify_ready(watchdog, vehicle, running)
             recover_unfinished(journal, vehicle, audit)
-            while not stop.wait(_STATUS_EVERY_S):
-                _log_status(vehicle.state, vehicle.link.up)
+            try:
+                start_intake(config, bus, vehicle, journal, running, audit=audit, uplink=uplink)
+            except (QueueError, ControlError) as exc:  # the rest of the daemon keeps running
+                log.error("orders off: %s", exc)
+            _supervise(vehicle, watchdog, stop)
         except BridgeError as exc:
             log.error("daemon stopped: %s", exc)
             return 1
     return 0
 
 
-def _start_subsystems(config: Config, bus: Bus, vehicle: Vehicle, running: ExitStack) -> None:
-    """Start GPS, telemetry and vision, each pushed onto `running` as soon as it runs."""
+def _start_subsystems(
+    config: Config, bus: Bus, vehicle: Vehicle, running: ExitStack
+) -> TelemetryUplink | None:
+    """Start GPS, telemetry and vision, each pushed onto `running` as soon as it runs; the
+    uplink, if there is one."""
     gps = start_gps(config.gps, bus)
     if gps is not None:
         running.callback(gps.stop)
@@ -184,6 +199,7 @@ def _start_subsystems(config: Config, bus: Bus, vehicle: Vehicle, running: ExitS
     vision = start_vision(config.vision, bus, vehicle)
     if vision is not None:
         running.callback(vision.stop)
+    return uplink
 
 
 def _log_status(state: VehicleState, link_up: bool) -> None:
@@ -198,4 +214,51 @@ def _log_status(state: VehicleState, link_up: bool) -> None:
             "battery_pct": state.battery.remaining_pct,
             "gps_fix": state.gps.fix_type,
         },
+    )
+
+
+# -- systemd: readiness, status lines and the watchdog (companion.sd_notify) ------------------
+
+
+def _notify_ready(watchdog: Watchdog, vehicle: Vehicle, running: ExitStack) -> None:
+    """The autopilot link is up and its telemetry flows: tell systemd the daemon is ready,
+    watch the link's reader thread, and say STOPPING=1 on any way out from here."""
+    watchdog.ready(_status_text(vehicle.state, vehicle.link.up))
+    link = vehicle.link
+
+    def reader_running() -> bool:
+        # The reader drops the link within a read (0.05 s) of the heartbeat timing out; a
+        # link still up with a heartbeat twice as old means the reader no longer goes round
+        # (stuck in a listener), while a link that is merely down is not a hang.
+        return not (link.up and link.heartbeat_age() > 2 * link.heartbeat_timeout_s)
+
+    tick = watchdog.tick_s or _STATUS_EVERY_S
+    watchdog.watch("autopilot link reader", reader_running, watchdog.max_stale(tick))
+    running.callback(watchdog.stopping)
+
+
+def _supervise(vehicle: Vehicle, watchdog: Watchdog, stop: threading.Event) -> None:
+    """Log a status line (and send it to systemd) every `_STATUS_EVERY_S` until `stop`, then
+    say STOPPING=1 before anything is stopped. This is a critical loop: it beats the watchdog
+    each time round, waking at least once a tick."""
+    wake = watchdog.wake_period(_STATUS_EVERY_S)
+    beat = watchdog.register("status loop", watchdog.max_stale(wake))
+    due = time.monotonic() + _STATUS_EVERY_S
+    while not stop.wait(wake):
+        beat()
+        if time.monotonic() >= due:
+            due = time.monotonic() + _STATUS_EVERY_S
+            _log_status(vehicle.state, vehicle.link.up)
+            watchdog.status(_status_text(vehicle.state, vehicle.link.up))
+    watchdog.stopping()
+
+
+def _status_text(state: VehicleState, link_up: bool) -> str:
+    """One line for `systemctl status`."""
+    pos = state.position
+    alt = "no position" if pos is None else f"{pos.alt_rel_m:.1f} m"
+    return (
+        f"autopilot link {'up' if link_up else 'DOWN'}; {state.mode}, "
+        f"{'armed' if state.armed else 'disarmed'}, {alt}, "
+        f"battery {state.battery.remaining_pct} %, GPS fix {state.gps.fix_type}"
     )

@@ -67,6 +67,10 @@ def test_daemon_connects_supervises_and_stops(
             "test",
             vehicle={"connection": f"tcp:127.0.0.1:{server.port}"},
             journal={"path": str(tmp_path / "journal.db")},
+            intake={
+                "queue_path": str(tmp_path / "orders.db"),
+                "socket_path": str(tmp_path / "c.sock"),
+            },
         )
         stop = threading.Event()
         result: list[int] = []
@@ -111,6 +115,7 @@ def _failing_start(tmp_path: Path, server: VehicleServer, **sections: dict[str, 
         "test",
         vehicle={"connection": f"tcp:127.0.0.1:{server.port}"},
         journal={"path": str(tmp_path / "journal.db")},
+        intake={"queue_path": str(tmp_path / "orders.db"), "socket_path": str(tmp_path / "c.sock")},
         **sections,
     )
 
@@ -162,6 +167,7 @@ def test_daemon_reports_an_unreachable_autopilot(tmp_path: Path) -> None:
         "test",
         vehicle={"connection": "tcp:127.0.0.1:9", "connect_timeout_s": 1.0},
         journal={"path": str(tmp_path / "journal.db")},
+        intake={"queue_path": str(tmp_path / "orders.db"), "socket_path": str(tmp_path / "c.sock")},
     )
     assert run_daemon(config, threading.Event()) == 1
 
@@ -177,6 +183,10 @@ def test_daemon_starts_and_configures_the_companion_gps(tmp_path: Path) -> None:
             "test",
             vehicle={"connection": f"tcp:127.0.0.1:{server.port}"},
             journal={"path": str(tmp_path / "journal.db")},
+            intake={
+                "queue_path": str(tmp_path / "orders.db"),
+                "socket_path": str(tmp_path / "c.sock"),
+            },
             gps={"port": gps.path},
         )
         stop = threading.Event()

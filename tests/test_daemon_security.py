@@ -24,6 +24,7 @@ def daemon_config(tmp_path: Path, server: VehicleServer, keys: Path) -> Config:
         "test",
         vehicle={"connection": f"tcp:127.0.0.1:{server.port}"},
         journal={"path": str(tmp_path / "journal.db")},
+        intake={"queue_path": str(tmp_path / "orders.db"), "socket_path": str(tmp_path / "c.sock")},
         security={"keys_dir": str(keys), "audit_path": str(tmp_path / "audit.jsonl")},
     )
 

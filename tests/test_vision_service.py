@@ -270,6 +270,7 @@ def test_daemon_feeds_the_builtin_vehicle_obstacle_distance(
             "test",
             vehicle={"connection": f"tcp:127.0.0.1:{server.port}"},
             journal={"path": str(tmp_path / "journal.db")},
+            intake={"queue_path": str(tmp_path / "q.db"), "socket_path": str(tmp_path / "c.sock")},
             vision={"source": str(frames), "models_dir": str(models_dir), "threads": 1,
                     "max_fps": 2.0},
         )  # fmt: skip

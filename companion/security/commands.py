@@ -89,6 +89,13 @@ def add_order_arguments(parser: argparse.ArgumentParser) -> None:
         help="the drone's nonce store: refuse an order already accepted",
     )
 
+    submit = sub.add_parser("submit", help="hand an order to the running daemon (`skycourier run`)")
+    submit.add_argument("file", type=Path)
+    submit.add_argument("--config", type=Path, default=None, help="the daemon's TOML configuration")
+    submit.add_argument(
+        "--socket", type=Path, default=None, help="control socket (default: [intake] socket_path)"
+    )
+
 
 def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="audit_command", required=True)
@@ -309,9 +316,29 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _submit(args: argparse.Namespace) -> int:
+    """The daemon's answer to one order: 0 accepted, 1 refused (with the reason)."""
+    from companion.config import load_config
+    from companion.intake.control import ControlError, submit_order
+    from companion.security.orders import MAX_ORDER_BYTES
+
+    path = args.socket or load_config(args.config).intake.socket_path
+    try:
+        with open(args.file, "rb") as f:
+            blob = f.read(MAX_ORDER_BYTES + 1)
+    except OSError as exc:
+        raise _Fail(f"{args.file}: cannot be read: {exc.strerror or exc}") from None
+    try:
+        answer = submit_order(path, blob)
+    except ControlError as exc:
+        raise _Fail(str(exc)) from None
+    print(json.dumps(answer, indent=2))
+    return 0 if answer.get("accepted") is True else 1
+
+
 def run_order(args: argparse.Namespace) -> int:
-    handler = _create if args.order_command == "create" else _inspect
-    return _run(f"order {args.order_command}", handler, args)
+    handlers = {"create": _create, "inspect": _inspect, "submit": _submit}
+    return _run(f"order {args.order_command}", handlers[args.order_command], args)
 
 
 # --- audit --------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 
 from companion.bus import Bus
 from companion.gps.integrity import IntegrityAlarm, IntegrityCleared
+from companion.intake.intake import OrderAck, OrderUpdate
 from companion.mission.events import MissionEvent, Phase
 from companion.modem.state import ModemState
 from companion.telemetry import schema
@@ -194,6 +195,8 @@ class TelemetryPublisher:
             self.bus.subscribe(IntegrityCleared, self.on_integrity_cleared),
             self.bus.subscribe(ModemState, self.on_modem),
             self.bus.subscribe(Detections, self.on_detections),
+            self.bus.subscribe(OrderAck, self.on_order_ack),
+            self.bus.subscribe(OrderUpdate, self.on_order_update),
         ]
 
     def on_vehicle(self, state: VehicleState) -> None:
@@ -216,6 +219,20 @@ class TelemetryPublisher:
             self._mission_id = event.mission_id
             self._phase = phase
         self._queue_event(event.event, phase, event.mission_id, schema.jsonable(event.detail))
+
+    def on_order_ack(self, ack: OrderAck) -> None:
+        """An order's answer goes up as an event, so the dispatcher learns its fate."""
+        kind = "order-accepted" if ack.accepted else "order-refused"
+        with self._lock:
+            phase = self._phase
+        self._queue_event(kind, phase, ack.order_id, schema.jsonable(ack.as_dict()))
+
+    def on_order_update(self, update: OrderUpdate) -> None:
+        """An order flying, done (with its outcome) or interrupted by a restart."""
+        with self._lock:
+            phase = self._phase
+        detail = {"state": update.state, "outcome": update.outcome}
+        self._queue_event(f"order-{update.state}", phase, update.order_id, detail)
 
     def on_integrity_alarm(self, alarm: IntegrityAlarm) -> None:
         with self._lock:

@@ -1,0 +1,1 @@
+"""Orders reaching the daemon: verified, queued durably, answered on the uplink, flown."""

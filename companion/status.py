@@ -1,0 +1,56 @@
+"""What the running daemon reports about itself: `skycourier status` (over the control
+socket) and the Prometheus metrics read the same snapshot, taken when asked from the live
+parts, so the two never disagree and a part that is not running shows as absent (None)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+from companion.bus import Bus
+from companion.intake.queue import OrderQueue
+from companion.mission.events import MissionEvent
+from companion.readiness import GroundWatch
+from companion.telemetry.uplink import TelemetryUplink
+from firmware_bridge.vehicle import Vehicle
+
+
+class DaemonStatus:
+    """What `skycourier status` shows: the autopilot link, the vehicle, the mission's latest
+    event, the order queue, the companion's GPS and the uplink."""
+
+    def __init__(
+        self, bus: Bus, vehicle: Vehicle, queue: OrderQueue, uplink: TelemetryUplink | None
+    ) -> None:
+        self._bus = bus
+        self._vehicle = vehicle
+        self._queue = queue
+        self._uplink = uplink
+        self._gps = GroundWatch(bus, time.monotonic)
+
+    def snapshot(self) -> dict[str, Any]:
+        state = self._vehicle.state
+        pos = state.position
+        event = self._bus.latest(MissionEvent)
+        gps = self._gps.status().gps
+        out: dict[str, Any] = {
+            "link": {"up": self._vehicle.link.up},
+            "vehicle": {
+                "mode": state.mode,
+                "armed": state.armed,
+                "lat": None if pos is None else round(pos.lat, 7),
+                "lon": None if pos is None else round(pos.lon, 7),
+                "alt_rel_m": None if pos is None else round(pos.alt_rel_m, 1),
+                "battery_pct": state.battery.remaining_pct,
+                "gps_fix": state.gps.fix_type,
+                "satellites": state.gps.satellites,
+            },
+            "mission": None
+            if event is None
+            else {"id": event.mission_id, "phase": event.phase.value, "event": event.event},
+            "orders": self._queue.counts(),
+            "companion_gps": None if gps is None else dataclasses.asdict(gps),
+            "uplink": None if self._uplink is None else self._uplink.summary(),
+        }
+        return out
