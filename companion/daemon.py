@@ -16,9 +16,12 @@ link to the flight controller is MAVLink 2 signed with its secret, and the daemo
 and flies unsigned; a key store it cannot use (a key file others can read, a corrupt file) or
 an audit trail it cannot continue stops it from starting.
 
-Everything the daemon starts (journal, audit trail, autopilot link, GPS, telemetry, vision) is
-pushed onto one `ExitStack` as it starts, so a failure starting any part, or any way out of
-the run, stops exactly what was started, newest first.
+GPS, telemetry and vision are the supervisor's parts (`companion.supervisor`): each is
+started by itself, and one that fails to start or stops running is started again with a
+doubling backoff while the others run on; `skycourier status` and the metrics show each
+one's health. Everything else the daemon starts (journal, audit trail, autopilot link, order
+queue, control socket, metrics) is pushed onto one `ExitStack` as it starts, so any way out
+of the run stops exactly what was started, newest first.
 """
 
 from __future__ import annotations
@@ -36,13 +39,18 @@ from companion.autopilot import connect_autopilot
 from companion.bus import Bus
 from companion.config import Config, SecurityConfig
 from companion.gps.service import start_gps
-from companion.intake.control import ControlError
+from companion.intake.control import ControlError, ControlServer
+from companion.intake.flights import OrderFlights
+from companion.intake.intake import OrderAck, OrderIntake
 from companion.intake.queue import QueueError
-from companion.intake.service import start_intake
+from companion.intake.service import listen_on, open_intake, start_flights
+from companion.metrics import serve_metrics
 from companion.mission.journal import Journal, JournalError
 from companion.sd_notify import Watchdog
 from companion.security.audit import AuditError, AuditTrail
 from companion.security.keys import KeyFileError, KeyStore
+from companion.status import DaemonStatus
+from companion.supervisor import Part, Supervisor
 from companion.telemetry.uplink import TelemetryUplink, open_uplink
 from companion.vision.service import start_vision
 from firmware_bridge.errors import BridgeError
@@ -155,22 +163,40 @@ def run_daemon(config: Config, stop: threading.Event | None = None) -> int:
         except BridgeError as exc:
             log.error("cannot reach the autopilot: %s", exc)
             return 1
-        try:
-            uplink = _start_subsystems(config, bus, vehicle, running)
-        except Exception:
-            # Whatever did start is stopped by `running` on the way out.
-            log.exception("daemon not started: a subsystem failed to start")
-            return 1
+        intake = _open_intake(config, bus, running)
+        flights: list[OrderFlights] = []  # filled once orders are flown
+
+        def pin_check(digits: str) -> tuple[str, bool] | None:
+            return flights[0].pin_check(digits) if flights else None
+
+        supervisor = Supervisor(_parts(config, bus, vehicle, intake, pin_check))
+        supervisor.start_all(time.monotonic())
+        running.callback(lambda: supervisor.stop_all(time.monotonic()))
+
+        def uplink() -> TelemetryUplink | None:
+            return supervisor.handle("telemetry")
+
+        status = DaemonStatus(
+            bus,
+            vehicle,
+            queue=None if intake is None else intake.queue,
+            uplink=uplink,
+            health=supervisor.health,
+        )
+        _serve(config, status, intake, running)
         try:
             vehicle.wait_until(
                 lambda s: s.boot_time_s is not None, config.vehicle.connect_timeout_s, "telemetry"
             )
             _notify_ready(watchdog, vehicle, running)
             recover_unfinished(journal, vehicle, audit)
-            try:
-                start_intake(config, bus, vehicle, journal, running, audit=audit, uplink=uplink)
-            except (QueueError, ControlError) as exc:  # the rest of the daemon keeps running
-                log.error("orders off: %s", exc)
+            if intake is not None:
+                flights.append(
+                    start_flights(
+                        config, intake, bus, vehicle, journal, running, uplink=uplink, audit=audit
+                    )
+                )
+            _keep_supervised(supervisor, watchdog, stop, running)
             _supervise(vehicle, watchdog, stop)
         except BridgeError as exc:
             log.error("daemon stopped: %s", exc)
@@ -178,28 +204,96 @@ def run_daemon(config: Config, stop: threading.Event | None = None) -> int:
     return 0
 
 
-def _start_subsystems(
-    config: Config, bus: Bus, vehicle: Vehicle, running: ExitStack
-) -> TelemetryUplink | None:
-    """Start GPS, telemetry and vision, each pushed onto `running` as soon as it runs; the
-    uplink, if there is one."""
-    gps = start_gps(config.gps, bus)
-    if gps is not None:
-        running.callback(gps.stop)
-    uplink = open_uplink(config.modem, config.telemetry, bus)
-    if uplink is not None:
-        running.callback(uplink.close)
-    else:
-        log.warning(
-            'telemetry off: [telemetry] transport is "modem" but [modem] port is unset, so no '
-            "telemetry, events or SMS will reach the operator; set [modem] port to the modem's "
-            'AT port, or [telemetry] transport = "ip" to send over another network interface'
-        )
-    # Obstacles go to the autopilot as OBSTACLE_DISTANCE and on the bus; None: no vision.
-    vision = start_vision(config.vision, bus, vehicle)
-    if vision is not None:
-        running.callback(vision.stop)
-    return uplink
+#: How often the supervisor looks at the subsystems (seconds).
+SUPERVISOR_TICK_S = 1.0
+
+
+def _open_intake(config: Config, bus: Bus, running: ExitStack) -> OrderIntake | None:
+    """The order queue and verifier, or None (orders off, said why) when the queue cannot
+    be opened: the rest of the daemon runs on."""
+    try:
+        return open_intake(config, bus, running)
+    except QueueError as exc:
+        log.error("orders off: %s", exc)
+        return None
+
+
+def _parts(
+    config: Config,
+    bus: Bus,
+    vehicle: Vehicle,
+    intake: OrderIntake | None,
+    pin_check: Callable[[str], tuple[str, bool] | None],
+) -> list[Part]:
+    """GPS, telemetry and vision as the supervisor's parts: each started by its own
+    function (None when not configured), restarted when it fails while the others run."""
+
+    def start_telemetry() -> TelemetryUplink | None:
+        link = open_uplink(config.modem, config.telemetry, bus)
+        if link is None:
+            log.warning(
+                'telemetry off: [telemetry] transport is "modem" but [modem] port is unset, so '
+                "no telemetry, events or SMS will reach the operator; set [modem] port to the "
+                'modem\'s AT port, or [telemetry] transport = "ip" to send over another '
+                "network interface"
+            )
+        elif intake is not None:
+            listen_on(link, config, intake, pin_check)
+        return link
+
+    return [
+        Part("gps", lambda: start_gps(config.gps, bus), lambda g: g.stop(), lambda g: g.running),
+        Part("telemetry", start_telemetry, lambda u: u.close(), lambda u: u.alive),
+        # Obstacles go to the autopilot as OBSTACLE_DISTANCE and on the bus; None: no vision.
+        Part(
+            "vision",
+            lambda: start_vision(config.vision, bus, vehicle),
+            lambda v: v.stop(),
+            lambda v: v.running or v.ended,
+        ),
+    ]
+
+
+def _serve(
+    config: Config, status: DaemonStatus, intake: OrderIntake | None, running: ExitStack
+) -> None:
+    """The control socket (orders and status) and, when configured, the metrics server."""
+    submit = intake.submit if intake is not None else _orders_off
+    try:
+        control = ControlServer(config.intake.socket_path, submit, status.snapshot).start()
+        running.callback(control.stop)
+    except ControlError as exc:  # the rest of the daemon keeps running
+        log.error("control socket off: %s", exc)
+    metrics = config.metrics
+    if metrics.port is not None:
+        try:
+            server = serve_metrics(
+                status.snapshot, config.telemetry.drone_id, metrics.address, metrics.port
+            )
+        except OSError as exc:
+            log.error("metrics off: cannot serve on %s:%d: %s", metrics.address, metrics.port,
+                      exc)  # fmt: skip
+        else:
+            running.callback(server.stop)
+
+
+def _orders_off(_blob: bytes, source: str) -> OrderAck:
+    return OrderAck(False, "queue", "the order queue cannot be opened (see the log)", source)
+
+
+def _keep_supervised(
+    supervisor: Supervisor, watchdog: Watchdog, stop: threading.Event, running: ExitStack
+) -> None:
+    """The supervisor's loop on its own thread, a critical loop for the watchdog."""
+    beat = watchdog.register("subsystem supervisor", watchdog.max_stale(SUPERVISOR_TICK_S))
+    thread = threading.Thread(
+        target=supervisor.run,
+        args=(stop, time.monotonic, SUPERVISOR_TICK_S, beat),
+        name="supervisor",
+        daemon=True,
+    )
+    thread.start()
+    running.callback(thread.join, 5.0)
 
 
 def _log_status(state: VehicleState, link_up: bool) -> None:

@@ -26,7 +26,8 @@ from companion.telemetry.uplink import TelemetryUplink
 class GroundWatch:
     """Follows the companion's GPS on `bus` and reads `uplink` and `wind` when asked.
 
-    `clock` is the GPS driver's clock (a fix's `received_at` is on it); `wind` is
+    `clock` is the GPS driver's clock (a fix's `received_at` is on it); `uplink` gives the
+    telemetry link as it is now (the daemon's supervisor may restart it); `wind` is
     (speed m/s, source) or None when nothing reports the wind; `orders` are the signed orders
     verified at intake (`verify_order`), whose validity window is judged on `wall_clock`
     (UTC seconds, as the orders' times are)."""
@@ -36,7 +37,7 @@ class GroundWatch:
         bus: Bus,
         clock: Callable[[], float],
         *,
-        uplink: TelemetryUplink | None = None,
+        uplink: Callable[[], TelemetryUplink | None] = lambda: None,
         wind: tuple[float, str] | None = None,
         orders: Sequence[Order] = (),
         wall_clock: Callable[[], float] = time.time,
@@ -88,7 +89,7 @@ class GroundWatch:
         )
 
     def _uplink_status(self) -> UplinkStatus | None:
-        uplink = self._uplink
+        uplink = self._uplink()
         if uplink is None:
             return None
         stats = uplink.publisher.stats()

@@ -6,27 +6,36 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from typing import Any
 
 from companion.bus import Bus
 from companion.intake.queue import OrderQueue
 from companion.mission.events import MissionEvent
 from companion.readiness import GroundWatch
+from companion.supervisor import Health
 from companion.telemetry.uplink import TelemetryUplink
 from firmware_bridge.vehicle import Vehicle
 
 
 class DaemonStatus:
     """What `skycourier status` shows: the autopilot link, the vehicle, the mission's latest
-    event, the order queue, the companion's GPS and the uplink."""
+    event, the order queue, each subsystem's health, the companion's GPS and the uplink."""
 
     def __init__(
-        self, bus: Bus, vehicle: Vehicle, queue: OrderQueue, uplink: TelemetryUplink | None
+        self,
+        bus: Bus,
+        vehicle: Vehicle,
+        *,
+        queue: OrderQueue | None,
+        uplink: Callable[[], TelemetryUplink | None],
+        health: Callable[[], list[Health]],
     ) -> None:
         self._bus = bus
         self._vehicle = vehicle
         self._queue = queue
         self._uplink = uplink
+        self._health = health
         self._gps = GroundWatch(bus, time.monotonic)
 
     def snapshot(self) -> dict[str, Any]:
@@ -49,8 +58,12 @@ class DaemonStatus:
             "mission": None
             if event is None
             else {"id": event.mission_id, "phase": event.phase.value, "event": event.event},
-            "orders": self._queue.counts(),
+            "orders": None if self._queue is None else self._queue.counts(),
+            "subsystems": {
+                h.name: {"state": h.state, "detail": h.detail, "restarts": h.restarts}
+                for h in self._health()
+            },
             "companion_gps": None if gps is None else dataclasses.asdict(gps),
-            "uplink": None if self._uplink is None else self._uplink.summary(),
+            "uplink": None if (uplink := self._uplink()) is None else uplink.summary(),
         }
         return out

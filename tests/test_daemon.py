@@ -13,6 +13,7 @@ import pytest
 from companion import daemon
 from companion.config import Config, load_config
 from companion.daemon import recover_unfinished, run_daemon
+from companion.intake.control import ControlError, daemon_status
 from companion.mission.journal import Journal, JournalError
 from companion.telemetry.store import StoreError
 from companion.telemetry.uplink import TelemetryUplink
@@ -24,6 +25,7 @@ from sim.gps.pty_runner import Neo6mPty
 from sim.vehicle import DEFAULT_HOME, VehicleServer
 from tests.conftest import HEARTBEAT_S
 from tests.flight_helpers import arm_guided
+from tests.waiting import wait_until
 
 
 def test_unfinished_mission_in_flight_is_brought_home(tmp_path: Path) -> None:
@@ -120,22 +122,55 @@ def _failing_start(tmp_path: Path, server: VehicleServer, **sections: dict[str, 
     )
 
 
-def test_telemetry_failing_to_start_stops_the_journal_and_the_link(
+def _run_until(config: Config, condition: Any, what: str) -> int:
+    """Run the daemon in a thread until `condition()` holds, then stop it; its exit status."""
+    stop = threading.Event()
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(run_daemon(config, stop)))
+    thread.start()
+    try:
+        wait_until(condition, what, 60)
+    finally:
+        stop.set()
+        thread.join(60)
+    assert result, "the daemon did not stop"
+    return result[0]
+
+
+def _status(config: Config) -> dict[str, Any]:
+    return daemon_status(config.intake.socket_path)
+
+
+def test_telemetry_failing_to_start_is_retried_while_the_rest_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     started = Started(monkeypatch)
     missing_ca = tmp_path / "no-such-ca.pem"
+    seen: list[dict[str, Any]] = []
+
+    def failed_and_answering() -> bool:
+        try:
+            seen.append(_status(config))
+        except ControlError:
+            return False
+        return seen[-1]["subsystems"]["telemetry"]["state"] == "failed"
+
     with VehicleServer(DEFAULT_HOME, speedup=5.0, port=0) as server:
         config = _failing_start(
             tmp_path, server, telemetry={"transport": "ip", "tls_ca": str(missing_ca)}
         )
-        assert run_daemon(config, threading.Event()) == 1
+        code = _run_until(config, failed_and_answering, "telemetry failed, the daemon up")
+    assert code == 0
+    status = seen[-1]
+    assert status["link"]["up"] is True  # the autopilot link and the control socket run on
+    assert "FileNotFoundError" in status["subsystems"]["telemetry"]["detail"]
+    assert status["subsystems"]["gps"]["state"] == "off"  # no port configured
     started.assert_all_stopped()
     assert "open_uplink" not in started.made  # it raised (the CA file is missing)
-    assert any("failed to start" in r.getMessage() for r in caplog.records)
+    assert any("telemetry: failed to start" in r.getMessage() for r in caplog.records)
 
 
-def test_vision_failing_to_start_stops_telemetry_the_journal_and_the_link(
+def test_vision_failing_to_start_leaves_telemetry_running_and_all_stops_at_the_end(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     started = Started(monkeypatch)
@@ -144,6 +179,15 @@ def test_vision_failing_to_start_stops_telemetry_the_journal_and_the_link(
         raise RuntimeError("camera driver crashed")
 
     monkeypatch.setattr(daemon, "start_vision", broken_vision)
+    seen: list[dict[str, Any]] = []
+
+    def vision_failed() -> bool:
+        try:
+            seen.append(_status(config))
+        except ControlError:
+            return False
+        return seen[-1]["subsystems"]["vision"]["state"] == "failed"
+
     with VehicleServer(DEFAULT_HOME, speedup=5.0, port=0) as server:
         # IP telemetry to a port nobody listens on: it starts, and keeps trying to connect.
         config = _failing_start(
@@ -155,7 +199,9 @@ def test_vision_failing_to_start_stops_telemetry_the_journal_and_the_link(
                 "queue_path": str(tmp_path / "q.db"),
             },
         )
-        assert run_daemon(config, threading.Event()) == 1
+        assert _run_until(config, vision_failed, "vision failed") == 0
+    assert seen[-1]["subsystems"]["telemetry"]["state"] == "running"
+    assert "camera driver crashed" in seen[-1]["subsystems"]["vision"]["detail"]
     started.assert_all_stopped()
     uplink: TelemetryUplink = started.made["open_uplink"]
     with pytest.raises(StoreError, match="closed database"):

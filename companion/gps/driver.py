@@ -153,6 +153,12 @@ class GpsDriver:
         self._close()
 
     @property
+    def running(self) -> bool:
+        """Whether the reader thread runs (it survives its own errors; this is for the
+        daemon's supervisor, which restarts a driver whose thread died anyway)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
     def settled(self) -> bool:
         """True once the receiver streams at its final settings: configured over UBX on this
         connection, or nothing to configure (until then its baud rate and output rate may

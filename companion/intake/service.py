@@ -1,5 +1,7 @@
-"""The daemon's order intake, started as one subsystem: the queue, the verifier, the control
-socket, the downlink subscription and the thread that flies the queue.
+"""The daemon's order intake as parts the daemon starts: the queue and the verifier
+(`open_intake`, before anything can deliver an order), the downlink subscription made each
+time the telemetry link starts (`listen_on`), and the thread that flies the queue
+(`start_flights`, once the autopilot is up and unfinished missions are closed).
 
 Orders are verified against `[security] dispatcher_pub` for this drone (the drone id of the
 key store in `[security] keys_dir`, whose seal key opens the orders' recipient templates; the
@@ -17,7 +19,6 @@ from contextlib import ExitStack
 
 from companion.bus import Bus
 from companion.config import Config
-from companion.intake.control import ControlServer
 from companion.intake.downlink import subscribe_orders
 from companion.intake.flights import OrderFlights
 from companion.intake.intake import OrderIntake, OrderUpdate
@@ -29,25 +30,15 @@ from companion.modem.operator_sms import OperatorSms
 from companion.readiness import GroundWatch, order_status
 from companion.security.keys import KeyFileError, KeyStore, load_dispatcher_public
 from companion.security.orders import NonceStore, Order
-from companion.status import DaemonStatus
 from companion.telemetry.uplink import TelemetryUplink
 from firmware_bridge.vehicle import Vehicle
 
 log = logging.getLogger(__name__)
 
 
-def start_intake(
-    config: Config,
-    bus: Bus,
-    vehicle: Vehicle,
-    journal: Journal,
-    running: ExitStack,
-    *,
-    audit: AuditHook | None = None,
-    uplink: TelemetryUplink | None = None,
-    clock: Callable[[], float] = time.monotonic,
-) -> OrderIntake:
-    """Start taking and flying orders; every part is pushed onto `running` as it starts."""
+def open_intake(config: Config, bus: Bus, running: ExitStack) -> OrderIntake:
+    """The order queue (pushed onto `running`) and the verifier; orders a dead daemon was
+    flying are reported interrupted. QueueError when the queue cannot be opened."""
     security = config.security
     queue = running.enter_context(OrderQueue(config.intake.queue_path))
     for order_id in queue.interrupt_flying():
@@ -65,21 +56,46 @@ def start_intake(
         except KeyFileError as exc:
             log.error("orders: the dispatcher key cannot be used, every order is refused: %s",
                       exc)  # fmt: skip
-    intake = OrderIntake(
+    return OrderIntake(
         queue,
         dispatcher_public=dispatcher,
         drone_id=drone_id,
         nonces=NonceStore(security.nonce_path),
         publish=bus.publish,
     )
-    status = DaemonStatus(bus, vehicle, queue, uplink)
-    control = ControlServer(config.intake.socket_path, intake.submit, status.snapshot).start()
-    running.callback(control.stop)
-    if config.intake.mqtt and uplink is not None:
+
+
+def listen_on(
+    uplink: TelemetryUplink,
+    config: Config,
+    intake: OrderIntake,
+    pin_check: Callable[[str], tuple[str, bool] | None],
+) -> None:
+    """A freshly started telemetry link: take orders on its downlink (when `[intake] mqtt`)
+    and give its operators' SMS PIN commands `pin_check`."""
+    if config.intake.mqtt:
         subscribe_orders(uplink.transport, config.telemetry.drone_id, intake.submit)
+    operators = None if uplink.sms is None else uplink.sms.on_message
+    if isinstance(operators, OperatorSms):
+        operators.pin_check = pin_check
+
+
+def start_flights(
+    config: Config,
+    intake: OrderIntake,
+    bus: Bus,
+    vehicle: Vehicle,
+    journal: Journal,
+    running: ExitStack,
+    *,
+    uplink: Callable[[], TelemetryUplink | None],
+    audit: AuditHook | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> OrderFlights:
+    """Fly the queue in turn (stopped by `running`); `uplink` gives the telemetry link now
+    (it may restart), for each preflight's uplink check."""
     wind = config.preflight.declared_wind_mps
     declared = None if wind is None else (wind, "declared, preflight.declared_wind_mps")
-
     watch = GroundWatch(bus, clock, uplink=uplink, wind=declared)
 
     def systems(order: Order) -> Callable[[], GroundStatus]:
@@ -92,9 +108,6 @@ def start_intake(
     def make_runner(report: Callable[[], GroundStatus]) -> MissionRunner:
         return MissionRunner(vehicle, journal, bus, audit=audit, systems=report)
 
-    flights = OrderFlights(queue, config, make_runner, systems, bus.publish).start()
+    flights = OrderFlights(intake.queue, config, make_runner, systems, bus.publish).start()
     running.callback(flights.stop)
-    operators = None if uplink is None or uplink.sms is None else uplink.sms.on_message
-    if isinstance(operators, OperatorSms):
-        operators.pin_check = flights.pin_check  # an operator's PIN for the order in flight
-    return intake
+    return flights

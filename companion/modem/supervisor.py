@@ -236,6 +236,11 @@ class ModemSupervisor:
         self.channel.unsubscribe_urc(self._on_urc)
         self._update(stage="off", data_up=False, mqtt_up=False)
 
+    @property
+    def running(self) -> bool:
+        """Whether the supervising thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
     def __enter__(self) -> ModemSupervisor:
         return self.start()
 

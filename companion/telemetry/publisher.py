@@ -551,6 +551,11 @@ class TelemetryPublisher:
         for thread in self._threads:
             thread.start()
 
+    @property
+    def running(self) -> bool:
+        """Whether the sampling and drain threads both run."""
+        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop both threads and say "offline" (best effort). Queued records stay in the
         store for the next start; the transport is left to its owner to close."""

@@ -101,6 +101,12 @@ class TelemetryUplink:
     def close(self) -> None:
         self.running.close()
 
+    @property
+    def alive(self) -> bool:
+        """Whether the publisher's threads and the modem's supervisor (if any) still run."""
+        modem = self.supervisor is None or self.supervisor.running
+        return self.publisher.running and modem
+
     def summary(self) -> dict[str, Any]:
         """The report section: what was queued and delivered, and how the modem fared."""
         stats = self.publisher.stats()

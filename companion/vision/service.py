@@ -110,6 +110,8 @@ class VisionService:
         self._last_error = ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: The source ran out (a file or a folder): vision ended normally, not a failure.
+        self.ended = False
 
     def start(self) -> VisionService:
         """Start the capture, the feed and the vision thread (once); returns self."""
@@ -190,6 +192,7 @@ class VisionService:
                 frame = self.capture.read(_READ_TIMEOUT_S)
             except EndOfStream:
                 log.info("vision: camera %s ended; no more frames", source)
+                self.ended = True
                 return
             except CaptureError as exc:
                 if not self._stop.is_set():
