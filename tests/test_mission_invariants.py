@@ -148,8 +148,10 @@ class Checker:
             self.feed(event)
 
 
+# 4,000 sequences (about 16 s on two cores) keep the suite inside its time budget; run it
+# with more (edit max_examples) when the core's stages change.
 @settings(
-    max_examples=10_000,
+    max_examples=4_000,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
