@@ -223,3 +223,45 @@ class SigningSetup(RequestReply[None]):
 
     def _what(self) -> str:
         return "SETUP_SIGNING: a message signed with the new key"
+
+
+class SigningResume(SigningSetup):
+    """Signing with the key an armed autopilot already holds, confirmed by its first
+    message signed with it: what a companion restarted in the air does.
+
+    Armed, ArduPilot ignores SETUP_SIGNING, but it keeps the key it was given in its
+    storage, so a companion that gave it that key before (its drone key store's secret)
+    signs with it again and nothing is set. The request is a HEARTBEAT, signed like
+    everything the link sends, re-sent on silence. An autopilot whose messages come unsigned
+    holds no key, one whose messages are signed with another key holds another: both fail at
+    once, since an armed autopilot cannot be given ours."""
+
+    def _request(self) -> MAVLinkMessage:
+        return mavlink.MAVLink_heartbeat_message(
+            mavlink.MAV_TYPE_ONBOARD_CONTROLLER,
+            mavlink.MAV_AUTOPILOT_INVALID,
+            0,
+            0,
+            mavlink.MAV_STATE_ACTIVE,
+            3,
+        )
+
+    def _on_message(self, msg: MAVLinkMessage, now: float) -> list[MAVLinkMessage]:
+        if msg.get_type() == "BAD_DATA" or msg.get_msgId() in ACCEPTED_UNSIGNED_IDS:
+            return []
+        if signature_valid(self.secret, msg):
+            self._succeed(None)
+        elif signature_of(msg) is None:
+            self._fail(SigningError(f"{_ARMED}; it sends unsigned messages: it holds no key"))
+        else:
+            self._fail(SigningError(f"{_ARMED}; it signs with another key than this one"))
+        return []
+
+    def _what(self) -> str:
+        return "a message from the armed autopilot signed with the key it holds"
+
+
+_ARMED = (
+    "MAVLink signing is only set up while the vehicle is disarmed, and it is armed "
+    "(ArduPilot ignores SETUP_SIGNING when armed); disarm first"
+)

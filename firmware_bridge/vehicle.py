@@ -57,7 +57,13 @@ from firmware_bridge.mission_protocol import (
 )
 from firmware_bridge.modes import mode_number
 from firmware_bridge.param_protocol import ParamRead, ParamReadAll, ParamSet
-from firmware_bridge.signing import DEFAULT_LINK_ID, SigningSetup, check_secret, signing_timestamp
+from firmware_bridge.signing import (
+    DEFAULT_LINK_ID,
+    SigningResume,
+    SigningSetup,
+    check_secret,
+    signing_timestamp,
+)
 from firmware_bridge.state import VehicleState
 from firmware_bridge.state_tracker import StateTracker
 
@@ -214,7 +220,12 @@ class Vehicle:
         signed. If the autopilot does not start signing (it refused, or it already holds
         another key, so it drops the request like any frame not signed with that key), the
         link goes back to unsigned and SigningError says so. ArduPilot keeps the key in its
-        storage across reboots, so this is also what a restarted companion calls."""
+        storage across reboots, so this is also what a restarted companion calls.
+
+        Armed, ArduPilot ignores SETUP_SIGNING (GCS_Signing.cpp handle_setup_signing) but
+        still holds the key it was given: a companion restarted in the air resumes signing
+        with it (`SigningResume`: nothing is sent to set it, the autopilot's signed messages
+        confirm it), and SigningError says so when the autopilot holds no key or another."""
         secret = check_secret(secret)
         if self.link.signing != "off":
             raise SigningError(f"signing is already {self.link.signing} on {self.link.endpoint}")
@@ -222,15 +233,10 @@ class Vehicle:
         state = self.wait_until(
             lambda s: s.heartbeats > 0, self.link.heartbeat_timeout_s, "the autopilot's heartbeat"
         )
-        if state.armed:
-            raise SigningError(
-                "MAVLink signing is only set up while the vehicle is disarmed, and it is armed "
-                "(ArduPilot ignores SETUP_SIGNING when armed); disarm first"
-            )
         initial = self.link.start_signing(
             secret, link_id=link_id, timestamp=signing_timestamp(self._latest_utc())
         )
-        setup = SigningSetup(
+        setup = (SigningResume if state.armed else SigningSetup)(
             secret,
             initial,
             **self._ids(),
@@ -250,7 +256,8 @@ class Vehicle:
             self.link.stop_signing()
             raise
         self.link.enforce_signing()
-        log.info("MAVLink signing set up with autopilot %d/%d as link %d",
+        log.info("MAVLink signing %s autopilot %d/%d as link %d",
+                 "resumed with the key held by armed" if state.armed else "set up with",
                  self.link.target_system, self.link.target_component, link_id)  # fmt: skip
 
     def _latest_utc(self) -> float:

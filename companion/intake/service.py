@@ -37,14 +37,10 @@ log = logging.getLogger(__name__)
 
 
 def open_intake(config: Config, bus: Bus, running: ExitStack) -> OrderIntake:
-    """The order queue (pushed onto `running`) and the verifier; orders a dead daemon was
-    flying are reported interrupted. QueueError when the queue cannot be opened."""
+    """The order queue (pushed onto `running`) and the verifier. QueueError when the queue
+    cannot be opened."""
     security = config.security
     queue = running.enter_context(OrderQueue(config.intake.queue_path))
-    for order_id in queue.interrupt_flying():
-        log.warning("order %s: the daemon stopped while flying it; reported, not re-flown",
-                    order_id)  # fmt: skip
-        bus.publish(OrderUpdate(order_id, "interrupted", "the daemon stopped while flying it"))
     keys = KeyStore(security.keys_dir)
     drone_id = keys.drone_id() if keys.has_drone() else config.telemetry.drone_id
     dispatcher = None
@@ -93,7 +89,13 @@ def start_flights(
     clock: Callable[[], float] = time.monotonic,
 ) -> OrderFlights:
     """Fly the queue in turn (stopped by `running`); `uplink` gives the telemetry link now
-    (it may restart), for each preflight's uplink check."""
+    (it may restart), for each preflight's uplink check. Orders a dead daemon was flying are
+    reported interrupted first: here, once the telemetry publisher listens on the bus, so
+    that the report reaches the dispatcher."""
+    for order_id in intake.queue.interrupt_flying():
+        log.warning("order %s: the daemon stopped while flying it; reported, not re-flown",
+                    order_id)  # fmt: skip
+        bus.publish(OrderUpdate(order_id, "interrupted", "the daemon stopped while flying it"))
     wind = config.preflight.declared_wind_mps
     declared = None if wind is None else (wind, "declared, preflight.declared_wind_mps")
     watch = GroundWatch(bus, clock, uplink=uplink, wind=declared)

@@ -1,6 +1,7 @@
 """The simulator's commands for the `skycourier` CLI: `skycourier sim` (a whole delivery
-against the built-in vehicle or ArduPilot SITL) and `skycourier vehicle` (the built-in vehicle
-on TCP for a ground station).
+against the built-in vehicle or ArduPilot SITL), `skycourier vehicle` (the built-in vehicle
+on TCP for a ground station) and `skycourier hil` (the daemon as its own process against
+emulated hardware).
 
 They live on the simulator side and reach the CLI through the `skycourier.commands`
 entry-point group (see `companion.cli`), so the on-board package never imports the
@@ -353,3 +354,17 @@ def register_vehicle(sub: argparse._SubParsersAction) -> None:
     )
     add_arguments(vehicle)
     vehicle.set_defaults(func=run)
+
+
+def register_hil(sub: argparse._SubParsersAction) -> None:
+    """Add `skycourier hil`: the hardware-in-the-loop rig (`sim.harness.hil_cli`)."""
+    from sim.harness.hil_cli import add_arguments
+
+    hil = sub.add_parser(
+        "hil",
+        help="run `skycourier run` as on the drone against emulated hardware (HIL rig)",
+        description="Hardware-in-the-loop rig: the built-in vehicle or SITL, the NEO-6M and "
+        "A7670 emulators on ptys, a mosquitto, the keys and a configuration, and `skycourier "
+        "run` in its own process; `hil order` and `hil sms` drive it from another shell.",
+    )
+    add_arguments(hil)

@@ -268,7 +268,9 @@ def run_simulation(
         if observe is not None:
             observe(bus)
         signed = [handover.order] if handover.order is not None else []
-        ground = GroundWatch(bus, clock, uplink=uplink, wind=simulated_wind(config), orders=signed)
+        ground = GroundWatch(
+            bus, clock, uplink=lambda: uplink, wind=simulated_wind(config), orders=signed
+        )
         runner = MissionRunner(vehicle, journal, bus, audit=handover.audit, systems=ground.status)
         lockstep = None
         if server is not None:
