@@ -652,6 +652,8 @@ def test_the_gripper_is_reached_only_through_the_release_step_the_runner_and_the
         # there would show up as ".release()").
         ("sim/harness/simulate.py", "<module>", "imports firmware_bridge.payload"),
         ("sim/harness/simulate.py", "run_simulation", "Gripper"),
+        # The HIL rig loads the parcel into SITL's gripper the same way (GRIPPER_GRAB).
+        ("sim/harness/hil_sitl.py", "SitlWatcher._request", "MAV_CMD_DO_GRIPPER"),
     }, "a new way to the gripper: it must go through the Release step's gate"
 
 
