@@ -2,7 +2,8 @@
 
 `skycourier run` is the on-board daemon the systemd unit starts; `skycourier config` checks a
 configuration file or prints the defaults; `gps`, `models`, `detect` and `track` are the
-device and ground tools; `keys`, `order` and `audit` those of the secure hand-over. Commands
+device and ground tools; `keys`, `order` and `audit` those of the secure hand-over;
+`command` the operator's commands to a drone in flight. Commands
 that live outside the on-board package register themselves in the entry-point group
 `skycourier.commands` (as pytest and flask find their plugins): the simulator side adds
 `skycourier sim` and `skycourier vehicle` from `sim.harness.cli`, so the on-board package
@@ -87,6 +88,12 @@ def _order(args: argparse.Namespace) -> int:
     from companion.security.commands import run_order
 
     return run_order(args)
+
+
+def _command(args: argparse.Namespace) -> int:
+    from companion.intake.command_cli import run_command
+
+    return run_command(args)
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -243,6 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
     order = sub.add_parser("order", help="signed delivery orders: create, inspect, submit")
     add_order_arguments(order)
     order.set_defaults(func=_order)
+    command = sub.add_parser(
+        "command", help="operator commands: sign one for the downlink, or give one locally"
+    )
+    from companion.intake.command_cli import add_command_arguments
+
+    add_command_arguments(command)
+    command.set_defaults(func=_command)
     audit = sub.add_parser("audit", help="the hand-over audit trail: verify")
     add_audit_arguments(audit)
     audit.set_defaults(func=_audit)

@@ -21,7 +21,7 @@ import sys
 import textwrap
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
@@ -670,8 +670,8 @@ class IntakeConfig(_Section):
     )
     mqtt: bool = Field(
         True,
-        description="Take orders published on skycourier/v1/<drone_id>/orders over the "
-        "telemetry link.",
+        description="Take orders published on skycourier/v1/<drone_id>/orders, and signed "
+        "operator commands on skycourier/v1/<drone_id>/commands, over the telemetry link.",
     )
 
 
@@ -727,12 +727,132 @@ class SecurityConfig(_Section):
         description="Where the nonces of accepted orders are kept (until a day after their "
         "order expired), so that no order is accepted twice, across restarts too.",
     )
+    command_nonce_path: Path = Field(
+        Path("skycourier-command-nonces.json"),
+        strict=False,
+        description="Where the nonces of accepted signed operator commands are kept (until a "
+        "day after they expired), so that no command is acted on twice, across restarts too.",
+    )
     audit_path: Path = Field(
         Path("skycourier-audit.jsonl"),
         strict=False,
         description="The hash-chained audit trail (JSON Lines, signed with the drone's "
         "identity key); check it with `skycourier audit verify`.",
     )
+
+
+class GcsEndpointConfig(_Section):
+    """One ground station in `[gcs] endpoints`."""
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_-]{1,32}$", description="Its name in the log and the status."
+    )
+    url: str = Field(
+        description="udp-out:HOST:PORT (send there), udp-in:BIND:PORT (listen, answer the "
+        "last sender that vouched for itself), tcp-out:HOST:PORT (connect) or "
+        "tcp-in:BIND:PORT (listen, one client at a time)."
+    )
+    mode: Literal["read-only", "command"] = Field(
+        "read-only",
+        description='"read-only": it gets the stream and nothing it sends reaches the flight '
+        'controller; "command": its frames, signed with its own key_file, are re-signed '
+        "with the drone's key and passed on.",
+    )
+    key_file: Path | None = Field(
+        None,
+        strict=False,
+        validate_default=True,
+        description="A command endpoint's own 32-byte MAVLink signing key, in hex, mode 0600.",
+    )
+    allow_out: tuple[str, ...] = Field(
+        (), strict=False, description="Only these messages go to it (empty: all)."
+    )
+    deny_out: tuple[str, ...] = Field((), strict=False, description="These never go to it.")
+    allow_in: tuple[str, ...] = Field(
+        (), strict=False, description="Command: only these messages from it pass (empty: all)."
+    )
+    deny_in: tuple[str, ...] = Field(
+        (), strict=False, description="Command: these messages from it never pass."
+    )
+    rate_hz: float | None = Field(
+        None, gt=0, le=1000, description="Most messages per second to it, HEARTBEAT aside."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, value: str) -> str:
+        from firmware_bridge.router_io import RouteUrlError, parse_route_url
+
+        try:
+            parse_route_url(value)
+        except RouteUrlError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("key_file")
+    @classmethod
+    def _key_for_command(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        mode = info.data.get("mode")
+        if mode == "command" and value is None:
+            raise ValueError(
+                'missing: mode is "command", so the endpoint needs its own signing key '
+                "(32 bytes in hex, mode 0600, e.g. from `openssl rand -hex 32`)"
+            )
+        if mode == "read-only" and value is not None:
+            raise ValueError('only a mode = "command" endpoint uses a key; it is read-only')
+        return value
+
+    @field_validator("allow_out", "deny_out", "allow_in", "deny_in")
+    @classmethod
+    def _known_messages(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        from firmware_bridge.router import check_message_names
+
+        read_only = info.data.get("mode") != "command"
+        if value and read_only and info.field_name in ("allow_in", "deny_in"):
+            raise ValueError(
+                "a read-only endpoint sends nothing to the flight controller, so it takes no "
+                'in-filter; set mode = "command" (with a key_file) for that'
+            )
+        check_message_names(value)
+        return value
+
+
+class GcsConfig(_Section):
+    """Ground stations (QGroundControl, MAVProxy) that `skycourier run` hands the flight
+    controller's MAVLink stream to, like mavlink-router, each with its own filters and rate
+    limit. Nothing from a "read-only" one reaches the flight controller; a "command" one must
+    sign with a key of its own, and what it sends is re-signed with the drone's key (needs the
+    drone keys of [security]). Write each endpoint as a [[gcs.endpoints]] table, or as the inline
+    list below."""
+
+    endpoints: tuple[GcsEndpointConfig, ...] = Field(
+        (),
+        strict=False,
+        max_length=32,
+        description="The ground stations (at most 32); empty: nothing is forwarded. Each has "
+        "name, url, mode (read-only, command), key_file (command), allow_out, deny_out, "
+        "allow_in, deny_in (message names) and rate_hz.",
+        examples=[
+            [{"name": "qgc", "url": "udp-out:127.0.0.1:14550", "rate_hz": 50.0}],
+            [
+                {
+                    "name": "ops",
+                    "url": "udp-in:0.0.0.0:14560",
+                    "mode": "command",
+                    "key_file": "/etc/skycourier/keys/ops-gcs.key",
+                }
+            ],
+        ],
+    )
+
+    @field_validator("endpoints")
+    @classmethod
+    def _unique_names(cls, value: tuple[GcsEndpointConfig, ...]) -> tuple[GcsEndpointConfig, ...]:
+        names = [e.name for e in value]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"endpoint names must differ; {', '.join(twice)} used twice")
+        return value
 
 
 class IdentityConfig(_Section):
@@ -816,6 +936,7 @@ class Config(_Section):
     intake: IntakeConfig = IntakeConfig()
     metrics: MetricsConfig = MetricsConfig()
     security: SecurityConfig = SecurityConfig()
+    gcs: GcsConfig = GcsConfig()
     identity: IdentityConfig = IdentityConfig()
     logging: LoggingConfig = LoggingConfig()
 
@@ -833,7 +954,7 @@ class Config(_Section):
             for key, info in type(section).model_fields.items():
                 value = getattr(section, key)
                 out += _comment(info.description or "")
-                if value is not None:
+                if value is not None and value != ():  # unset, or an empty list of tables
                     out.append(f"{key} = {_toml_value(value)}")
                 out += [f"# {key} = {_toml_value(example)}" for example in info.examples or ()]
         return "\n".join(out) + "\n"
@@ -865,6 +986,12 @@ def _comment(text: str) -> list[str]:
 
 
 def _toml_value(value: object) -> str:
+    if isinstance(value, BaseModel):  # an entry of a list of tables, such as [gcs] endpoints
+        value = value.model_dump(exclude_defaults=True)
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
@@ -876,6 +1003,9 @@ def _toml_value(value: object) -> str:
 def _known_keys(loc: tuple[int | str, ...]) -> list[str]:
     model: Any = Config
     for part in loc:
+        if isinstance(part, int):  # the n-th entry of a list: tuple[Entry, ...]
+            model = get_args(model)[0] if get_args(model) else None
+            continue
         field = getattr(model, "model_fields", {}).get(part)
         if field is None:
             return []

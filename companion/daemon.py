@@ -7,7 +7,8 @@ is still flying it is brought home (RTL), since the plan's context (recipient, o
 gone with the old process; if it is on the ground the mission is closed as interrupted. In
 both cases the outcome is journaled. Then it takes orders (`companion.intake`: the local
 control socket and the telemetry link's downlink), verifies and queues them, answers each on
-the uplink and flies them in turn.
+the uplink and flies them in turn; operator commands (hold, resume, abort, return, land)
+come the same two ways, signed by the dispatcher or local, and go to the flying mission.
 
 With the drone's key store in `[security] keys_dir` (`skycourier keys init --drone ID`), the
 link to the flight controller is MAVLink 2 signed with its secret, and the daemon's decisions
@@ -19,9 +20,10 @@ an audit trail it cannot continue stops it from starting.
 GPS, telemetry and vision are the supervisor's parts (`companion.supervisor`): each is
 started by itself, and one that fails to start or stops running is started again with a
 doubling backoff while the others run on; `skycourier status` and the metrics show each
-one's health. Everything else the daemon starts (journal, audit trail, autopilot link, order
-queue, control socket, metrics) is pushed onto one `ExitStack` as it starts, so any way out
-of the run stops exactly what was started, newest first.
+one's health. Everything else the daemon starts (journal, audit trail, autopilot link, the
+ground stations' routing of `[gcs]` (`companion.gcs`), order queue, control socket, metrics)
+is pushed onto one `ExitStack` as it starts, so any way out of the run stops exactly what
+was started, newest first.
 """
 
 from __future__ import annotations
@@ -38,12 +40,20 @@ from typing import Any
 from companion.autopilot import connect_autopilot
 from companion.bus import Bus
 from companion.config import Config, SecurityConfig
+from companion.gcs import start_gcs
 from companion.gps.service import start_gps
+from companion.intake.commands import CommandIntake
 from companion.intake.control import ControlError, ControlServer
 from companion.intake.flights import OrderFlights
 from companion.intake.intake import OrderAck, OrderIntake
 from companion.intake.queue import QueueError
-from companion.intake.service import listen_on, open_intake, start_flights
+from companion.intake.service import (
+    control_command,
+    listen_on,
+    open_commands,
+    open_intake,
+    start_flights,
+)
 from companion.metrics import serve_metrics
 from companion.mission.journal import Journal, JournalError
 from companion.sd_notify import Watchdog
@@ -163,13 +173,15 @@ def run_daemon(config: Config, stop: threading.Event | None = None) -> int:
         except BridgeError as exc:
             log.error("cannot reach the autopilot: %s", exc)
             return 1
+        gcs = start_gcs(config, vehicle.link, secret, running)
         intake = _open_intake(config, bus, running)
+        commands = open_commands(config, bus, running, audit)
         flights: list[OrderFlights] = []  # filled once orders are flown
 
         def pin_check(digits: str) -> tuple[str, bool] | None:
             return flights[0].pin_check(digits) if flights else None
 
-        supervisor = Supervisor(_parts(config, bus, vehicle, intake, pin_check))
+        supervisor = Supervisor(_parts(config, bus, vehicle, intake, pin_check, commands))
         supervisor.start_all(time.monotonic())
         running.callback(lambda: supervisor.stop_all(time.monotonic()))
 
@@ -182,8 +194,9 @@ def run_daemon(config: Config, stop: threading.Event | None = None) -> int:
             queue=None if intake is None else intake.queue,
             uplink=uplink,
             health=supervisor.health,
+            gcs=gcs,
         )
-        _serve(config, status, intake, running)
+        _serve(config, status, intake, commands, running)
         try:
             vehicle.wait_until(
                 lambda s: s.boot_time_s is not None, config.vehicle.connect_timeout_s, "telemetry"
@@ -224,6 +237,7 @@ def _parts(
     vehicle: Vehicle,
     intake: OrderIntake | None,
     pin_check: Callable[[str], tuple[str, bool] | None],
+    commands: CommandIntake,
 ) -> list[Part]:
     """GPS, telemetry and vision as the supervisor's parts: each started by its own
     function (None when not configured), restarted when it fails while the others run."""
@@ -237,8 +251,8 @@ def _parts(
                 'modem\'s AT port, or [telemetry] transport = "ip" to send over another '
                 "network interface"
             )
-        elif intake is not None:
-            listen_on(link, config, intake, pin_check)
+        else:
+            listen_on(link, config, intake, pin_check, commands)
         return link
 
     return [
@@ -255,12 +269,19 @@ def _parts(
 
 
 def _serve(
-    config: Config, status: DaemonStatus, intake: OrderIntake | None, running: ExitStack
+    config: Config,
+    status: DaemonStatus,
+    intake: OrderIntake | None,
+    commands: CommandIntake,
+    running: ExitStack,
 ) -> None:
-    """The control socket (orders and status) and, when configured, the metrics server."""
+    """The control socket (orders, status and operator commands) and, when configured, the
+    metrics server."""
     submit = intake.submit if intake is not None else _orders_off
     try:
-        control = ControlServer(config.intake.socket_path, submit, status.snapshot).start()
+        control = ControlServer(
+            config.intake.socket_path, submit, status.snapshot, control_command(commands)
+        ).start()
         running.callback(control.stop)
     except ControlError as exc:  # the rest of the daemon keeps running
         log.error("control socket off: %s", exc)

@@ -20,7 +20,8 @@ from firmware_bridge.vehicle import Vehicle
 
 class DaemonStatus:
     """What `skycourier status` shows: the autopilot link, the vehicle, the mission's latest
-    event, the order queue, each subsystem's health, the companion's GPS and the uplink."""
+    event, the order queue, each subsystem's health, the companion's GPS, the uplink, and the
+    ground stations the autopilot's stream is routed to (`companion.gcs`; None when none)."""
 
     def __init__(
         self,
@@ -30,12 +31,14 @@ class DaemonStatus:
         queue: OrderQueue | None,
         uplink: Callable[[], TelemetryUplink | None],
         health: Callable[[], list[Health]],
+        gcs: Callable[[], dict[str, dict[str, Any]]] | None = None,
     ) -> None:
         self._bus = bus
         self._vehicle = vehicle
         self._queue = queue
         self._uplink = uplink
         self._health = health
+        self._gcs = gcs
         self._gps = GroundWatch(bus, time.monotonic)
 
     def snapshot(self) -> dict[str, Any]:
@@ -65,5 +68,6 @@ class DaemonStatus:
             },
             "companion_gps": None if gps is None else dataclasses.asdict(gps),
             "uplink": None if (uplink := self._uplink()) is None else uplink.summary(),
+            "gcs": None if self._gcs is None else self._gcs(),
         }
         return out

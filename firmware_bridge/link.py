@@ -243,6 +243,14 @@ class MavLink:
             self._mav.send(msg)
             self.stats.messages_out += 1
 
+    def send_frame(self, frame: bytes) -> None:
+        """Send one frame that is already encoded (and signed, when signing is on) as it is:
+        a ground station's command that the router (`firmware_bridge.router`) re-signed with
+        its sender's ids kept. LinkError if the transport is gone."""
+        with self._send_lock:
+            self._write(frame)
+            self.stats.messages_out += 1
+
     def _write(self, data: bytes) -> None:
         transport = self._transport
         if transport is None:

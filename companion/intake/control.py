@@ -9,6 +9,12 @@ any other. One request per connection, one JSON line each way:
     <- {"accepted": true, "reason": "accepted", "order_id": "...", ...}
     -> {"op": "status"}
     <- {"link": {...}, "vehicle": {...}, "mission": {...}, "orders": {...}, ...}
+    -> {"op": "command", "command": "hold", "order_id": null}
+    <- {"accepted": true, "reason": "accepted", "command_id": "control-...", ...,
+        "reaction": {"event": "hold", "phase": "cruise", ...}}
+
+An operator command from the socket carries no signature: the socket's permissions are its
+authentication (`companion.intake.commands`), and it is audited with the source "control".
 
 Everything from the socket is hostile: a request is read up to a bound (an order's maximum
 size plus its envelope) within a deadline, and anything that is not one well-formed request
@@ -41,18 +47,20 @@ class ControlError(Exception):
 
 
 class ControlServer:
-    """Serves `submit(blob, source)` and `status()` on a Unix socket at `path` on its own
-    thread."""
+    """Serves `submit(blob, source)`, `status()` and `command(command, order_id)` (an
+    operator command's answer) on a Unix socket at `path` on its own thread."""
 
     def __init__(
         self,
         path: Path | str,
         submit: Callable[[bytes, str], OrderAck],
         status: Callable[[], dict] | None = None,
+        command: Callable[[str, str | None], dict] | None = None,
     ) -> None:
         self.path = Path(path)
         self._submit = submit
         self._status = status
+        self._command = command
         self._stop = threading.Event()
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -133,12 +141,26 @@ class ControlServer:
             return {"error": f"not a JSON request: {exc}"}
         if isinstance(request, dict) and request.get("op") == "status" and self._status:
             return self._status()
+        if isinstance(request, dict) and request.get("op") == "command" and self._command:
+            return self._operator_command(request)
         if not isinstance(request, dict) or request.get("op") != "submit":
-            return {"error": 'expected {"op": "submit", "order": "..."} or {"op": "status"}'}
+            return {
+                "error": 'expected {"op": "submit", "order": "..."}, {"op": "status"} or '
+                '{"op": "command", "command": "...", "order_id": null}'
+            }
         order = request.get("order")
         if not isinstance(order, str):
             return {"error": "submit: 'order' must be the order file's text"}
         return self._submit(order.encode("utf-8", "surrogatepass"), "control-socket").as_dict()
+
+    def _operator_command(self, request: dict) -> dict:
+        assert self._command is not None
+        command, order_id = request.get("command"), request.get("order_id")
+        if not isinstance(command, str):
+            return {"error": "command: 'command' must be the command's name"}
+        if order_id is not None and not isinstance(order_id, str):
+            return {"error": "command: 'order_id' must be an order id or null"}
+        return self._command(command, order_id)
 
 
 def submit_order(path: Path | str, blob: bytes, timeout_s: float = 30.0) -> dict:
@@ -146,6 +168,14 @@ def submit_order(path: Path | str, blob: bytes, timeout_s: float = 30.0) -> dict
     daemon answers there."""
     order = blob.decode("utf-8", "surrogateescape")
     return request(path, {"op": "submit", "order": order}, timeout_s)
+
+
+def send_command(
+    path: Path | str, command: str, order_id: str | None = None, timeout_s: float = 30.0
+) -> dict:
+    """Give a running daemon an operator command (`skycourier command hold`); its answer.
+    ControlError when no daemon answers there."""
+    return request(path, {"op": "command", "command": command, "order_id": order_id}, timeout_s)
 
 
 def daemon_status(path: Path | str, timeout_s: float = 10.0) -> dict:

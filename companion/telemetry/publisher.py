@@ -48,6 +48,7 @@ from dataclasses import dataclass
 
 from companion.bus import Bus
 from companion.gps.integrity import IntegrityAlarm, IntegrityCleared
+from companion.intake.commands import CommandAck
 from companion.intake.intake import OrderAck, OrderUpdate
 from companion.mission.events import MissionEvent, Phase
 from companion.modem.state import ModemState
@@ -197,6 +198,7 @@ class TelemetryPublisher:
             self.bus.subscribe(Detections, self.on_detections),
             self.bus.subscribe(OrderAck, self.on_order_ack),
             self.bus.subscribe(OrderUpdate, self.on_order_update),
+            self.bus.subscribe(CommandAck, self.on_command_ack),
         ]
 
     def on_vehicle(self, state: VehicleState) -> None:
@@ -233,6 +235,13 @@ class TelemetryPublisher:
             phase = self._phase
         detail = {"state": update.state, "outcome": update.outcome}
         self._queue_event(f"order-{update.state}", phase, update.order_id, detail)
+
+    def on_command_ack(self, ack: CommandAck) -> None:
+        """An operator command's answer, naming the command and the mission it went to."""
+        kind = "command-accepted" if ack.accepted else "command-refused"
+        with self._lock:
+            phase = self._phase
+        self._queue_event(kind, phase, ack.mission_id, schema.jsonable(ack.as_dict()))
 
     def on_integrity_alarm(self, alarm: IntegrityAlarm) -> None:
         with self._lock:

@@ -67,7 +67,7 @@ VERSION = 2
 #: Record versions this build decodes (1: queued by a drone before it was upgraded).
 READABLE_VERSIONS = (1, 2)
 TOPIC_ROOT = "skycourier/v1"
-CHANNELS = ("telemetry", "events", "status", "cmd", "orders")
+CHANNELS = ("telemetry", "events", "status", "cmd", "orders", "commands")
 STATUS_STATES = ("online", "offline")
 
 #: A payload larger than this is not ours: rejected unread.
