@@ -700,6 +700,12 @@ class JournalConfig(_Section):
         strict=False,
         description="Journal database file; relative paths are from the working directory.",
     )
+    restart_in_air: Literal["rtl", "land"] = Field(
+        "rtl",
+        description="What a daemon restarted while its vehicle flies an unfinished mission "
+        'commands: "rtl" flies home (the autopilot\'s fence and rally points still hold), '
+        '"land" lands where it is (for fields where a return is riskier than a landing).',
+    )
 
 
 class SecurityConfig(_Section):

@@ -3,19 +3,20 @@
 It owns the link to the flight controller for the life of the process, keeps the vehicle
 state on the bus, and logs a status line at a steady rate. At start it reads the mission
 journal: a mission left unfinished by a crash or reboot is never forgotten. If the vehicle
-is still flying it is brought home (RTL), since the plan's context (recipient, obstacles) is
-gone with the old process; if it is on the ground the mission is closed as interrupted. In
-both cases the outcome is journaled. Then it takes orders (`companion.intake`: the local
-control socket and the telemetry link's downlink), verifies and queues them, answers each on
-the uplink and flies them in turn; operator commands (hold, resume, abort, return, land)
-come the same two ways, signed by the dispatcher or local, and go to the flying mission.
+is still flying it is brought home (RTL), or landed where it is (`[journal] restart_in_air`),
+since the plan's context (recipient, obstacles) is gone with the old process; if it is on
+the ground the mission is closed as interrupted. In both cases the outcome is journaled.
+Then it takes orders (`companion.intake`: the local control socket and the telemetry link's
+downlink), verifies and queues them, answers each on the uplink and flies them in turn;
+operator commands (hold, resume, abort, return, land) come the same two ways, signed by the
+dispatcher or local, and go to the flying mission.
 
 With the drone's key store in `[security] keys_dir` (`skycourier keys init --drone ID`), the
-link to the flight controller is MAVLink 2 signed with its secret, and the daemon's decisions
-(so far: the missions it closes after a restart) go into the audit trail at
-`[security] audit_path`, signed with the drone's identity key. Without one the daemon says so
-and flies unsigned; a key store it cannot use (a key file others can read, a corrupt file) or
-an audit trail it cannot continue stops it from starting.
+link to the flight controller is MAVLink 2 signed with its secret, and the daemon's
+decisions (the missions it flies and closes after a restart, the commands it takes) go into
+the audit trail at `[security] audit_path`, signed with the drone's identity key. Without
+one the daemon says so and flies unsigned; a key store it cannot use (a key file others can
+read, a corrupt file) or an audit trail it cannot continue stops it from starting.
 
 GPS, telemetry and vision are the supervisor's parts (`companion.supervisor`): each is
 started by itself, and one that fails to start or stops running is started again with a
@@ -41,6 +42,7 @@ from companion.autopilot import connect_autopilot
 from companion.bus import Bus
 from companion.config import Config, SecurityConfig
 from companion.gcs import start_gcs
+from companion.gps.driver import GpsStatus
 from companion.gps.service import start_gps
 from companion.intake.commands import CommandIntake
 from companion.intake.control import ControlError, ControlServer
@@ -76,24 +78,37 @@ _STATUS_EVERY_S = 10.0
 AuditHook = Callable[[str, dict[str, Any]], None]
 
 
+#: What a restarted daemon commands in the air (`[journal] restart_in_air`): the vehicle
+#: command, its name in the journal, and the outcome recorded.
+RESTART_ACTIONS: dict[str, tuple[str, str]] = {
+    "rtl": ("RTL", "companion restarted mid-flight: returning home"),
+    "land": ("LAND", "companion restarted mid-flight: landing where it is"),
+}
+
+
 def recover_unfinished(
-    journal: Journal, vehicle: Vehicle, audit: AuditHook | None = None
+    journal: Journal, vehicle: Vehicle, audit: AuditHook | None = None, in_air: str = "rtl"
 ) -> list[tuple[str, str]]:
-    """Close every unfinished mission safely; returns (mission_id, outcome) pairs. Each one
+    """Close every unfinished mission safely; returns (mission_id, outcome) pairs. An armed
+    vehicle is sent home or landed, as `in_air` (a `RESTART_ACTIONS` key) says. Each one
     closed also goes to `audit` (a "restart-recovery" record) when given."""
+    action, in_air_outcome = RESTART_ACTIONS[in_air]
     closed = []
     for mission_id in journal.unfinished():
         state = vehicle.state
         if state.armed:
-            outcome = "companion restarted mid-flight: returning home"
-            journal.record(mission_id, "abort", "abort", {"reason": outcome, "action": "RTL"},
+            outcome = in_air_outcome
+            journal.record(mission_id, "abort", "abort", {"reason": outcome, "action": action},
                            state.boot_time_s)  # fmt: skip
             try:
-                vehicle.rtl()
+                if action == "RTL":
+                    vehicle.rtl()
+                else:
+                    vehicle.land()
             except BridgeError as exc:
                 journal.record(mission_id, "abort", "abort-action-failed", {"error": str(exc)},
                                state.boot_time_s)  # fmt: skip
-                log.error("mission %s: RTL after restart failed: %s", mission_id, exc)
+                log.error("mission %s: %s after restart failed: %s", mission_id, action, exc)
         else:
             outcome = "interrupted on the ground by a companion restart"
         journal.finish(mission_id, outcome, state.boot_time_s)
@@ -202,7 +217,7 @@ def run_daemon(config: Config, stop: threading.Event | None = None) -> int:
                 lambda s: s.boot_time_s is not None, config.vehicle.connect_timeout_s, "telemetry"
             )
             _notify_ready(watchdog, vehicle, running)
-            recover_unfinished(journal, vehicle, audit)
+            recover_unfinished(journal, vehicle, audit, config.journal.restart_in_air)
             if intake is not None:
                 flights.append(
                     start_flights(
@@ -256,7 +271,13 @@ def _parts(
         return link
 
     return [
-        Part("gps", lambda: start_gps(config.gps, bus), lambda g: g.stop(), lambda g: g.running),
+        Part(
+            "gps",
+            lambda: start_gps(config.gps, bus),
+            lambda g: g.stop(),
+            lambda g: g.running,
+            lambda _g: _gps_condition(bus),
+        ),
         Part("telemetry", start_telemetry, lambda u: u.close(), lambda u: u.alive),
         # Obstacles go to the autopilot as OBSTACLE_DISTANCE and on the bus; None: no vision.
         Part(
@@ -266,6 +287,13 @@ def _parts(
             lambda v: v.running or v.ended,
         ),
     ]
+
+
+def _gps_condition(bus: Bus) -> str:
+    """The receiver's last reported condition ("ok: ...", "disconnected: cannot open ..."):
+    the driver runs while it looks for a missing receiver, and this says so."""
+    status = bus.latest(GpsStatus)
+    return "no status yet" if status is None else f"{status.state}: {status.detail}"
 
 
 def _serve(

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from companion.config import Config, GcsEndpointConfig
-from companion.security.keys import MAVLINK_SECRET_BYTES, KeyFileError, _read_file
+from companion.security.keys import MAVLINK_SECRET_BYTES, KeyFileError, read_key_file
 from firmware_bridge.router import EndpointPolicy, Filter, Framing, RouterError
 from firmware_bridge.router_io import FlightControllerLink, Route, RouterService, parse_route_url
 
@@ -30,7 +30,7 @@ def load_endpoint_key(path: Path) -> bytes:
     """A ground station's own 32-byte signing key from `path`: hexadecimal, in a file only
     its owner can read, like the key store's (the same reader and checks). KeyFileError
     names the file and what is wrong, never what it holds."""
-    text = _read_file(path, private=True).strip()
+    text = read_key_file(path, private=True).strip()
     try:
         key = bytes.fromhex(text.decode("ascii"))
     except (UnicodeDecodeError, ValueError):

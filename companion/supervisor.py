@@ -1,7 +1,8 @@
 """Keeping the daemon's subsystems running: start each, restart a failed one with backoff
 while the others go on, and say how each one is.
 
-A subsystem (`Part`) is started by its own function, which returns a handle or raises; it
+A subsystem (`Part`) is started by its own function, which returns a handle or raises (a
+`StartError` when it can say why in words: a missing device, a model that will not load); it
 counts as failed when starting raises, or later when its `alive` check says it stopped (a
 thread that died, a capture that ended). A failed part is stopped (best effort), then started
 again after a backoff that doubles from `base_s` up to `max_s` with each failure in a row and
@@ -25,15 +26,23 @@ log = logging.getLogger(__name__)
 RUNNING, FAILED, OFF, STOPPED = "running", "failed", "off", "stopped"
 
 
+class StartError(Exception):
+    """A part cannot start, for the reason in the message (what is missing and where): one
+    log line, no traceback, and the part is retried like any other failure, so that what an
+    operator fixes meanwhile (a device plugged in, a model built) is taken up."""
+
+
 @dataclass(frozen=True)
 class Part:
     """A subsystem: `start()` returns its handle (None: not configured, so off), `stop(h)`
-    stops it, `alive(h)` says whether it still runs."""
+    stops it, `alive(h)` says whether it still runs, and `describe(h)` how a running one is
+    doing (a receiver still being looked for is running, but not well)."""
 
     name: str
     start: Callable[[], Any]
     stop: Callable[[Any], None]
     alive: Callable[[Any], bool] = lambda _handle: True
+    describe: Callable[[Any], str] = lambda _handle: ""
 
 
 @dataclass(frozen=True)
@@ -87,7 +96,8 @@ class Supervisor:
     def health(self) -> list[Health]:
         with self._lock:
             return [
-                Health(s.part.name, s.state, s.detail, s.since, s.restarts) for s in self._slots
+                Health(s.part.name, s.state, self._detail(s), s.since, s.restarts)
+                for s in self._slots
             ]
 
     def backoff_s(self, failures: int) -> float:
@@ -146,6 +156,9 @@ class Supervisor:
         name = slot.part.name
         try:
             handle = slot.part.start()
+        except StartError as exc:
+            self._fail(slot, now, f"cannot start: {exc}")
+            return
         except Exception as exc:
             log.exception("%s: failed to start", name)
             self._fail(slot, now, f"failed to start: {type(exc).__name__}: {exc}")
@@ -173,6 +186,14 @@ class Supervisor:
         except Exception:
             log.exception("%s: failed to stop", slot.part.name)
         slot.handle = None
+
+    def _detail(self, slot: _Slot) -> str:
+        if slot.state != RUNNING:
+            return slot.detail
+        try:
+            return slot.part.describe(slot.handle)
+        except Exception as exc:
+            return f"cannot tell: {type(exc).__name__}: {exc}"
 
     def _alive(self, slot: _Slot) -> bool:
         try:

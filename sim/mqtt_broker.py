@@ -6,10 +6,14 @@ needs nothing installed by hand. Either way the caller gets a `Broker` with `hos
 and `kind`, usable as a context manager.
 
 mosquitto runs from a generated config in a temporary directory: one listener on 127.0.0.1,
-anonymous access, no persistence, its log in that directory. The port is found by binding
-port 0 and releasing it; another process may take it in between, so a start that fails with
-"Address already in use" is retried on a new port. A port the caller names is checked first:
-the readiness probe (a TCP connect) cannot tell mosquitto from another listener.
+anonymous access, its log in that directory; with `persistent=True` it keeps its sessions
+and queued messages in that directory too, so that `Broker.restart()` brings it back as a
+fleet's broker comes back from a restart: clients with a persistent session find their
+subscriptions, and the QoS 1 messages that arrived while they were away wait for them.
+The port is found by binding port 0 and releasing it; another process may take it in
+between, so a start that fails with "Address already in use" is retried on a new port. A
+port the caller names is checked first: the readiness probe (a TCP connect) cannot tell
+mosquitto from another listener.
 """
 
 from __future__ import annotations
@@ -50,19 +54,35 @@ class Broker:
     harmless."""
 
     def __init__(
-        self, host: str, port: int, kind: str, stop: Callable[[], None], log_path: Path | None
+        self,
+        host: str,
+        port: int,
+        kind: str,
+        stop: Callable[[], None],
+        log_path: Path | None,
+        restart: Callable[[float], None] | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.kind = kind
         self.log_path = log_path  # mosquitto's log while it runs; None for the embedded one
         self._stop = stop
+        self._restart = restart
         self._stopped = False
 
     def stop(self) -> None:
         if not self._stopped:
             self._stopped = True
             self._stop()
+
+    def restart(self, down_s: float = 0.0) -> None:
+        """Stop the broker as an administrator restarts it (SIGTERM: a persistent mosquitto
+        saves its sessions), keep it down `down_s` seconds, and start it again on the same
+        port from the same configuration. BrokerError for a broker that cannot restart (the
+        embedded one, a stopped one) or that does not come back."""
+        if self._restart is None or self._stopped:
+            raise BrokerError(f"{self!r} cannot be restarted")
+        self._restart(down_s)
 
     def __enter__(self) -> Broker:
         return self
@@ -97,8 +117,9 @@ def free_port(host: str = HOST) -> int:
         return sock.getsockname()[1]
 
 
-def start_broker(prefer: str = "mosquitto", port: int = 0) -> Broker:
-    """Start a broker on 127.0.0.1:`port` (0: a free port).
+def start_broker(prefer: str = "mosquitto", port: int = 0, *, persistent: bool = False) -> Broker:
+    """Start a broker on 127.0.0.1:`port` (0: a free port); `persistent`: mosquitto keeps
+    its sessions over `Broker.restart()` (the embedded broker has no persistence).
 
     prefer="mosquitto": mosquitto if installed, else the embedded broker (logged).
     prefer="embedded": the embedded broker. A mosquitto that is installed but fails to start
@@ -109,7 +130,7 @@ def start_broker(prefer: str = "mosquitto", port: int = 0) -> Broker:
     if prefer == "mosquitto":
         binary = find_mosquitto()
         if binary is not None:
-            return start_mosquitto(binary, port)
+            return start_mosquitto(binary, port, persistent=persistent)
         log.info("mosquitto not installed (apt install mosquitto): using the embedded broker")
     return start_embedded(port)
 
@@ -120,7 +141,7 @@ def start_embedded(port: int = 0) -> Broker:
     return Broker(HOST, broker.port, "embedded", broker.stop, None)
 
 
-def start_mosquitto(binary: Path, port: int = 0) -> Broker:
+def start_mosquitto(binary: Path, port: int = 0, *, persistent: bool = False) -> Broker:
     """Run `binary` on a generated config and wait until it accepts connections."""
     workdir = Path(tempfile.mkdtemp(prefix="skycourier-mosquitto-"))
     try:
@@ -129,7 +150,7 @@ def start_mosquitto(binary: Path, port: int = 0) -> Broker:
             if port and not _port_free(port):
                 # Checked first: the readiness probe would take the other listener for ours.
                 raise BrokerError(f"mosquitto could not listen on {HOST}:{port}: address in use")
-            process, log_path = _launch(binary, workdir, chosen)
+            process, log_path = _launch(binary, workdir, chosen, persistent)
             try:
                 _wait_ready(process, chosen, log_path)
             except _PortTaken:
@@ -143,16 +164,11 @@ def start_mosquitto(binary: Path, port: int = 0) -> Broker:
                 _terminate(process)
                 raise
             log.info("mosquitto %s listening on %s:%d (log %s)", binary, HOST, chosen, log_path)
-
-            def stop(process: subprocess.Popen[bytes] = process) -> None:
-                atexit.unregister(stop)
-                _terminate(process)
-                shutil.rmtree(workdir, ignore_errors=True)
-
+            running = _Mosquitto(binary, workdir, chosen, process, log_path)
             # A caller that dies of an exception before stop() must not leave mosquitto
             # running on its port (a SIGKILLed caller still can: nothing runs then).
-            atexit.register(stop)
-            return Broker(HOST, chosen, "mosquitto", stop, log_path)
+            atexit.register(running.stop)
+            return Broker(HOST, chosen, "mosquitto", running.stop, log_path, running.restart)
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
@@ -161,6 +177,42 @@ def start_mosquitto(binary: Path, port: int = 0) -> Broker:
 
 class _PortTaken(Exception):
     pass
+
+
+class _Mosquitto:
+    """One started mosquitto: stopped for good, or restarted from its own config file."""
+
+    def __init__(
+        self,
+        binary: Path,
+        workdir: Path,
+        port: int,
+        process: subprocess.Popen[bytes],
+        log_path: Path,
+    ) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        self.port = port
+        self.process = process
+        self.log_path = log_path
+
+    def stop(self) -> None:
+        atexit.unregister(self.stop)
+        _terminate(self.process)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def restart(self, down_s: float) -> None:
+        _terminate(self.process)
+        time.sleep(down_s)
+        self.process = _run(self.binary, self.workdir / f"mosquitto-{self.port}.conf",
+                            self.log_path, append=True)  # fmt: skip
+        try:
+            _wait_ready(self.process, self.port, self.log_path)
+        except _PortTaken:
+            raise BrokerError(
+                f"mosquitto could not listen on {HOST}:{self.port} again: address in use"
+            ) from None
+        log.info("mosquitto restarted on %s:%d", HOST, self.port)
 
 
 def _port_free(port: int) -> bool:
@@ -173,13 +225,17 @@ def _port_free(port: int) -> bool:
         return True
 
 
-def _launch(binary: Path, workdir: Path, port: int) -> tuple[subprocess.Popen[bytes], Path]:
+def _launch(
+    binary: Path, workdir: Path, port: int, persistent: bool
+) -> tuple[subprocess.Popen[bytes], Path]:
     log_path = workdir / f"mosquitto-{port}.log"
     log_path.unlink(missing_ok=True)
     lines = [
         f"listener {port} {HOST}",
         "allow_anonymous true",
-        "persistence false",
+        f"persistence {'true' if persistent else 'false'}",
+        f"persistence_location {workdir}/",
+        f"persistence_file mosquitto-{port}.db",
         f"log_dest file {log_path}",
         "log_type error warning notice information",
         "connection_messages true",
@@ -190,14 +246,17 @@ def _launch(binary: Path, workdir: Path, port: int) -> tuple[subprocess.Popen[by
         lines.append(f"user {pwd.getpwuid(os.geteuid()).pw_name}")
     config = workdir / f"mosquitto-{port}.conf"
     config.write_text("\n".join(lines) + "\n")
-    with open(log_path.with_suffix(".stderr"), "wb") as stderr:
-        process = subprocess.Popen(
+    return _run(binary, config, log_path, append=False), log_path
+
+
+def _run(binary: Path, config: Path, log_path: Path, *, append: bool) -> subprocess.Popen[bytes]:
+    with open(log_path.with_suffix(".stderr"), "ab" if append else "wb") as stderr:
+        return subprocess.Popen(
             [str(binary), "-c", str(config)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
         )
-    return process, log_path
 
 
 def _wait_ready(process: subprocess.Popen[bytes], port: int, log_path: Path) -> None:

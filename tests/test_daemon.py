@@ -46,6 +46,25 @@ def test_unfinished_mission_in_flight_is_brought_home(tmp_path: Path) -> None:
         assert journal.outcome("m-1") == closed[0][1]
 
 
+def test_unfinished_mission_in_flight_is_landed_where_it_is_when_so_configured(
+    tmp_path: Path,
+) -> None:
+    with (
+        VehicleServer(DEFAULT_HOME, speedup=20.0, port=0) as server,
+        Journal(tmp_path / "j.db") as journal,
+    ):
+        journal.start_mission("m-3", {"drop": [0, 0]})
+        with Vehicle.connect(f"tcp:127.0.0.1:{server.port}", heartbeat_interval_s=HEARTBEAT_S) as v:
+            arm_guided(v)
+            v.takeoff(10.0)
+            v.wait_until(lambda s: s.position is not None and s.position.alt_rel_m > 5, 60, "5 m")
+            closed = recover_unfinished(journal, v, in_air="land")
+            assert server.state.mode == "LAND"
+        assert closed == [("m-3", "companion restarted mid-flight: landing where it is")]
+        [abort] = [e for e in journal.events("m-3") if e.event == "abort"]
+        assert abort.detail["action"] == "LAND"
+
+
 def test_unfinished_mission_on_the_ground_is_closed(tmp_path: Path) -> None:
     with (
         VehicleServer(DEFAULT_HOME, speedup=20.0, port=0) as server,

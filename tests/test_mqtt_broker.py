@@ -711,6 +711,50 @@ def test_mosquitto_stops_on_exit() -> None:
         socket.create_connection((broker.host, broker.port), timeout=WAIT_S).close()
 
 
+@needs_mosquitto
+def test_a_persistent_mosquitto_restarted_keeps_sessions_and_queued_messages() -> None:
+    """What the HIL rig's broker restart relies on: a subscriber with a persistent session
+    gets, after the restart, what was published while it was away, and the broker is back
+    on the same port."""
+    topic = "skycourier/v1/d1/events"
+    with start_broker("mosquitto", persistent=True) as broker:
+        sub_id = unique("sub")
+        sub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=sub_id, clean_session=False)
+        sub.connect(broker.host, broker.port)
+        sub.loop_start()
+        sub.subscribe(topic, qos=1)[1]
+        time.sleep(0.5)  # the SUBACK: the broker holds the subscription
+        sub.disconnect()
+        sub.loop_stop()
+        port = broker.port
+        broker.restart(down_s=0.2)
+        assert broker.port == port
+        pub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=unique("pub"))
+        pub.connect(broker.host, broker.port)
+        pub.loop_start()
+        pub.publish(topic, b"while away", qos=1).wait_for_publish(WAIT_S)
+        pub.disconnect()
+        pub.loop_stop()
+        received: queue.Queue[bytes] = queue.Queue()
+        again = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=sub_id, clean_session=False)
+        again.on_message = lambda _c, _u, m: received.put(bytes(m.payload))
+        again.connect(broker.host, broker.port)
+        again.loop_start()
+        try:
+            assert received.get(timeout=WAIT_S) == b"while away"
+        finally:
+            again.disconnect()
+            again.loop_stop()
+
+
+def test_the_embedded_broker_cannot_restart() -> None:
+    with (
+        start_broker("embedded") as broker,
+        pytest.raises(BrokerError, match="cannot be restarted"),
+    ):
+        broker.restart()
+
+
 def test_a_binary_that_is_not_a_broker_is_a_clear_error(tmp_path) -> None:
     fake = tmp_path / "mosquitto"
     fake.write_text("#!/bin/sh\necho 'Error: no such option' >&2\nexit 3\n")

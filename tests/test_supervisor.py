@@ -4,11 +4,13 @@ to start or stops running is restarted with a doubling backoff while the others 
 from __future__ import annotations
 
 import itertools
+import logging
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from companion.supervisor import FAILED, OFF, RUNNING, STOPPED, Part, Supervisor
+from companion.supervisor import FAILED, OFF, RUNNING, STOPPED, Part, StartError, Supervisor
 
 
 class Fake:
@@ -116,6 +118,45 @@ def test_errors_inside_parts_never_reach_the_supervisor() -> None:
     sup.step(2.0)
     sup.stop_all(3.0)
     assert states(sup) == {"odd": STOPPED}
+
+
+def test_a_start_error_is_one_line_in_the_health_and_retried(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    built: list[bool] = []
+
+    def start() -> object:
+        if not built:
+            raise StartError("/models/yolov4-tiny-int8.onnx: no such model file")
+        return object()
+
+    sup = Supervisor([Part("vision", start, lambda _h: None)])
+    with caplog.at_level(logging.ERROR, logger="companion.supervisor"):
+        sup.start_all(0.0)
+    [health] = sup.health()
+    assert health.state == FAILED
+    assert health.detail == "cannot start: /models/yolov4-tiny-int8.onnx: no such model file"
+    assert [r.exc_info for r in caplog.records] == [None]  # no traceback for a known cause
+    built.append(True)  # the operator builds the model
+    sup.step(1.0)
+    assert states(sup) == {"vision": RUNNING}
+
+
+def test_a_running_part_describes_how_it_is_doing_and_a_broken_description_is_shown() -> None:
+    def describe(_h: object) -> str:
+        raise RuntimeError("no idea")
+
+    sup = Supervisor(
+        [
+            Part("gps", lambda: object(), lambda _h: None, describe=lambda _h: "detecting: x"),
+            Part("odd", lambda: object(), lambda _h: None, describe=describe),
+        ]
+    )
+    sup.start_all(0.0)
+    assert [(h.state, h.detail) for h in sup.health()] == [
+        (RUNNING, "detecting: x"),
+        (RUNNING, "cannot tell: RuntimeError: no idea"),
+    ]
 
 
 def test_parts_stop_newest_first() -> None:

@@ -5,7 +5,6 @@ one clear error line while everything else runs on."""
 
 from __future__ import annotations
 
-import logging
 import shutil
 import threading
 from pathlib import Path
@@ -18,6 +17,7 @@ from companion.config import Config, ConfigError, VisionConfig, load_config, par
 pytest.importorskip("cv2", reason="pip install 'opencv-python-headless>=4.8,<5'")
 pytest.importorskip("onnxruntime", reason="pip install 'onnxruntime>=1.17'")
 
+from companion.supervisor import StartError
 from companion.vision.errors import ImageError
 from companion.vision.obstacles import SECTORS, ObstacleSummary
 from companion.vision.service import Detections, start_vision
@@ -103,7 +103,7 @@ def test_vision_errors_name_the_field(toml: str, words: str) -> None:
     assert f"drone.toml: {words}" in str(err.value)
 
 
-# -- start-up errors: one clear line, no exception, no vision --------------------------------
+# -- start-up errors: a StartError saying what and where, no vision --------------------------
 
 
 def test_no_camera_configured_means_no_vision() -> None:
@@ -112,32 +112,27 @@ def test_no_camera_configured_means_no_vision() -> None:
 
 @pytest.mark.parametrize("variant", ["fp32", "int8"])
 def test_missing_model_is_a_clear_error_not_a_crash(
-    variant: str, frames: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    variant: str, frames: Path, tmp_path: Path
 ) -> None:
     empty = tmp_path / "no-models"
     empty.mkdir()
     config = VisionConfig(source=str(frames), models_dir=empty, variant=variant)
-    with caplog.at_level(logging.ERROR, logger="companion.vision.service"):
-        assert start_vision(config, Bus(), Recorder()) is None
-    [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    message = record.getMessage()
-    assert message.startswith("vision off: ") and "no such model file" in message
+    with pytest.raises(StartError) as info:
+        start_vision(config, Bus(), Recorder())
+    message = str(info.value)
+    assert str(empty) in message and "no such model file" in message
     assert f"run `skycourier models build --variant {variant}` --out {empty}" in message
-    assert record.exc_info is None  # one line, no traceback
 
 
 def test_bad_source_and_unknown_class_are_clear_errors(
-    models_dir: Path, frames: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    models_dir: Path, frames: Path, tmp_path: Path
 ) -> None:
-    with caplog.at_level(logging.ERROR, logger="companion.vision.service"):
-        missing = VisionConfig(source=str(tmp_path / "nowhere"), models_dir=models_dir)
-        assert start_vision(missing, Bus(), None) is None
-        unicorn = VisionConfig(source=str(frames), models_dir=models_dir, classes="unicorn")
-        assert start_vision(unicorn, Bus(), None) is None
-    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert len(lines) == 2
-    assert "nowhere: no such file, folder or camera" in lines[0]
-    assert "[vision] classes" in lines[1] and "unicorn" in lines[1]
+    missing = VisionConfig(source=str(tmp_path / "nowhere"), models_dir=models_dir)
+    with pytest.raises(StartError, match="nowhere: no such file, folder or camera"):
+        start_vision(missing, Bus(), None)
+    unicorn = VisionConfig(source=str(frames), models_dir=models_dir, classes="unicorn")
+    with pytest.raises(StartError, match=r"\[vision\] classes: .*unicorn"):
+        start_vision(unicorn, Bus(), None)
 
 
 # -- the running service ---------------------------------------------------------------------

@@ -129,7 +129,7 @@ def dispatcher_public_json(key: Ed25519PublicKey) -> bytes:
     )
 
 
-def _read_file(path: Path, *, private: bool) -> bytes:
+def read_key_file(path: Path, *, private: bool) -> bytes:
     """The bytes of a regular file of at most MAX_KEY_FILE_BYTES; a private one must not be
     accessible to group or others. The mode is checked on the opened file, not the name, so
     the file cannot be swapped between the check and the read."""
@@ -169,7 +169,7 @@ def _read_file(path: Path, *, private: bool) -> bytes:
 
 
 def _load_private(path: Path, expected: type[PrivateKey], what: str) -> PrivateKey:
-    data = _read_file(path, private=True)
+    data = read_key_file(path, private=True)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError:
@@ -189,7 +189,7 @@ def _pem(key: PrivateKey) -> bytes:
 
 
 def _public_fields(path: Path, expected_type: str, fields: tuple[str, ...]) -> dict[str, object]:
-    data = _read_file(path, private=False)
+    data = read_key_file(path, private=False)
     try:
         doc = loads_strict(data.strip(), allow_floats=False)
     except EncodingError as exc:
@@ -355,14 +355,14 @@ class KeyStore:
     def drone_id(self) -> str:
         path = self.file(DRONE_ID)
         try:
-            return check_drone_id(_read_file(path, private=True).decode("ascii").strip())
+            return check_drone_id(read_key_file(path, private=True).decode("ascii").strip())
         except (UnicodeDecodeError, ValueError) as exc:
             raise KeyFileError(path, f"corrupt: {exc}") from None
 
     def mavlink_signing_secret(self) -> bytes:
         """The 32-byte MAVLink 2 signing secret (SETUP_SIGNING's secret_key)."""
         path = self.file(MAVLINK_SECRET)
-        text = _read_file(path, private=True).strip()
+        text = read_key_file(path, private=True).strip()
         try:
             secret = bytes.fromhex(text.decode("ascii"))
         except (UnicodeDecodeError, ValueError):

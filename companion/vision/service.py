@@ -12,8 +12,10 @@ vision thread that takes the newest frame at most `max_fps` times a second, runs
 and hands each summary to an `ObstacleFeed`, which sends OBSTACLE_DISTANCE to the autopilot
 at `obstacle_rate_hz` (PRX1_TYPE=2) when a vehicle is given. Vision is an addition, never a
 condition of flight: a missing or corrupt model, an unknown class name or a source that does
-not parse is one clear error line and `start_vision` returns None (the daemon runs on
-without vision); a frame the detector cannot handle is counted, logged and skipped.
+not parse is a `StartError` naming what and where, which the daemon's supervisor shows in
+`skycourier status` and logs as one line while the rest runs on, trying vision again later
+(a model built meanwhile is taken up); a frame the detector cannot handle is counted,
+logged and skipped.
 
 Clocks: `clock` stamps the frames (`Frame.t_captured`, hence the summaries' `t`) and is the
 one the feed judges staleness by, so the two always agree. Pacing uses real time.
@@ -31,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from companion.bus import Bus
 from companion.config import VisionConfig
+from companion.supervisor import StartError
 
 if TYPE_CHECKING:  # the heavy modules (cv2, onnxruntime) load when vision starts
     from companion.vision.capture import Capture, CaptureStats
@@ -229,18 +232,14 @@ def start_vision(
     *,
     clock: Callable[[], float] = time.monotonic,
 ) -> VisionService | None:
-    """Start vision from `[vision]`; None when no camera is configured or it cannot start
-    (logged as one clear line). `vehicle` (a `Vehicle` or its `MavLink`): where the
-    OBSTACLE_DISTANCE feed goes; None: obstacles go on the bus only. Never raises for a
-    problem of the camera, the model or the configuration."""
+    """Start vision from `[vision]`; None when no camera is configured. `vehicle` (a
+    `Vehicle` or its `MavLink`): where the OBSTACLE_DISTANCE feed goes; None: obstacles go on
+    the bus only. A camera, model or class list that cannot be used raises `StartError`
+    saying what and where (the daemon's supervisor shows it and tries again later)."""
     if config.source is None:
         log.info("vision off: no camera configured ([vision] source)")
         return None
-    try:
-        return _start(config, bus, vehicle, clock)
-    except Exception as exc:  # vision must never take the daemon down
-        log.exception("vision off: could not start: %r", exc)
-        return None
+    return _start(config, bus, vehicle, clock)
 
 
 def _start(
@@ -256,25 +255,20 @@ def _start(
     try:
         source = parse_source(config.source)
     except CaptureError as exc:
-        log.error("vision off: [vision] source %s: %s", exc.path, exc.cause)
-        return None
+        raise StartError(f"[vision] source {exc.path}: {exc.cause}") from None
     path = model_path(config.variant, config.models_dir)
     try:
         detector = Detector(
             path, conf_threshold=config.conf, classes=config.class_names, threads=config.threads
         )
     except ModelError as exc:
-        log.error(
-            "vision off: %s: %s; run `skycourier models build --variant %s`%s",
-            exc.path,
-            exc.cause,
-            config.variant,
-            f" --out {config.models_dir}" if config.models_dir is not None else "",
-        )
-        return None
+        out = f" --out {config.models_dir}" if config.models_dir is not None else ""
+        raise StartError(
+            f"{exc.path}: {exc.cause}; run `skycourier models build --variant "
+            f"{config.variant}`{out}"
+        ) from None
     except ValueError as exc:  # an unknown class name
-        log.error("vision off: [vision] classes: %s", exc)
-        return None
+        raise StartError(f"[vision] classes: {exc}") from None
     geometry = CameraGeometry(
         hfov_deg=config.hfov_deg, yaw_deg=config.yaw_deg, pitch_down_deg=config.pitch_down_deg
     )

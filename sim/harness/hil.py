@@ -8,8 +8,10 @@ process, against emulated hardware wired up as on the drone.
 - the NEO-6M emulator on a pty, reporting where the vehicle is, behind a udev-style link
   ``<work>/dev/skycourier-gps``;
 - the A7670 emulator on a pty behind ``<work>/dev/skycourier-modem``, its MQTT stack bridged
-  to a real mosquitto (`sim.mqtt_broker`; the embedded broker only where mosquitto is not
-  installed) and its SMS inbox open to `send_sms`;
+  to a real mosquitto (`sim.mqtt_broker`, persistent so that it can be restarted as a
+  fleet's broker is; the embedded broker only where mosquitto is not installed), its SMS
+  inbox open to `send_sms`, and its PWRKEY wired to the daemon's `[modem] power_key_command`
+  (`sim.harness.hil_pwrkey`);
 - optionally a camera: an MJPEG-over-HTTP feed of the simulated downward camera
   (`sim.harness.hil_camera`), which the daemon opens like an IP camera;
 - the keys: the drone's key store, the dispatcher's, and the operators' SMS key;
@@ -19,6 +21,11 @@ then runs ``python -m companion.cli run --config <work>/skycourier.toml`` as a c
 exactly as the systemd unit starts it, its log in ``<work>/daemon.log``. The test (or
 `skycourier hil order`) acts as the dispatcher and operator through `GroundStation`: signed
 orders over MQTT, events read back from the broker, operator commands by SMS.
+
+Faults, injected while the daemon runs: `unplug_gps`/`replug_gps` (the receiver's USB lead),
+`hang_modem` (the A7670's firmware locks up until its power key is pulsed),
+`cut_autopilot_link` (the flight controller's serial link goes silent both ways, the
+autopilot flying on), `restart_broker`, and `kill_daemon`/`restart_daemon`.
 
 Timing. The vehicle and the daemon live in different processes, so the lockstep of
 `skycourier sim` (`sim.harness.lockstep`), which holds the vehicle's clock until the
@@ -39,6 +46,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -65,6 +73,7 @@ from sim.harness.hil_ground import (
     make_order,
     recipient_template,
 )
+from sim.harness.hil_pwrkey import PowerKeyLine
 from sim.modem.a7670 import A7670
 from sim.modem.mqtt_bridge import PahoBridge
 from sim.modem.pty_runner import A7670Pty
@@ -104,11 +113,14 @@ def rig_config(
     broker: tuple[str, int],
     home: tuple[float, float, float],
     camera_url: str | None = None,
+    power_key: Path | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
 ) -> Config:
     """The daemon's configuration on the rig: every device, key and file in `work`, the
-    preflight demanding the companion's GPS, the uplink and a (declared) wind report, as on
-    the drone. `overrides` ({section: {option: value}}) go over it, validated."""
+        preflight demanding the companion's GPS, the uplink and a (declared) wind report, as on
+        the drone. `power_key` is the rig's PWRKEY line (`hil_pwrkey`), pulsed by the daemon's
+    power key command. `overrides` ({section: {option: value}}) go over it, validated."""
+    pulse = None if power_key is None else f"{sys.executable} -m sim.harness.hil_pwrkey {power_key}"
     config = Config().updated(
         "hil rig",
         vehicle={"connection": connection},
@@ -125,6 +137,7 @@ def rig_config(
             "sms_operators": OPERATOR,
             "sms_key_file": str(work / "sms.key"),
             "sms_counter_path": str(work / "sms-counters.json"),
+            "power_key_command": pulse,
         },
         telemetry={
             "drone_id": drone_id,
@@ -142,6 +155,7 @@ def rig_config(
             "keys_dir": str(work / "keys" / "drone"),
             "dispatcher_pub": str(work / "keys" / "dispatcher.pub.json"),
             "nonce_path": str(work / "order-nonces.json"),
+            "command_nonce_path": str(work / "command-nonces.json"),
             "audit_path": str(work / "audit.jsonl"),
         },
         logging={"level": "INFO"},
@@ -209,6 +223,7 @@ class HilRig:
         self.server: VehicleServer | None = None
         self.gps: Neo6mPty | None = None
         self.modem: A7670Pty | None = None
+        self.power_key: PowerKeyLine | None = None
         self.ground: GroundStation | None = None
         self.camera_url: str | None = None
         self._operator: OperatorSigner | None = None
@@ -241,7 +256,7 @@ class HilRig:
         with ExitStack() as stack:
             drone, _ = self._keys = self._make_keys()
             self._operator = OperatorSigner(self.work / "sms.key", self.drone_id, OPERATOR)
-            self.broker = start_broker(port=self.broker_port)
+            self.broker = start_broker(port=self.broker_port, persistent=True)
             stack.callback(self.broker.stop)
             connection, position, clock = self._start_autopilot(stack, drone)
             dev = self.work / "dev"
@@ -262,6 +277,7 @@ class HilRig:
                 broker=(self.broker.host, self.broker.port),
                 home=self.home,
                 camera_url=self.camera_url,
+                power_key=None if self.power_key is None else self.power_key.path,
                 overrides=self.config_overrides,
             )
             self.config_path.write_text(self.config.to_toml())
@@ -352,6 +368,8 @@ class HilRig:
         stack.callback(modem.stop)
         assert modem.path is not None
         point_link(dev / "skycourier-modem", modem.path)
+        self.power_key = PowerKeyLine(self.work / "pwrkey.sock", modem.power_key).start()
+        stack.callback(self.power_key.stop)
         return modem
 
     def _start_camera(self, stack: ExitStack) -> str:
@@ -446,6 +464,44 @@ class HilRig:
 
     def stop_daemon(self, timeout_s: float = 30.0) -> int | None:
         return self.daemon.stop(timeout_s)
+
+    # -- faults ----------------------------------------------------------------------------
+
+    def unplug_gps(self) -> None:
+        """The GPS's lead comes out: its pty closes and ``dev/skycourier-gps`` goes."""
+        self._gps().unplug()
+
+    def replug_gps(self) -> None:
+        """The GPS is plugged in again, power-cycled, behind the same link."""
+        self._gps().replug()
+
+    def hang_modem(self) -> None:
+        """The A7670's firmware locks up: silent, deaf even to AT+CRESET, its connections
+        dropped, until the daemon pulses its power key."""
+        self._modem().hang()
+
+    def cut_autopilot_link(self, cut: bool = True) -> None:
+        """Silence the flight controller's link both ways (True) or restore it (False); the
+        autopilot flies on by itself meanwhile. The built-in vehicle only."""
+        if self.server is None:
+            raise HilError("cutting the autopilot link needs the built-in vehicle, not SITL")
+        self.server.set_link_blocked(cut)
+
+    def restart_broker(self, down_s: float) -> None:
+        """Restart the broker, down for `down_s` seconds, as its administrator would."""
+        if self.broker is None:
+            raise HilError("the rig is not started")
+        self.broker.restart(down_s)
+
+    def _gps(self) -> Neo6mPty:
+        if self.gps is None:
+            raise HilError("the rig is not started")
+        return self.gps
+
+    def _modem(self) -> A7670Pty:
+        if self.modem is None:
+            raise HilError("the rig is not started")
+        return self.modem
 
     # -- the dispatcher and the operator ---------------------------------------------------
 

@@ -153,8 +153,12 @@ class GroundStation:
         self._received: list[Received] = []
         self.malformed: list[str] = []
         self._subscribed = threading.Event()
+        # A persistent session, as a fleet's ground service keeps: what the drone sends while
+        # this client is away (a broker restart) waits for it at the broker.
         self._client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=f"hil-ground-{uuid.uuid4().hex[:8]}"
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"hil-ground-{uuid.uuid4().hex[:8]}",
+            clean_session=False,
         )
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
