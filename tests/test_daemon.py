@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -268,3 +270,23 @@ def test_daemon_starts_and_configures_the_companion_gps(tmp_path: Path) -> None:
         thread.join(30)
     assert result == [0]
     assert (receiver.baud, receiver.meas_rate_ms) == (115200, 200)
+
+
+def test_the_daemon_process_refuses_a_config_with_an_unknown_key_naming_file_and_key(
+    tmp_path: Path,
+) -> None:
+    """As systemd starts it: `skycourier run` exits 2 naming the file, the key and the
+    nearest known one (in the journal, once per restart), before opening anything."""
+    bad = tmp_path / "skycourier.toml"
+    bad.write_text("[gps]\nbaudrate = 9600\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "companion.cli", "run", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert f"{bad}: gps.baudrate: unknown option; did you mean 'baud'?" in done.stderr
+    assert list(tmp_path.iterdir()) == [bad]  # no journal, queue or socket was made

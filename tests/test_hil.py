@@ -11,7 +11,7 @@ a generous bound, and fails at once with the daemon's log if the daemon dies.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -23,17 +23,12 @@ from companion.security.audit import verify_audit
 from companion.security.keys import KeyStore
 from companion.telemetry import schema
 from sim.harness.hil import OPERATOR, HilRig, follow_order
-from sim.harness.hil_ground import Received
 from tests.conftest import SITL_SKIP, sitl_binary
+from tests.hil_checks import ANSWER_S, FLIGHT_S, PIN, phase_entered
 from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.hil, pytest.mark.timeout(400)]
 
-PIN = "4711"
-#: Bounds on what the rig waits for: generous, since a loaded machine slows everything but
-#: the vehicle's flight, which keeps real time.
-ANSWER_S = 60.0
-FLIGHT_S = 300.0
 #: The SITL instance of the rig's SITL test (TCP 5840-5843), one no other test uses.
 SITL_INSTANCE = 8
 
@@ -45,19 +40,6 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HilRig]:
         yield started
         # Stopped as systemd stops it: SIGTERM, an orderly exit.
         assert started.stop_daemon() == 0, started.daemon.tail()
-
-
-def phase_entered(phase: str, order_id: str) -> Callable[[Received], bool]:
-    def match(received: Received) -> bool:
-        record = received.record
-        return (
-            isinstance(record, schema.Event)
-            and record.kind == "enter"
-            and record.phase == phase
-            and record.mission_id == order_id
-        )
-
-    return match
 
 
 @pytest.mark.parametrize(
