@@ -57,7 +57,8 @@ from companion.intake.service import (
     start_flights,
 )
 from companion.metrics import serve_metrics
-from companion.mission.journal import Journal, JournalError
+from companion.mission.events import MissionEvent, Phase
+from companion.mission.journal import FINISHED_EVENT, Journal, JournalError
 from companion.sd_notify import Watchdog
 from companion.security.audit import AuditError, AuditTrail
 from companion.security.keys import KeyFileError, KeyStore
@@ -87,19 +88,27 @@ RESTART_ACTIONS: dict[str, tuple[str, str]] = {
 
 
 def recover_unfinished(
-    journal: Journal, vehicle: Vehicle, audit: AuditHook | None = None, in_air: str = "rtl"
+    journal: Journal,
+    vehicle: Vehicle,
+    audit: AuditHook | None = None,
+    in_air: str = "rtl",
+    publish: Callable[[object], None] | None = None,
 ) -> list[tuple[str, str]]:
     """Close every unfinished mission safely; returns (mission_id, outcome) pairs. An armed
     vehicle is sent home or landed, as `in_air` (a `RESTART_ACTIONS` key) says. Each one
-    closed also goes to `audit` (a "restart-recovery" record) when given."""
+    closed also goes to `audit` (a "restart-recovery" record) when given, and what is
+    journaled (the abort in the air, the end) is published as `MissionEvent`s when `publish`
+    is given, so that the dispatcher hears of it as of any mission's end."""
     action, in_air_outcome = RESTART_ACTIONS[in_air]
     closed = []
     for mission_id in journal.unfinished():
         state = vehicle.state
+        tell = _teller(publish, mission_id, state.boot_time_s)
         if state.armed:
             outcome = in_air_outcome
-            journal.record(mission_id, "abort", "abort", {"reason": outcome, "action": action},
-                           state.boot_time_s)  # fmt: skip
+            detail = {"reason": outcome, "action": action}
+            journal.record(mission_id, "abort", "abort", detail, state.boot_time_s)
+            tell("abort", detail)
             try:
                 if action == "RTL":
                     vehicle.rtl()
@@ -112,6 +121,7 @@ def recover_unfinished(
         else:
             outcome = "interrupted on the ground by a companion restart"
         journal.finish(mission_id, outcome, state.boot_time_s)
+        tell(FINISHED_EVENT, {"outcome": outcome})
         log.warning("mission %s: %s", mission_id, outcome)
         closed.append((mission_id, outcome))
         if audit is not None:
@@ -122,6 +132,18 @@ def recover_unfinished(
             except (AuditError, ValueError) as exc:  # the vehicle's safety comes first
                 log.error("mission %s: restart recovery not audited: %s", mission_id, exc)
     return closed
+
+
+def _teller(
+    publish: Callable[[object], None] | None, mission_id: str, boot_time_s: float | None
+) -> Callable[[str, dict[str, Any]], None]:
+    """Publishes a recovery's transition of `mission_id` as a `MissionEvent` (or nothing)."""
+
+    def tell(event: str, detail: dict[str, Any]) -> None:
+        if publish is not None:
+            publish(MissionEvent(mission_id, Phase.ABORT, event, detail, boot_time_s, time.time()))
+
+    return tell
 
 
 def open_security(
@@ -217,7 +239,7 @@ def run_daemon(config: Config, stop: threading.Event | None = None) -> int:
                 lambda s: s.boot_time_s is not None, config.vehicle.connect_timeout_s, "telemetry"
             )
             _notify_ready(watchdog, vehicle, running)
-            recover_unfinished(journal, vehicle, audit, config.journal.restart_in_air)
+            recover_unfinished(journal, vehicle, audit, config.journal.restart_in_air, bus.publish)
             if intake is not None:
                 flights.append(
                     start_flights(

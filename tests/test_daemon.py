@@ -16,6 +16,7 @@ from companion import daemon
 from companion.config import Config, load_config
 from companion.daemon import recover_unfinished, run_daemon
 from companion.intake.control import ControlError, daemon_status
+from companion.mission.events import Phase
 from companion.mission.journal import Journal, JournalError
 from companion.telemetry.store import StoreError
 from companion.telemetry.uplink import TelemetryUplink
@@ -41,9 +42,15 @@ def test_unfinished_mission_in_flight_is_brought_home(tmp_path: Path) -> None:
             arm_guided(v)
             v.takeoff(10.0)
             v.wait_until(lambda s: s.position is not None and s.position.alt_rel_m > 5, 60, "5 m")
-            closed = recover_unfinished(journal, v)
+            published: list[object] = []
+            closed = recover_unfinished(journal, v, publish=published.append)
             assert server.state.mode == "RTL"
         assert closed == [("m-1", "companion restarted mid-flight: returning home")]
+        # The dispatcher hears what the journal holds: the abort in the air, then the end.
+        assert [(e.mission_id, e.phase, e.event, e.detail) for e in published] == [
+            ("m-1", Phase.ABORT, "abort", {"reason": closed[0][1], "action": "RTL"}),
+            ("m-1", Phase.ABORT, "finished", {"outcome": closed[0][1]}),
+        ]
         assert journal.unfinished() == []
         assert journal.outcome("m-1") == closed[0][1]
 

@@ -119,6 +119,10 @@ def test_a_daemon_killed_mid_flight_and_restarted_ends_the_order_safely_losing_n
     rig.restart_daemon()
     interrupted = rig.wait_event("order-interrupted", order_id, ANSWER_S, since=restart)
     assert interrupted.detail["state"] == "interrupted"
+    # The restarted daemon says what it did about the mission it found unfinished.
+    recovered = rig.wait_event("abort", order_id, ANSWER_S, since=restart)
+    assert "restarted mid-flight" in recovered.detail["reason"]
+    assert recovered.detail["action"] == "RTL"
     wait_until(lambda: server.state.landed and not server.state.armed, "landed", FLIGHT_S)
     snap = server.state
     assert distance_m(snap.lat, snap.lon, rig.home[0], rig.home[1]) < 5.0
