@@ -14,7 +14,7 @@ from companion.mission.journal import FINISHED_EVENT, Journal
 from companion.security.audit import verify_audit
 from companion.security.keys import KeyStore
 from companion.telemetry import schema
-from sim.harness.hil import HilRig
+from sim.harness.hil import HilRig, follow_order
 from sim.harness.hil_ground import Received
 from tests.waiting import wait_until
 
@@ -38,6 +38,21 @@ def phase_entered(phase: str, order_id: str) -> Callable[[Received], bool]:
         )
 
     return match
+
+
+def deliver(rig: HilRig, order_id: str, mark: int) -> None:
+    """Follow the order from the ground's index `mark` to its end, the operator sending the
+    PIN by SMS when the drone asks for its recipient; it must be delivered."""
+    assert rig.ground is not None
+    last = follow_order(
+        rig.ground,
+        order_id,
+        since=mark,
+        timeout_s=FLIGHT_S,
+        answer_recipient=lambda: rig.send_sms(f"pin {PIN}"),
+        check=rig.daemon_problem,
+    )
+    assert (last.kind, last.detail["outcome"]) == ("order-done", "delivered"), last
 
 
 def status(rig: HilRig) -> dict[str, Any]:

@@ -18,12 +18,13 @@ from contextlib import redirect_stdout
 import pytest
 
 from companion.cli import main
-from sim.harness.hil import HilRig, follow_order
+from sim.harness.hil import HilRig
 from tests.hil_checks import (
     ANSWER_S,
     FLIGHT_S,
     PIN,
     assert_nothing_lost,
+    deliver,
     phase_entered,
     wait_status,
 )
@@ -38,20 +39,6 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HilRig]:
         started.wait_ready(120.0)
         yield started
         assert started.stop_daemon() == 0, started.daemon.tail()
-
-
-def deliver(rig: HilRig, order_id: str, mark: int) -> None:
-    """Follow the order to its end, the operator sending the PIN when asked; it must be
-    delivered."""
-    last = follow_order(
-        rig.ground,  # type: ignore[arg-type]
-        order_id,
-        since=mark,
-        timeout_s=FLIGHT_S,
-        answer_recipient=lambda: rig.send_sms(f"pin {PIN}"),
-        check=rig.daemon_problem,
-    )
-    assert (last.kind, last.detail["outcome"]) == ("order-done", "delivered"), last
 
 
 def run_check(rig: HilRig) -> tuple[int, list[dict]]:

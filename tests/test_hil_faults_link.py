@@ -14,12 +14,13 @@ from collections.abc import Iterator
 import pytest
 
 from companion.geo import distance_m
-from sim.harness.hil import HilRig, follow_order
+from sim.harness.hil import HilRig
 from tests.hil_checks import (
     ANSWER_S,
     FLIGHT_S,
     PIN,
     assert_nothing_lost,
+    deliver,
     phase_entered,
     status,
     wait_status,
@@ -71,15 +72,7 @@ def test_a_broker_restarted_mid_flight_loses_nothing(rig: HilRig) -> None:
     mark = rig.submit_order(rig.order(order_id, pin=PIN))
     rig.wait_for(phase_entered("cruise", order_id), "the cruise to the drop", FLIGHT_S, since=mark)
     rig.restart_broker(down_s=10.0)
-    last = follow_order(
-        rig.ground,  # type: ignore[arg-type]
-        order_id,
-        since=mark,
-        timeout_s=FLIGHT_S,
-        answer_recipient=lambda: rig.send_sms(f"pin {PIN}"),
-        check=rig.daemon_problem,
-    )
-    assert (last.kind, last.detail["outcome"]) == ("order-done", "delivered"), last
+    deliver(rig, order_id, mark)
     assert_nothing_lost(rig, order_id, mark)
 
 
