@@ -893,6 +893,21 @@ class IdentityConfig(_Section):
         description='What the recipient does for the liveness check at the door: "blink" or '
         '"mouth" (open the mouth); a still or replayed photo cannot.',
     )
+    camera: str | None = Field(
+        None,
+        description="The door camera that faces the recipient at the hand-over, in the forms "
+        "of [vision] source (a device, a GStreamer pipeline, a URL, a video file or an image "
+        "folder); unset: no face check on the drone, the recipient is cleared only by the "
+        "operator's SMS PIN.",
+        examples=["/dev/video2", "rtsp://192.168.1.21:8554/door"],
+    )
+
+    @field_validator("camera")
+    @classmethod
+    def _camera_not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("empty camera source: leave it unset for no door camera")
+        return value
 
     @field_validator("k", "max_rejected")
     @classmethod

@@ -18,7 +18,8 @@ the audit trail at `[security] audit_path`, signed with the drone's identity key
 one the daemon says so and flies unsigned; a key store it cannot use (a key file others can
 read, a corrupt file) or an audit trail it cannot continue stops it from starting.
 
-GPS, telemetry and vision are the supervisor's parts (`companion.supervisor`): each is
+GPS, telemetry, vision and the door camera's face check of the recipient ("identity",
+`companion.identity.door_camera`) are the supervisor's parts (`companion.supervisor`): each is
 started by itself, and one that fails to start or stops running is started again with a
 doubling backoff while the others run on; `skycourier status` and the metrics show each
 one's health. Everything else the daemon starts (journal, audit trail, autopilot link, the
@@ -44,6 +45,7 @@ from companion.config import Config, SecurityConfig
 from companion.gcs import start_gcs
 from companion.gps.driver import GpsStatus
 from companion.gps.service import start_gps
+from companion.identity.door_camera import recipient_announcer, start_door_camera
 from companion.intake.commands import CommandIntake
 from companion.intake.control import ControlError, ControlServer
 from companion.intake.flights import OrderFlights
@@ -218,7 +220,7 @@ def run_daemon(config: Config, stop: threading.Event | None = None) -> int:
         def pin_check(digits: str) -> tuple[str, bool] | None:
             return flights[0].pin_check(digits) if flights else None
 
-        supervisor = Supervisor(_parts(config, bus, vehicle, intake, pin_check, commands))
+        supervisor = Supervisor(_parts(config, bus, vehicle, intake, pin_check, commands, audit))
         supervisor.start_all(time.monotonic())
         running.callback(lambda: supervisor.stop_all(time.monotonic()))
 
@@ -241,11 +243,12 @@ def run_daemon(config: Config, stop: threading.Event | None = None) -> int:
             _notify_ready(watchdog, vehicle, running)
             recover_unfinished(journal, vehicle, audit, config.journal.restart_in_air, bus.publish)
             if intake is not None:
-                flights.append(
-                    start_flights(
-                        config, intake, bus, vehicle, journal, running, uplink=uplink, audit=audit
-                    )
-                )
+                announce = recipient_announcer(config, lambda: supervisor.handle("identity"))
+                flight = start_flights(
+                    config, intake, bus, vehicle, journal, running, uplink=uplink, audit=audit,
+                    announce=announce,
+                )  # fmt: skip
+                flights.append(flight)
             _keep_supervised(supervisor, watchdog, stop, running)
             _supervise(vehicle, watchdog, stop)
         except BridgeError as exc:
@@ -275,8 +278,9 @@ def _parts(
     intake: OrderIntake | None,
     pin_check: Callable[[str], tuple[str, bool] | None],
     commands: CommandIntake,
+    audit: AuditHook | None = None,
 ) -> list[Part]:
-    """GPS, telemetry and vision as the supervisor's parts: each started by its own
+    """GPS, telemetry, vision and identity as the supervisor's parts: each started by its own
     function (None when not configured), restarted when it fails while the others run."""
 
     def start_telemetry() -> TelemetryUplink | None:
@@ -307,6 +311,14 @@ def _parts(
             lambda: start_vision(config.vision, bus, vehicle),
             lambda v: v.stop(),
             lambda v: v.running or v.ended,
+        ),
+        # The door camera's face check of each order's recipient; None: the PIN only.
+        Part(
+            "identity",
+            lambda: start_door_camera(config, bus, audit),
+            lambda d: d.stop(),
+            lambda d: d.alive,
+            lambda d: d.describe(),
         ),
     ]
 

@@ -4,6 +4,7 @@ and reporting what a dead daemon was flying."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import stat
@@ -161,7 +162,10 @@ def test_the_control_socket_answers_each_request_and_keeps_its_permissions(
         ):
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
                 s.connect(str(path))
-                s.sendall(request)
+                # The server answers an oversized request and hangs up before reading it all:
+                # the rest of the send may then fail, the answer is there to read anyway.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    s.sendall(request)
                 reply = json.loads(s.makefile("rb").readline())
             assert error in reply["error"], reply
         # Still serving after the bad clients.

@@ -10,7 +10,9 @@ The mission of an order: take off, fly to the order's drop, hand over, return, l
 (`delivery_plan`) with the recipient check always on: a signed order names its recipient,
 so the parcel is released only to a cleared recipient (a verdict of the face check, or the
 order's PIN sent by an authenticated operator's SMS: `pin_check`), and flown home
-otherwise. The preflight also checks the order is still within its validity window at
+otherwise. Each order is announced before its mission starts (`announce`: the door
+camera's face check, `companion.identity.door_camera`), and the announcement ended once it
+is flown. The preflight also checks the order is still within its validity window at
 take-off, besides the receivers, the uplink and the wind that `[preflight]` demands.
 """
 
@@ -56,12 +58,14 @@ class OrderFlights:
         make_runner: Callable[[Callable[[], GroundStatus]], MissionRunner],
         systems: Callable[[Order], Callable[[], GroundStatus]],
         publish: Callable[[object], None],
+        announce: Callable[[Order], Callable[[], None]] | None = None,
     ) -> None:
         self.queue = queue
         self.config = config
         self._make_runner = make_runner
         self._systems = systems
         self._publish = publish
+        self._announce = announce
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -118,6 +122,7 @@ class OrderFlights:
         self._publish(OrderUpdate(order_id, FLYING))
         with self._lock:
             self._current = order
+        flown = self._announced(order)
         try:
             outcome = self._make_runner(self._systems(order)).run(plan)
         except Exception as exc:  # the runner has already made an armed vehicle safe
@@ -126,7 +131,19 @@ class OrderFlights:
         finally:
             with self._lock:
                 self._current = None
+            flown()
         self._finish(order_id, outcome)
+
+    def _announced(self, order: Order) -> Callable[[], None]:
+        """Announce `order` (its recipient's face check); what ends the announcement. One
+        that fails leaves the order to fly with the PIN as its only clearance."""
+        if self._announce is None:
+            return lambda: None
+        try:
+            return self._announce(order)
+        except Exception:
+            log.exception("order %s: no face check (announcing it failed)", order.order_id)
+            return lambda: None
 
     def _finish(self, order_id: str, outcome: str) -> None:
         try:

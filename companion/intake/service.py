@@ -129,11 +129,13 @@ def start_flights(
     uplink: Callable[[], TelemetryUplink | None],
     audit: AuditHook | None = None,
     clock: Callable[[], float] = time.monotonic,
+    announce: Callable[[Order], Callable[[], None]] | None = None,
 ) -> OrderFlights:
     """Fly the queue in turn (stopped by `running`); `uplink` gives the telemetry link now
     (it may restart), for each preflight's uplink check. Orders a dead daemon was flying are
     reported interrupted first: here, once the telemetry publisher listens on the bus, so
-    that the report reaches the dispatcher."""
+    that the report reaches the dispatcher. `announce` tells the face check of each order
+    before it flies (`OrderFlights`)."""
     for order_id in intake.queue.interrupt_flying():
         log.warning("order %s: the daemon stopped while flying it; reported, not re-flown",
                     order_id)  # fmt: skip
@@ -152,6 +154,8 @@ def start_flights(
     def make_runner(report: Callable[[], GroundStatus]) -> MissionRunner:
         return MissionRunner(vehicle, journal, bus, audit=audit, systems=report)
 
-    flights = OrderFlights(intake.queue, config, make_runner, systems, bus.publish).start()
+    flights = OrderFlights(
+        intake.queue, config, make_runner, systems, bus.publish, announce
+    ).start()
     running.callback(flights.stop)
     return flights

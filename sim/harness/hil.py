@@ -14,6 +14,9 @@ process, against emulated hardware wired up as on the drone.
   (`sim.harness.hil_pwrkey`);
 - optionally a camera: an MJPEG-over-HTTP feed of the simulated downward camera
   (`sim.harness.hil_camera`), which the daemon opens like an IP camera;
+- optionally a door camera (`door_camera`): an MJPEG feed of the person at the drop
+  (`sim.harness.hil_door`), the daemon's `[identity] camera`; the orders then seal the
+  recipient's template enrolled from a photo of that person;
 - the keys: the drone's key store, the dispatcher's, and the operators' SMS key;
 - a configuration, ``<work>/skycourier.toml``, pointing the daemon at all of them;
 
@@ -53,7 +56,7 @@ from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -79,6 +82,9 @@ from sim.modem.mqtt_bridge import PahoBridge
 from sim.modem.pty_runner import A7670Pty
 from sim.mqtt_broker import Broker, start_broker
 from sim.vehicle import DEFAULT_HOME, VehicleServer
+
+if TYPE_CHECKING:
+    from sim.harness.hil_door import DoorFeed
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +119,7 @@ def rig_config(
     broker: tuple[str, int],
     home: tuple[float, float, float],
     camera_url: str | None = None,
+    door_camera_url: str | None = None,
     power_key: Path | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
 ) -> Config:
@@ -146,6 +153,7 @@ def rig_config(
             "queue_path": str(work / "telemetry.db"),
         },
         vision={"source": camera_url},
+        identity={"camera": door_camera_url},
         journal={"path": str(work / "journal.db")},
         intake={
             "queue_path": str(work / "orders.db"),
@@ -183,9 +191,11 @@ class HilRig:
 
     `speedup` is the built-in vehicle's (see the module doc: 1 unless experimenting); `sitl`
     flies ArduPilot SITL (instance `sitl_instance`) instead; `camera` adds the camera feed;
-    `broker_port` puts the broker on that port (0: any free one); `autopilot_params` are set
-    over the shipped parameters (default `RIG_AUTOPILOT_PARAMS`); `config_overrides` change
-    the daemon's configuration ({section: {option: value}})."""
+    `door_camera` ("recipient", "impostor", "photo": `hil_door.DOOR_MODES`) adds the door
+    camera showing that person at the drop; `broker_port` puts the broker on that port (0:
+    any free one); `autopilot_params` are set over the shipped parameters (default
+    `RIG_AUTOPILOT_PARAMS`); `config_overrides` change the daemon's configuration ({section:
+    {option: value}})."""
 
     def __init__(
         self,
@@ -196,6 +206,7 @@ class HilRig:
         sitl: Path | None = None,
         sitl_instance: int = 0,
         camera: bool = False,
+        door_camera: str | None = None,
         broker_port: int = 0,
         home: tuple[float, float, float] = DEFAULT_HOME,
         autopilot_params: dict[str, float] | None = None,
@@ -208,6 +219,7 @@ class HilRig:
         self.sitl = sitl
         self.sitl_instance = sitl_instance
         self.camera = camera
+        self.door_camera = door_camera
         self.broker_port = broker_port
         self.home = home
         self.autopilot_params = (
@@ -226,6 +238,9 @@ class HilRig:
         self.power_key: PowerKeyLine | None = None
         self.ground: GroundStation | None = None
         self.camera_url: str | None = None
+        self.door: DoorFeed | None = None
+        self.door_camera_url: str | None = None
+        self._door_template: np.ndarray | None = None
         self._operator: OperatorSigner | None = None
         self._keys: tuple[KeyStore, KeyStore] | None = None
         self._stack = ExitStack()
@@ -268,6 +283,8 @@ class HilRig:
             self.ground = GroundStation(self.broker.host, self.broker.port, self.drone_id)
             self.ground.connect()
             stack.callback(self.ground.close)
+            if self.door_camera is not None:
+                self.door_camera_url = self._start_door(stack, self.ground)
             self.config = rig_config(
                 self.work,
                 drone_id=self.drone_id,
@@ -277,6 +294,7 @@ class HilRig:
                 broker=(self.broker.host, self.broker.port),
                 home=self.home,
                 camera_url=self.camera_url,
+                door_camera_url=self.door_camera_url,
                 power_key=None if self.power_key is None else self.power_key.path,
                 overrides=self.config_overrides,
             )
@@ -381,11 +399,34 @@ class HilRig:
         stack.callback(camera.stop)
         return camera.url
 
+    def _start_door(self, stack: ExitStack, ground: GroundStation) -> str:
+        """The door camera's feed, and the recipient's template the orders seal."""
+        from sim.harness.handover import HandoverUnavailable
+        from sim.harness.hil_door import DoorFeed, door_faces, door_template
+
+        identity = (self.config_overrides or {}).get("identity", {})
+        challenge = identity.get("liveness_challenge", "blink")
+        try:
+            faces = door_faces(self.door_camera or "", challenge)
+            self._door_template = door_template()
+        except HandoverUnavailable as exc:
+            raise HilError(f"no door camera: {exc}") from exc
+        self.door = DoorFeed(ground, faces).start()
+        stack.callback(self.door.stop)
+        return self.door.url
+
+    def recipient_template(self) -> np.ndarray:
+        """The template the rig's orders seal: the door camera's recipient, enrolled, or
+        the stand-in of `hil_ground` (recipients cleared by PIN) without a door camera."""
+        if self._door_template is not None:
+            return self._door_template.copy()
+        return recipient_template()
+
     def _write_manifest(self) -> None:
         """`<work>/rig.json`: what `skycourier hil order` and `hil sms` need to act on this
         rig from another shell."""
         assert self.broker is not None
-        np.save(self.work / "recipient.npy", recipient_template())
+        np.save(self.work / "recipient.npy", self.recipient_template())
         self.sms_spool.mkdir(exist_ok=True)
         manifest = {
             "drone_id": self.drone_id,
@@ -395,6 +436,7 @@ class HilRig:
             "config": str(self.config_path),
             "daemon_log": str(self.log_path),
             "sms_spool": str(self.sms_spool),
+            "door_camera": self.door_camera,
         }
         (self.work / "rig.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
@@ -526,6 +568,19 @@ class HilRig:
     ) -> bytes:
         """A signed order for this drone, as the dispatcher makes it."""
         drone, dispatcher = self._keystores()
+        if self._door_template is not None:
+            from sim.harness.hil_door import door_order
+
+            return door_order(
+                dispatcher.dispatcher_signing_key(),
+                drone.drone_seal_key().public_key(),
+                self._door_template,
+                drone_id=self.drone_id,
+                order_id=order_id,
+                drop=drop or self.drop(),
+                pin=pin,
+                valid_s=valid_s,
+            )
         return make_order(
             dispatcher.dispatcher_signing_key(),
             drone.drone_seal_key().public_key(),

@@ -48,6 +48,13 @@ def add_arguments(hil: argparse.ArgumentParser) -> None:
         "--camera", action="store_true", help="serve a camera feed (MJPEG over HTTP) to the daemon"
     )
     hil.add_argument(
+        "--door-camera",
+        choices=("recipient", "impostor", "photo"),
+        default=None,
+        help="serve a door camera feed showing that person at the drop (the daemon's "
+        "[identity] camera): the recipient blinking, another person, or the recipient's photo",
+    )
+    hil.add_argument(
         "--broker-port", type=int, default=0, help="the broker's port (default: a free one)"
     )
     hil.add_argument("--quiet", action="store_true", help="do not print the drone's events")
@@ -102,6 +109,7 @@ def _run_rig(args: argparse.Namespace) -> int:
         sitl=args.sitl,
         sitl_instance=args.sitl_instance,
         camera=args.camera,
+        door_camera=args.door_camera,
         broker_port=args.broker_port,
     )
     print(f"starting the HIL rig in {rig.work} ...", flush=True)
@@ -144,6 +152,8 @@ def _instructions(rig: object) -> str:
         else f"built-in vehicle (speed-up {rig.speedup:g})"
     )
     camera = f"\n  camera:     {rig.camera_url}" if rig.camera_url else ""
+    if rig.door_camera_url:
+        camera += f"\n  door:       {rig.door_camera_url} (shows: {rig.door_camera})"
     lines = [
         f"HIL rig for drone {rig.drone_id} in {work}",
         f"  autopilot:  {autopilot}",
@@ -186,14 +196,19 @@ def _order(args: argparse.Namespace) -> int:
         order_id = args.order_id or f"hil-{uuid.uuid4().hex[:8]}"
         home = rig["home"]
         drone = load_drone_public(work / "keys" / "drone.pub.json")
-        blob = make_order(
-            KeyStore(work / "keys" / "dispatcher").dispatcher_signing_key(),
-            drone.seal,
-            drone_id=drone_id,
-            order_id=order_id,
-            drop=offset(home[0], home[1], args.distance, args.bearing),
-            pin=args.pin,
-        )
+        signing = KeyStore(work / "keys" / "dispatcher").dispatcher_signing_key()
+        drop = offset(home[0], home[1], args.distance, args.bearing)
+        if rig.get("door_camera"):  # the door camera's recipient, enrolled: recipient.npy
+            import numpy as np
+
+            from sim.harness.hil_door import door_order
+
+            template = np.load(work / "recipient.npy")
+            blob = door_order(signing, drone.seal, template, drone_id=drone_id,
+                              order_id=order_id, drop=drop, pin=args.pin)  # fmt: skip
+        else:
+            blob = make_order(signing, drone.seal, drone_id=drone_id, order_id=order_id,
+                              drop=drop, pin=args.pin)  # fmt: skip
     signer = OperatorSigner(work / "sms.key", drone_id, rig["operator"])
 
     def answer_recipient() -> None:
