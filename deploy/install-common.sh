@@ -130,6 +130,9 @@ check_python() {
         die "SkyCourier needs Python 3.10 or newer, $PYTHON is $version; set PYTHON to another"
     if ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
         if [[ -z $ROOT ]] && command -v apt-get >/dev/null; then
+            # A fresh Raspberry Pi OS image ships with empty package lists: install alone
+            # finds no candidate.
+            run apt-get update
             run apt-get install -y --no-install-recommends "python$version-venv"
         else
             die "$PYTHON cannot make virtual environments: install python$version-venv"
@@ -321,17 +324,24 @@ enable_service() {
         log "DESTDIR: systemctl daemon-reload and udevadm left to the system that boots it"
         return
     fi
-    if ((UNIT_CHANGED)); then
+    # In a chroot (an image being built) neither systemd nor udevd runs: systemctl enables the
+    # unit through the files alone, and reloading is left to the system that boots the image.
+    # (sd_booted(3) tests /run/systemd/system; udevd listens on /run/udev/control.)
+    if ((UNIT_CHANGED)) && [[ -d /run/systemd/system ]]; then
         run systemctl daemon-reload
+    elif ((UNIT_CHANGED)); then
+        log "systemd is not running: systemctl daemon-reload left to the system that boots"
     fi
     if systemctl is-enabled --quiet skycourier.service 2>/dev/null; then
         log "skycourier.service: enabled"
     else
         run systemctl enable skycourier.service
     fi
-    if ((RULES_CHANGED)); then
+    if ((RULES_CHANGED)) && [[ -S /run/udev/control ]]; then
         run udevadm control --reload
         run udevadm trigger --subsystem-match=tty
+    elif ((RULES_CHANGED)); then
+        log "udevd is not running: the rules take effect when the system boots"
     fi
 }
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import itertools
 import json
 import queue
 import shutil
@@ -106,15 +107,23 @@ def _inbox(transport: PahoTransport, topic: str) -> queue.Queue[tuple[str, bytes
 
 
 def _settle_subscription(pub: PahoTransport, inbox: queue.Queue, topic: str) -> None:
-    """Publish probes until the subscriber gets one (its SUBACK has no callback here)."""
+    """Publish numbered probes until the subscriber gets the newest one sent (its SUBACK has
+    no callback here). The broker keeps one publisher's messages in order, so once the newest
+    probe is in, no older one is still on its way to arrive after the test's own messages."""
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        pub.publish(topic, b"probe")
-        with contextlib.suppress(queue.Empty):
-            inbox.get(timeout=0.2)
-            while not inbox.empty():
-                inbox.get_nowait()
-            return
+    for n in itertools.count():
+        if time.monotonic() >= deadline:
+            break
+        probe = f"probe-{n}".encode()
+        pub.publish(topic, probe)
+        end = time.monotonic() + 0.2
+        while (left := end - time.monotonic()) > 0:
+            try:
+                _topic, payload = inbox.get(timeout=left)
+            except queue.Empty:
+                break
+            if payload == probe:
+                return
     raise AssertionError("subscription never delivered")
 
 
