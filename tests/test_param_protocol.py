@@ -354,7 +354,10 @@ def _check_set(core: ParamSet, driver: Driver) -> None:
     else:
         last = driver.received[-1]
         assert last in _answers(driver, core.name), "success without the echo"
-        assert math.isclose(got[0], encode_param(core.value, core.param_type), rel_tol=1e-6)
+        # The core's own tolerance: an echo within 1e-9 of zero is zero (a float32 autopilot
+        # may send back FLT_MIN or a denormal for a 0 it stored).
+        want = encode_param(core.value, core.param_type)
+        assert math.isclose(got[0], want, rel_tol=1e-6, abs_tol=1e-9)
 
 
 def _check_read_all(core: ParamReadAll, driver: Driver) -> None:
