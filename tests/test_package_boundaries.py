@@ -3,7 +3,11 @@
 - what runs on the drone (`companion`, `firmware_bridge`) imports nothing from `sim`;
 - the emulated devices (`sim/vehicle`, `sim/gps`, `sim/modem`, the camera) import nothing
   from `companion`, and the vehicle nothing from the bridge it is tested against either, so
-  that an emulator never shares the driver's reading of the device.
+  that an emulator never shares the driver's reading of the device;
+- the ground segment (`ground`) takes from `companion` only what both ends of the link share
+  (the telemetry wire format, and the order / signed-command / key code of
+  `companion.security`), never the daemon's internals; and nothing on the drone imports
+  `ground`.
 
 Only `sim/harness` wires the two sides together.
 """
@@ -83,6 +87,55 @@ def test_the_face_synthesiser_does_not_share_the_companions_code() -> None:
     """The faces the simulated recipient shows are made with dlib directly, so that the
     liveness check is not tested against its own reading of the landmarks."""
     assert offending([ROOT / "sim" / "faces.py"], ("companion",)) == []
+
+
+#: What `ground` may import from `companion`: these modules and what is inside them.
+GROUND_SHARES = ("companion.telemetry.schema", "companion.security")
+
+
+def qualified_imports_of(path: Path) -> set[str]:
+    """Every name a source file imports, in full: ``from a.b import c`` is ``a.b.c`` (a
+    module or something in one), so that a rule can tell which module of a package it is."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = set(imports_of(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.discard(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def _shared(module: str) -> bool:
+    return any(module == name or module.startswith(name + ".") for name in GROUND_SHARES)
+
+
+def test_the_ground_segment_takes_only_the_shared_code_from_the_drone() -> None:
+    bad = [
+        f"{path.relative_to(ROOT)} imports {module}"
+        for path in sources("ground")
+        for module in sorted(qualified_imports_of(path))
+        if module.split(".")[0] == "companion" and not _shared(module)
+    ]
+    assert bad == []
+
+
+@pytest.mark.parametrize("package", ["companion", "firmware_bridge"])
+def test_nothing_on_the_drone_imports_the_ground_segment(package: str) -> None:
+    assert offending(sources(package), ("ground",)) == []
+
+
+def test_the_ground_rule_sees_which_module_of_a_package_is_imported(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "from companion.telemetry import schema\n"
+        "from companion.telemetry import store\n"
+        "from companion.security.orders import decode_order\n"
+        "import companion.daemon\n"
+    )
+    assert {m for m in qualified_imports_of(sample) if not _shared(m)} == {
+        "companion.telemetry.store",
+        "companion.daemon",
+    }
 
 
 def test_the_reader_sees_imports_inside_functions(tmp_path: Path) -> None:

@@ -1,0 +1,130 @@
+"""`skycourier ground`: run the ground web service, and manage its operators.
+
+    skycourier ground [--db URL] [--broker HOST:PORT] [--bind ADDR] [--port N] [--tiles URL]
+    skycourier ground user add NAME        # asks for the password (or --password-stdin)
+    skycourier ground user passwd NAME
+    skycourier ground user list
+    skycourier ground track-link ORDER     # a recipient's tracking link (path) for an order
+
+Registered in the ``skycourier.commands`` entry-point group (see `companion.cli`), so the
+on-board package never imports the ground segment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ground.web.config import WebConfig, default_secret_file
+
+if TYPE_CHECKING:
+    from ground.store import Store
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add `skycourier ground` and its subcommands."""
+    parser = sub.add_parser(
+        "ground",
+        help="the ground segment: dispatch and live-tracking web service",
+        description="Run the ground web service (SQLite by default, bound to 127.0.0.1), "
+        "with the telemetry ingest when --broker is given.",
+    )
+    parser.add_argument("--db", default=None, help="database URL (default: a SQLite file)")
+    parser.add_argument("--secret-file", type=Path, default=None, help="the signing key file")
+    parser.add_argument("--broker", default=None, help="the fleet's MQTT broker HOST:PORT")
+    parser.add_argument("--bind", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8080, help="port to listen on")
+    parser.add_argument("--tiles", default=None, help="map tile URL template ({z}/{x}/{y})")
+    parser.add_argument(
+        "--client-id", default="skycourier-ground", help="this instance's MQTT session name"
+    )
+    parser.set_defaults(func=run)
+    commands = parser.add_subparsers(dest="ground_command")
+    user = commands.add_parser("user", help="operator accounts")
+    users = user.add_subparsers(dest="user_command", required=True)
+    for name, what in (("add", "create an operator"), ("passwd", "set an operator's password")):
+        cmd = users.add_parser(name, help=what)
+        cmd.add_argument("name")
+        cmd.add_argument(
+            "--password-stdin", action="store_true", help="read the password from stdin"
+        )
+    users.add_parser("list", help="list the operators")
+    link = commands.add_parser("track-link", help="a recipient's tracking link for an order")
+    link.add_argument("order_id")
+
+
+def _config(args: argparse.Namespace) -> WebConfig:
+    return WebConfig(
+        db_url=args.db,
+        broker=args.broker,
+        bind=args.bind,
+        port=args.port,
+        secret_file=args.secret_file or default_secret_file(),
+        tile_url=args.tiles,
+        ingest_client_id=args.client_id,
+    )
+
+
+def _password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass(f"password for {args.name}: ")
+    if getpass.getpass("again: ") != first:
+        raise ValueError("the passwords differ")
+    return first
+
+
+def run(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        return _run(args)
+    except (ValueError, OSError, SQLAlchemyError) as exc:  # config, URL, database, key file
+        print(f"skycourier ground: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if args.ground_command is None:
+        from ground.web.app import serve
+
+        print(f"skycourier ground: serving on http://{config.bind}:{config.port}/", flush=True)
+        serve(config)
+        return 0
+    from ground.store import Store
+    from ground.web.backend import Accounts
+
+    with Store.open(config.db_url) as store:
+        if args.ground_command == "track-link":
+            return _track_link(config, store, args.order_id)
+        accounts = Accounts(store)
+        if args.user_command == "list":
+            for account in accounts.list():
+                state = " (disabled)" if account.disabled else ""
+                print(f"{account.username}\t{account.role}{state}")
+            return 0
+        password = _password(args)
+        if args.user_command == "add":
+            accounts.add(args.name, password)
+        else:
+            accounts.set_password(args.name, password)
+        store.append_audit("cli", f"user-{args.user_command}", "operator", args.name)
+        print(f"operator {args.name}: password set")
+    return 0
+
+
+def _track_link(config: WebConfig, store: Store, order_id: str) -> int:
+    from ground.web.config import load_secret, subkey
+    from ground.web.tracking import TrackingLinks
+
+    if store.order(order_id) is None:
+        raise ValueError(f"no order {order_id!r}")
+    links = TrackingLinks(subkey(load_secret(config.secret_file), "tracking"))
+    token = links.token(order_id, store.clock() + config.tracking_ttl_s)
+    store.append_audit("cli", "tracking-link", "order", order_id)
+    print(f"/track/{token}")
+    return 0

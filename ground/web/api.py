@@ -1,0 +1,175 @@
+"""The REST API (JSON, described at ``/openapi.json``) and the live feed (server-sent events
+at ``/api/live``). Every route needs a signed-in operator; every POST its CSRF token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime, timezone
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from companion.telemetry import schema
+from ground.models import ORDER_ID_CHARS
+from ground.store import MAX_ROWS, StoreError
+from ground.web import views
+from ground.web.security import Session
+from ground.web.service import api_session, csrf_session, ground
+
+#: A comment line on the live stream this often, so that proxies and the browser keep it.
+KEEPALIVE_S = 15.0
+
+router = APIRouter(prefix="/api", tags=["api"])
+Operator = Annotated[Session, Depends(api_session)]
+
+
+def _drone_id(drone_id: str) -> str:
+    try:
+        return schema.check_drone_id(drone_id)
+    except schema.SchemaError as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from None
+
+
+@router.get("/drones", response_model=list[views.DroneOut])
+async def drones(request: Request, _: Operator) -> list[views.DroneOut]:
+    """Every drone: online/offline by its status's time-to-live, latest sample."""
+    found = await run_in_threadpool(ground(request).store.drones)
+    return [views.drone(d) for d in found]
+
+
+@router.get("/drones/{drone_id}/track", response_model=list[views.TrackPointOut])
+async def track(
+    request: Request,
+    drone_id: str,
+    _: Operator,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    max_points: Annotated[int, Query(ge=2, le=MAX_ROWS)] = 2000,
+) -> list[views.TrackPointOut]:
+    """The drone's samples in time order, thinned evenly to `max_points`."""
+    store = ground(request).store
+    try:
+        points = await run_in_threadpool(store.track, _drone_id(drone_id), since, until, max_points)
+    except StoreError as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from None
+    return [views.track_point(p) for p in points]
+
+
+@router.get("/drones/{drone_id}/events", response_model=list[views.EventOut])
+async def events(
+    request: Request,
+    drone_id: str,
+    _: Operator,
+    limit: Annotated[int, Query(ge=1, le=MAX_ROWS)] = 200,
+) -> list[views.EventOut]:
+    """The drone's newest `limit` events, oldest first."""
+    store = ground(request).store
+    found = await run_in_threadpool(lambda: store.events(drone_id=_drone_id(drone_id), limit=limit))
+    return [views.event(e) for e in found]
+
+
+@router.get("/orders", response_model=list[views.OrderOut])
+async def orders(
+    request: Request,
+    _: Operator,
+    drone_id: str | None = None,
+    state: Annotated[str | None, Query(max_length=32)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_ROWS)] = 200,
+) -> list[views.OrderOut]:
+    """Orders, newest first, of a drone and/or in a state."""
+    store = ground(request).store
+    drone = None if drone_id is None else _drone_id(drone_id)
+    found = await run_in_threadpool(lambda: store.orders(drone_id=drone, state=state, limit=limit))
+    return [views.order(o) for o in found]
+
+
+class TrackingLinkIn(BaseModel):
+    order_id: str = Field(min_length=1, max_length=ORDER_ID_CHARS)
+
+
+class TrackingLinkOut(BaseModel):
+    order_id: str
+    path: str
+    expires_at: datetime
+
+
+@router.post("/tracking-links", response_model=TrackingLinkOut)
+async def tracking_link(
+    request: Request, body: TrackingLinkIn, session: Annotated[Session, Depends(csrf_session)]
+) -> TrackingLinkOut:
+    """A recipient's link to one order's tracking page (audited). The order id travels in
+    the body: order ids come from drones and may hold any character, ``/`` included."""
+    service = ground(request)
+    order_id = body.order_id
+    if await run_in_threadpool(service.store.order, order_id) is None:
+        raise HTTPException(status_code=404, detail="no such order")
+    expires = service.clock() + service.config.tracking_ttl_s
+    token = service.links.token(order_id, expires)
+    await service.audit(session.username, "tracking-link", "order", order_id)
+    return TrackingLinkOut(
+        order_id=order_id,
+        path=f"/track/{token}",
+        expires_at=datetime.fromtimestamp(expires, tz=timezone.utc),
+    )
+
+
+class IngestOut(BaseModel):
+    running: bool
+    connected: bool
+    stored: int
+    duplicates: int
+    refused: dict[str, int]
+    live_subscribers: int
+
+
+@router.get("/ingest", response_model=IngestOut)
+async def ingest(request: Request, _: Operator) -> IngestOut:
+    """This process's ingest: connected, records stored and refused by reason."""
+    service = ground(request)
+    stats = None if service.ingestor is None else service.ingestor.stats()
+    return IngestOut(
+        running=stats is not None,
+        connected=bool(stats and stats.connected),
+        stored=stats.stored if stats else 0,
+        duplicates=stats.duplicates if stats else 0,
+        refused=dict(stats.refused) if stats else {},
+        live_subscribers=service.hub.subscribers,
+    )
+
+
+@router.get(
+    "/live",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "records"}},
+)
+async def live(request: Request, session: Operator) -> StreamingResponse:
+    """Server-sent events: ``records`` (a `LiveBatch` of what the ingest stored),
+    ``resync`` (updates were dropped for this slow reader: fetch the state again),
+    ``expired`` (the session ended: sign in again). The stream ends with the session."""
+    service = ground(request)
+
+    async def stream() -> AsyncIterator[str]:
+        sub = service.hub.subscribe()
+        try:
+            yield "retry: 3000\n\n"
+            while not await request.is_disconnected():
+                if service.clock() >= session.expires_at:
+                    yield "event: expired\ndata: {}\n\n"
+                    return
+                message = await sub.next(KEEPALIVE_S)
+                if message is None:
+                    yield ": keep-alive\n\n"
+                else:
+                    yield f"event: {message[0]}\ndata: {message[1]}\n\n"
+        finally:
+            service.hub.unsubscribe(sub)
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
