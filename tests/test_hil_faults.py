@@ -78,14 +78,19 @@ def test_a_gps_unplugged_in_flight_is_reported_found_again_and_the_order_deliver
     mark = rig.submit_order(rig.order(order_id, pin=PIN))
     rig.wait_for(phase_entered("cruise", order_id), "the cruise to the drop", FLIGHT_S, since=mark)
     rig.unplug_gps()
-    gone = wait_status(
-        rig,
-        "the daemon to see the receiver gone",
-        lambda s: s["companion_gps"] is not None and s["companion_gps"]["status"] != "ok",
-        ANSWER_S,
-    )
-    assert gone["companion_gps"]["status"] in ("disconnected", "silent", "detecting"), gone
-    rig.replug_gps()
+    try:
+        # The receiver's last epochs may say no-fix first; then the lost port is noticed.
+        wait_status(
+            rig,
+            "the daemon to see the receiver gone",
+            lambda s: (
+                s["companion_gps"] is not None
+                and s["companion_gps"]["status"] in ("disconnected", "silent", "detecting")
+            ),
+            ANSWER_S,
+        )
+    finally:
+        rig.replug_gps()  # whatever happened: the later tests need their receiver
     wait_status(
         rig,
         "the daemon to find the receiver again",
