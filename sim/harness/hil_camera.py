@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import cv2
@@ -91,29 +92,40 @@ class MjpegCamera:
             return self._count, self._jpeg
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
-        camera = self
+        return mjpeg_handler(self._next, "camera")
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path != PATH:
-                    self.send_error(404, f"the camera is at {PATH}")
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", f"multipart/x-mixed-replace;boundary={BOUNDARY}")
-                self.send_header("Cache-Control", "no-cache")
-                self.end_headers()
-                shown = 0
-                with contextlib.suppress(OSError):  # the viewer went away
-                    while (frame := camera._next(shown)) is not None:
-                        shown, jpeg = frame
-                        head = (
-                            f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
-                            f"Content-Length: {len(jpeg)}\r\n\r\n"
-                        )
-                        self.wfile.write(head.encode() + jpeg + b"\r\n")
-                        self.wfile.flush()
 
-            def log_message(self, format: str, *args: object) -> None:
-                log.debug("camera feed: " + format, *args)
+def mjpeg_handler(
+    next_frame: Callable[[int], tuple[int, bytes] | None],
+    what: str,
+    path: str = PATH,
+    boundary: str = BOUNDARY,
+) -> type[BaseHTTPRequestHandler]:
+    """The HTTP handler of an MJPEG feed at `path`: each viewer gets every frame newer than
+    the last it was sent (`next_frame(shown)`: its number and JPEG, None once the feed stops),
+    as multipart/x-mixed-replace parts. `what` names the feed in errors and logs."""
 
-        return Handler
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path != path:
+                self.send_error(404, f"the {what} is at {path}")
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", f"multipart/x-mixed-replace;boundary={boundary}")
+            self.send_header("Cache-Control", "no-cache")
+            self.end_headers()
+            shown = 0
+            with contextlib.suppress(OSError):  # the viewer went away
+                while (frame := next_frame(shown)) is not None:
+                    shown, jpeg = frame
+                    head = (
+                        f"--{boundary}\r\nContent-Type: image/jpeg\r\n"
+                        f"Content-Length: {len(jpeg)}\r\n\r\n"
+                    )
+                    self.wfile.write(head.encode() + jpeg + b"\r\n")
+                    self.wfile.flush()
+
+        def log_message(self, format: str, *args: object) -> None:
+            log.debug(f"{what} feed: " + format, *args)
+
+    return Handler

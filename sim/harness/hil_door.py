@@ -20,7 +20,6 @@ again once the drone's verdict (or the mission's end) reaches the ground.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -43,6 +42,7 @@ from sim.harness.handover import (
     HandoverUnavailable,
     fetch_photo,
 )
+from sim.harness.hil_camera import mjpeg_handler
 from sim.harness.hil_ground import GroundStation
 
 log = logging.getLogger(__name__)
@@ -239,29 +239,4 @@ class DoorFeed:
             return self._count, self._jpeg
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
-        feed = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path != PATH:
-                    self.send_error(404, f"the door camera is at {PATH}")
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", f"multipart/x-mixed-replace;boundary={BOUNDARY}")
-                self.send_header("Cache-Control", "no-cache")
-                self.end_headers()
-                shown = 0
-                with contextlib.suppress(OSError):  # the viewer went away
-                    while (frame := feed._next(shown)) is not None:
-                        shown, jpeg = frame
-                        head = (
-                            f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
-                            f"Content-Length: {len(jpeg)}\r\n\r\n"
-                        )
-                        self.wfile.write(head.encode() + jpeg + b"\r\n")
-                        self.wfile.flush()
-
-            def log_message(self, format: str, *args: object) -> None:
-                log.debug("door camera feed: " + format, *args)
-
-        return Handler
+        return mjpeg_handler(self._next, "door camera", PATH, BOUNDARY)
