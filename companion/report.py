@@ -17,6 +17,9 @@ the "takeoff to disarm" time that ArduCopter SITL's reference is measured with.
 ``ideal_duration_s`` is the time the delivery would take flown exactly at the configured rates,
 with instant acceleration (see `ideal_phase_durations`); ``duration_ratio`` (actual over ideal)
 shows the cost of acceleration, braking, RTL's loiter and the like.
+
+``ground`` is there only when a ground service watched the flight (`skycourier sim
+--ground`): its dispatch page, the order's tracking page and the ground database.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -231,6 +234,7 @@ def build_report(
     home: Sequence[float] | None = None,
     wall_duration_s: float | None = None,
     autopilot: str | None = None,
+    ground: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The report of a recorded flight, as JSON-ready data.
 
@@ -239,6 +243,8 @@ def build_report(
     included); ``flight_wall_duration_s`` is the wall time of the timed phases alone. Phases
     still open are reported as ending at the last sample. Track figures (distance, altitude,
     battery) cover the flight window when the vehicle flew, the whole recording otherwise.
+    `ground` (the links of a ground service that watched the flight) becomes the report's
+    ``ground`` section; without it the report has none.
     """
     flight = config.flight
     track, phases = recorder.track, recorder.phases
@@ -273,7 +279,7 @@ def build_report(
             entry["ideal_s"] = round(ideal_phases[span.name], 3)
         return entry
 
-    return {
+    report: dict[str, Any] = {
         "mission_id": mission_id,
         "autopilot": autopilot,
         "outcome": outcome,
@@ -304,6 +310,9 @@ def build_report(
         "battery_used_pct": batteries[0] - batteries[-1] if batteries else None,
         "samples": len(track),
     }
+    if ground is not None:
+        report["ground"] = dict(ground)
+    return report
 
 
 def write_report(

@@ -1,9 +1,13 @@
 """`skycourier ground`: run the ground web service, and manage its operators.
 
-    skycourier ground [--db URL] [--broker HOST:PORT] [--bind ADDR] [--port N] [--tiles URL]
+    skycourier ground [--db URL] [--broker HOST:PORT] [--dispatcher-keys DIR] [--bind ADDR]
+                      [--port N] [--tiles URL]
     skycourier ground user add NAME        # asks for the password (or --password-stdin)
     skycourier ground user passwd NAME
+    skycourier ground user token NAME      # a new API token (printed once)
     skycourier ground user list
+    skycourier ground drone add FILE       # register a drone's drone.pub.json
+    skycourier ground drone list
     skycourier ground track-link ORDER     # a recipient's tracking link (path) for an order
 
 Registered in the ``skycourier.commands`` entry-point group (see `companion.cli`), so the
@@ -35,6 +39,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--db", default=None, help="database URL (default: a SQLite file)")
     parser.add_argument("--secret-file", type=Path, default=None, help="the signing key file")
     parser.add_argument("--broker", default=None, help="the fleet's MQTT broker HOST:PORT")
+    parser.add_argument(
+        "--dispatcher-keys",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the dispatcher's key store (skycourier keys init --dispatcher): send signed "
+        "orders and commands (needs --broker)",
+    )
     parser.add_argument("--bind", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8080, help="port to listen on")
     parser.add_argument("--tiles", default=None, help="map tile URL template ({z}/{x}/{y})")
@@ -51,7 +63,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         cmd.add_argument(
             "--password-stdin", action="store_true", help="read the password from stdin"
         )
+    token = users.add_parser("token", help="issue an operator's API token (replaces the old)")
+    token.add_argument("name")
     users.add_parser("list", help="list the operators")
+    drone = commands.add_parser("drone", help="the drones orders can be sent to")
+    drones = drone.add_subparsers(dest="drone_command", required=True)
+    add = drones.add_parser("add", help="register (or re-key) a drone from its drone.pub.json")
+    add.add_argument("file", type=Path)
+    drones.add_parser("list", help="list the registered drones")
     link = commands.add_parser("track-link", help="a recipient's tracking link for an order")
     link.add_argument("order_id")
 
@@ -65,6 +84,7 @@ def _config(args: argparse.Namespace) -> WebConfig:
         secret_file=args.secret_file or default_secret_file(),
         tile_url=args.tiles,
         ingest_client_id=args.client_id,
+        dispatcher_keys=args.dispatcher_keys,
     )
 
 
@@ -80,9 +100,11 @@ def _password(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
+    from companion.security.keys import KeyFileError
+
     try:
         return _run(args)
-    except (ValueError, OSError, SQLAlchemyError) as exc:  # config, URL, database, key file
+    except (ValueError, OSError, SQLAlchemyError, KeyFileError) as exc:  # config, database, keys
         print(f"skycourier ground: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
 
@@ -101,7 +123,14 @@ def _run(args: argparse.Namespace) -> int:
     with Store.open(config.db_url) as store:
         if args.ground_command == "track-link":
             return _track_link(config, store, args.order_id)
+        if args.ground_command == "drone":
+            return _drone(store, args)
         accounts = Accounts(store)
+        if args.user_command == "token":
+            token = accounts.issue_token(args.name)
+            store.append_audit("cli", "user-token", "operator", args.name)
+            print(token)
+            return 0
         if args.user_command == "list":
             for account in accounts.list():
                 state = " (disabled)" if account.disabled else ""
@@ -114,6 +143,21 @@ def _run(args: argparse.Namespace) -> int:
             accounts.set_password(args.name, password)
         store.append_audit("cli", f"user-{args.user_command}", "operator", args.name)
         print(f"operator {args.name}: password set")
+    return 0
+
+
+def _drone(store: Store, args: argparse.Namespace) -> int:
+    from companion.security.keys import fingerprint, load_drone_public, raw_public
+
+    if args.drone_command == "list":
+        for drone_id in store.registered_drones():
+            print(drone_id)
+        return 0
+    public = load_drone_public(args.file)
+    store.register_drone(public.drone_id, raw_public(public.identity), raw_public(public.seal))
+    detail = {"identity": fingerprint(public.identity), "seal": fingerprint(public.seal)}
+    store.append_audit("cli", "drone-register", "drone", public.drone_id, detail)
+    print(f"drone {public.drone_id}: registered (identity {detail['identity']})")
     return 0
 
 

@@ -138,10 +138,10 @@ def alembic_config() -> Config:
     return config
 
 
-def upgrade(target: str | URL | Engine) -> None:
+def upgrade(target: str | URL | Engine, revision: str = "head") -> None:
     """Bring the database at `target` (a URL, or an engine from `create_engine`) to the
-    newest schema; nothing to do when it is there already. Safe to call from several
-    processes at once (module doc)."""
+    newest schema (or to `revision`, for testing an upgrade path); nothing to do when it is
+    there already. Safe to call from several processes at once (module doc)."""
     engine = target if isinstance(target, Engine) else create_engine(target)
     try:
         with writer(engine).begin() as connection:
@@ -151,7 +151,7 @@ def upgrade(target: str | URL | Engine) -> None:
                 )
             config = alembic_config()
             config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+            command.upgrade(config, revision)
     finally:
         if engine is not target:
             engine.dispose()

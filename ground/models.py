@@ -43,6 +43,8 @@ ID_CHARS = schema.MAX_ID_CHARS
 ORDER_ID_CHARS = 200
 #: A SHA-256 hex digest.
 DIGEST_CHARS = 64
+#: A 32-byte public key as unpadded base64url (43 characters), with room to spare.
+KEY_CHARS = 64
 
 #: An auto-incrementing 64-bit key: BIGINT on PostgreSQL, SQLite's INTEGER rowid alias.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -95,6 +97,12 @@ class Drone(Base):
     status_received_at: Mapped[datetime | None]
     status_ttl_s: Mapped[float | None] = mapped_column(Float)
     status_expires_at: Mapped[datetime | None]
+    #: The drone's public keys (unpadded base64url of 32 bytes) from its ``drone.pub.json``,
+    #: set by `Store.register_drone`: orders are sealed to ``seal_public``. NULL: not
+    #: registered, so nothing can be dispatched to it.
+    identity_public: Mapped[str | None] = mapped_column(String(KEY_CHARS))
+    seal_public: Mapped[str | None] = mapped_column(String(KEY_CHARS))
+    registered_at: Mapped[datetime | None]
 
 
 class TelemetrySample(Base):
@@ -218,6 +226,30 @@ class Handover(Base):
     t: Mapped[datetime]
 
 
+class OperatorCommand(Base):
+    """An operator command (hold, resume, abort, ...) signed by the dispatcher's key and sent
+    to a drone, and the drone's answer. ``command_id`` is the signed command's nonce, which
+    the drone's ``command-accepted`` / ``command-refused`` event names; ``state`` is
+    ``sending``, then ``sent`` (the broker took it) or ``unconfirmed`` (the broker did not
+    say so: ``message`` says why), then ``accepted`` or ``refused`` (``reason``,
+    ``message``) by the drone."""
+
+    __tablename__ = "commands"
+    __table_args__ = (Index("ix_commands_drone", "drone_id", "issued_at"),)
+
+    command_id: Mapped[str] = mapped_column(String(ID_CHARS), primary_key=True)
+    drone_id: Mapped[str] = mapped_column(String(ID_CHARS), ForeignKey("drones.drone_id"))
+    order_id: Mapped[str | None] = mapped_column(String(ORDER_ID_CHARS))
+    command: Mapped[str] = mapped_column(String(16))
+    issued_by: Mapped[str] = mapped_column(Text)
+    issued_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    message: Mapped[str | None] = mapped_column(Text)
+    answered_at: Mapped[datetime | None]
+
+
 class OperatorAccount(Base):
     """An operator of the ground service. Only the table: hashing and authentication belong
     to the web service; a disabled account keeps its row for the audit log's sake."""
@@ -227,6 +259,7 @@ class OperatorAccount(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     username: Mapped[str] = mapped_column(String(ID_CHARS), unique=True)
     password_hash: Mapped[str | None] = mapped_column(Text)
+    #: SHA-256 (hex) of the account's API token (`ground.web.tokens`); NULL: none issued.
     token_hash: Mapped[str | None] = mapped_column(Text)
     role: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime]

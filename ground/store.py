@@ -61,15 +61,18 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.sql.expression import ColumnElement
 
+from companion.security.encoding import b64url, from_b64url
 from companion.telemetry import schema
 from ground import db
 from ground.models import (
     DIGEST_CHARS,
+    ID_CHARS,
     ORDER_ID_CHARS,
     AuditEntry,
     Drone,
     EventRecord,
     Handover,
+    OperatorCommand,
     Order,
     StatusRecord,
     TelemetrySample,
@@ -85,6 +88,18 @@ ORDER_EVENT_STATES: Mapping[str, str] = {
 }
 #: The state of an order the dispatcher created and the drone has not answered yet.
 ORDER_CREATED = "created"
+#: An order the broker took for the drone (`mark_order_sent`), and one it did not confirm.
+ORDER_SENT = "sent"
+ORDER_UNCONFIRMED = "unconfirmed"
+#: Command events from the drone and the command state each one sets.
+COMMAND_EVENT_STATES: Mapping[str, str] = {
+    "command-accepted": "accepted",
+    "command-refused": "refused",
+}
+#: A command's states before the drone answers (`OperatorCommand`).
+COMMAND_SENDING, COMMAND_SENT, COMMAND_UNCONFIRMED = "sending", "sent", "unconfirmed"
+#: A public key's raw length (Ed25519 and X25519 alike).
+PUBLIC_KEY_BYTES = 32
 #: Mission events that are steps of a hand-over (`companion.mission.handover`).
 HANDOVER_STEPS = ("recipient-verdict", "recipient-pin", "released")
 #: The longest audit ``action`` and ``target_kind`` (their columns' widths).
@@ -222,6 +237,31 @@ class HandoverView:
 
 
 @dataclass(frozen=True)
+class DroneKeys:
+    """A registered drone's public keys (raw 32 bytes each)."""
+
+    drone_id: str
+    identity_public: bytes
+    seal_public: bytes
+    registered_at: datetime
+
+
+@dataclass(frozen=True)
+class CommandView:
+    command_id: str
+    drone_id: str
+    order_id: str | None
+    command: str
+    issued_by: str
+    issued_at: datetime
+    expires_at: datetime
+    state: str
+    reason: str | None
+    message: str | None
+    answered_at: datetime | None
+
+
+@dataclass(frozen=True)
 class AuditView:
     id: int
     at: datetime
@@ -309,6 +349,7 @@ class Store:
                 new |= self._insert_new(conn, table, rows)
             self._apply_statuses(conn, [s for s in plan.statuses if s.key in new])
             self._apply_orders(conn, [o for o in plan.orders if o.key in new])
+            self._apply_commands(conn, [c for c in plan.commands if c.key in new])
             handovers = [h.row for h in plan.handovers if h.key in new]
             if handovers:
                 conn.execute(insert(Handover.__table__), handovers)
@@ -392,6 +433,27 @@ class Store:
         for order in sorted(orders, key=lambda o: (o.order_id, o.seq)):
             conn.execute(create, order.create_row())
             conn.execute(move, order.move_values())
+
+    def _apply_commands(self, conn: Connection, answers: list[_CommandAnswer]) -> None:
+        """A drone's answer settles a command sent to that drone, once: the first answer
+        stays (a command is answered once; a late copy of an event changes nothing)."""
+        if not answers:
+            return
+        c = OperatorCommand.__table__.c
+        statement = (
+            update(OperatorCommand.__table__)
+            .where(c.command_id == _param("c", c.command_id))
+            .where(c.drone_id == _param("d", c.drone_id))
+            .where(c.state.in_((COMMAND_SENDING, COMMAND_SENT, COMMAND_UNCONFIRMED)))
+            .values(
+                state=_param("state", c.state),
+                reason=_param("reason", c.reason),
+                message=_param("message", c.message),
+                answered_at=_param("answered_at", c.answered_at),
+            )
+        )
+        for answer in sorted(answers, key=lambda a: (a.values["c"], a.seq)):
+            conn.execute(statement, answer.values)
 
     # -- drones and liveness ---------------------------------------------------------------
 
@@ -595,6 +657,164 @@ class Store:
             rows = conn.execute(query).mappings().all()
         return [_order_view(row) for row in rows]
 
+    def mark_order_sent(self, order_id: str, sent: bool, message: str | None = None) -> None:
+        """Whether the broker took a created order (`ORDER_SENT`) or not (`ORDER_UNCONFIRMED`,
+        `message` kept in its detail). Only a ``created`` order moves: the drone's answer may
+        have come first, and it is the later word."""
+        o = Order.__table__
+        values: dict[str, Any] = {
+            "state": ORDER_SENT if sent else ORDER_UNCONFIRMED,
+            "updated_at": utc(self.clock()),
+        }
+        if not sent:
+            values["detail"] = {"error": message or "not sent"}
+        with self._writer.begin() as conn:
+            conn.execute(
+                update(o)
+                .where(o.c.order_id == order_id)
+                .where(o.c.state == ORDER_CREATED)
+                .values(**values)
+            )
+
+    # -- drones' keys ----------------------------------------------------------------------
+
+    def register_drone(
+        self, drone_id: str, identity_public: bytes, seal_public: bytes
+    ) -> DroneKeys:
+        """Keep a drone's public keys (from its ``drone.pub.json``), replacing any it had:
+        a drone whose keys were made anew is registered again. StoreError for a malformed
+        id or key."""
+        try:
+            schema.check_drone_id(drone_id)
+        except schema.SchemaError as exc:
+            raise StoreError(str(exc)) from None
+        for name, key in (("identity_public", identity_public), ("seal_public", seal_public)):
+            if not isinstance(key, bytes) or len(key) != PUBLIC_KEY_BYTES:
+                raise StoreError(f"{name}: expected {PUBLIC_KEY_BYTES} bytes")
+        row = {
+            "drone_id": drone_id,
+            "identity_public": b64url(identity_public),
+            "seal_public": b64url(seal_public),
+            "registered_at": utc(self.clock()),
+        }
+        table = Drone.__table__
+        statement = self._insert(table)
+        statement = statement.on_conflict_do_update(
+            index_elements=["drone_id"],
+            set_={name: statement.excluded[name] for name in row if name != "drone_id"},
+        )
+        with self._writer.begin() as conn:
+            conn.execute(statement, row)
+        keys = self.drone_keys(drone_id)
+        assert keys is not None  # just written
+        return keys
+
+    def drone_keys(self, drone_id: str) -> DroneKeys | None:
+        """The drone's registered public keys; None if it is not registered."""
+        d = Drone.__table__.c
+        query = select(d.drone_id, d.identity_public, d.seal_public, d.registered_at).where(
+            d.drone_id == drone_id, d.seal_public.is_not(None)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        return DroneKeys(row[0], from_b64url(row[1]), from_b64url(row[2]), row[3])
+
+    def registered_drones(self) -> list[str]:
+        """The ids of the drones that orders and commands can be sent to, sorted."""
+        d = Drone.__table__.c
+        query = select(d.drone_id).where(d.seal_public.is_not(None)).order_by(d.drone_id)
+        with self.engine.connect() as conn:
+            return list(conn.execute(query).scalars())
+
+    # -- operator commands -----------------------------------------------------------------
+
+    def create_command(
+        self,
+        command_id: str,
+        drone_id: str,
+        command: str,
+        issued_by: str,
+        issued_at: float,
+        expires_at: float,
+        order_id: str | None = None,
+    ) -> CommandView:
+        """Record a signed command before it is sent (state ``sending``), so that the drone's
+        answer finds it. StoreError for a malformed argument or a command id in use."""
+        _check_text(command_id, "command_id", ID_CHARS)
+        _check_text(command, "command", 16)
+        _check_text(issued_by, "issued_by", AUDIT_ACTOR_CHARS)
+        if order_id is not None:
+            _check_text(order_id, "order_id", ORDER_ID_CHARS)
+        try:
+            schema.check_drone_id(drone_id)
+        except schema.SchemaError as exc:
+            raise StoreError(str(exc)) from None
+        row = {
+            "command_id": command_id,
+            "drone_id": drone_id,
+            "order_id": order_id,
+            "command": command,
+            "issued_by": issued_by,
+            "issued_at": utc(issued_at),
+            "expires_at": utc(expires_at),
+            "state": COMMAND_SENDING,
+            "reason": None,
+            "message": None,
+            "answered_at": None,
+        }
+        table = OperatorCommand.__table__
+        with self._writer.begin() as conn:
+            conn.execute(
+                self._insert(Drone.__table__).on_conflict_do_nothing(index_elements=["drone_id"]),
+                {"drone_id": drone_id},
+            )
+            created = conn.execute(
+                self._insert(table)
+                .on_conflict_do_nothing(index_elements=["command_id"])
+                .returning(table.c.command_id),
+                row,
+            ).first()
+        if created is None:
+            raise StoreError(f"command id {command_id!r} is in use")
+        return CommandView(**row)
+
+    def mark_command_sent(self, command_id: str, sent: bool, message: str | None = None) -> None:
+        """Whether the broker took the command; only a command still ``sending`` moves (the
+        drone's answer may have come first)."""
+        c = OperatorCommand.__table__.c
+        with self._writer.begin() as conn:
+            conn.execute(
+                update(OperatorCommand.__table__)
+                .where(c.command_id == command_id, c.state == COMMAND_SENDING)
+                .values(
+                    state=COMMAND_SENT if sent else COMMAND_UNCONFIRMED,
+                    message=None if sent else (message or "not sent"),
+                )
+            )
+
+    def command(self, command_id: str) -> CommandView | None:
+        found = self.commands(command_id=command_id, limit=1)
+        return found[0] if found else None
+
+    def commands(
+        self, drone_id: str | None = None, command_id: str | None = None, limit: int = 100
+    ) -> list[CommandView]:
+        """Commands, newest first, of a drone if given."""
+        if not 1 <= limit <= MAX_ROWS:
+            raise StoreError(f"limit must be 1-{MAX_ROWS}, got {limit}")
+        t = OperatorCommand.__table__
+        query = select(t).order_by(t.c.issued_at.desc(), t.c.command_id).limit(limit)
+        if drone_id is not None:
+            query = query.where(t.c.drone_id == drone_id)
+        if command_id is not None:
+            query = query.where(t.c.command_id == command_id)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        fields = CommandView.__dataclass_fields__
+        return [CommandView(**{k: row[k] for k in fields}) for row in rows]
+
     # -- audit log -------------------------------------------------------------------------
 
     def append_audit(
@@ -761,6 +981,13 @@ class _HandoverRow:
     row: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class _CommandAnswer:
+    key: tuple[str, str]
+    seq: int
+    values: dict[str, Any]
+
+
 class _Plan:
     """A batch turned into rows (pure Python, before any database work): each record's
     row, the drones' last-seen figures, status / order / hand-over updates to apply if the
@@ -771,6 +998,7 @@ class _Plan:
         self.drones: dict[str, tuple[float, int]] = {}
         self.statuses: list[_StatusUpdate] = []
         self.orders: list[_OrderUpdate] = []
+        self.commands: list[_CommandAnswer] = []
         self.handovers: list[_HandoverRow] = []
         self.refused: list[Refused] = []
         self.duplicates = 0  # twice in the batch
@@ -802,7 +1030,7 @@ class _Plan:
             "t": _record_time(record.t),
             "received_at": utc(received_at),
         }
-        extra: list[_StatusUpdate | _OrderUpdate | _HandoverRow] = []
+        extra: list[_StatusUpdate | _OrderUpdate | _HandoverRow | _CommandAnswer] = []
         if isinstance(record, schema.Telemetry):
             table, row = TelemetrySample.__table__, {**head, **_telemetry_fields(record)}
         elif isinstance(record, schema.Event):
@@ -832,7 +1060,7 @@ class _Plan:
             )
         _check_row(row)
         for effect in extra:
-            _check_row(effect.row if isinstance(effect, _HandoverRow) else vars(effect))
+            _check_row(_effect_fields(effect))
         self.rows_by_table.setdefault(table, []).append(row)
         self.total += 1
         for effect in extra:
@@ -840,10 +1068,19 @@ class _Plan:
                 self.statuses.append(effect)
             elif isinstance(effect, _OrderUpdate):
                 self.orders.append(effect)
+            elif isinstance(effect, _CommandAnswer):
+                self.commands.append(effect)
             else:
                 self.handovers.append(effect)
         at, seq = self.drones.get(record.drone_id, (received_at, record.seq))
         self.drones[record.drone_id] = (max(at, received_at), max(seq, record.seq))
+
+
+def _effect_fields(effect: _StatusUpdate | _OrderUpdate | _HandoverRow | _CommandAnswer) -> Any:
+    """The texts an effect would write, for `_check_row`."""
+    if isinstance(effect, _HandoverRow):
+        return effect.row
+    return effect.values if isinstance(effect, _CommandAnswer) else vars(effect)
 
 
 class _Unstorable(Exception):
@@ -905,9 +1142,22 @@ def _text_or_none(value: object) -> str | None:
 
 def _event_effects(
     record: schema.Event, key: tuple[str, str], at: datetime
-) -> list[_OrderUpdate | _HandoverRow]:
-    """What an event changes besides its own row: an order's state, a hand-over step."""
+) -> list[_OrderUpdate | _HandoverRow | _CommandAnswer]:
+    """What an event changes besides its own row: an order's state, a hand-over step, a
+    command's answer."""
     detail = record.detail
+    answered = COMMAND_EVENT_STATES.get(record.kind)
+    command_id = _text_or_none(detail.get("command_id"))
+    if answered is not None and command_id is not None and len(command_id) <= ID_CHARS:
+        values = {
+            "c": command_id,
+            "d": record.drone_id,
+            "state": answered,
+            "reason": _text_or_none(detail.get("reason")),
+            "message": _text_or_none(detail.get("message")),
+            "answered_at": at,
+        }
+        return [_CommandAnswer(key, record.seq, values)]
     state = ORDER_EVENT_STATES.get(record.kind)
     if state is not None and record.mission_id is not None:
         digest = _text_or_none(detail.get("digest"))

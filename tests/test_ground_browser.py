@@ -68,6 +68,7 @@ def test_operator_signs_in_and_sees_a_drone_appear_on_the_map(tmp_path: Path) ->
         try:
             with served(web.app) as base, sync_api.sync_playwright() as pw:
                 assert web.ground.ingestor.wait_connected(20), web.ground.ingestor.stats()
+                assert web.app.state.live.wait_connected(20), "the live subscription"
                 browser = pw.chromium.launch_persistent_context(
                     str(tmp_path / "chromium-profile"),
                     executable_path=CHROMIUM,

@@ -85,16 +85,27 @@ def test_the_migration_builds_exactly_the_models_and_runs_once(db_url: str) -> N
     db.upgrade(db_url)  # nothing to do the second time
     engine = db.create_engine(db_url)
     try:
-        assert db.current_revision(engine) == "0001"
+        assert db.current_revision(engine) == "0002"
         with engine.connect() as conn:
             assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
             tables = set(inspect(conn).get_table_names())
         assert {
             "drones", "telemetry", "events", "statuses", "orders", "handovers",
-            "operator_accounts", "audit_log",
+            "operator_accounts", "audit_log", "commands",
         } <= tables  # fmt: skip
     finally:
         engine.dispose()
+
+
+def test_a_database_of_the_first_schema_upgrades_keeping_its_rows(db_url: str) -> None:  # noqa: F811
+    db.upgrade(db_url, "0001")
+    with Store(db.create_engine(db_url)) as old:
+        old.create_order("o-1", "drone-1", "ab" * 32, created_by="alice")
+    with Store.open(db_url) as store:  # opening migrates to the newest schema
+        assert db.current_revision(store.engine) == "0002"
+        order = store.order("o-1")
+        assert order is not None and (order.drone_id, order.created_by) == ("drone-1", "alice")
+        assert store.drone_keys("drone-1") is None  # known, not registered
 
 
 def test_two_processes_starting_at_once_migrate_once(db_url: str) -> None:  # noqa: F811
@@ -113,7 +124,7 @@ def test_two_processes_starting_at_once_migrate_once(db_url: str) -> None:  # no
         thread.join(60)
     assert errors == []
     engine = db.create_engine(db_url)
-    assert db.current_revision(engine) == "0001"
+    assert db.current_revision(engine) == "0002"
     engine.dispose()
 
 

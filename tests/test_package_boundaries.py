@@ -5,8 +5,9 @@
   from `companion`, and the vehicle nothing from the bridge it is tested against either, so
   that an emulator never shares the driver's reading of the device;
 - the ground segment (`ground`) takes from `companion` only what both ends of the link share
-  (the telemetry wire format, and the order / signed-command / key code of
-  `companion.security`), never the daemon's internals; and nothing on the drone imports
+  (the telemetry wire format, the order / signed-command / key code of
+  `companion.security`, and the enrolment of a recipient's photos), never the daemon's
+  internals; and nothing on the drone imports
   `ground`.
 
 Only `sim/harness` wires the two sides together.
@@ -89,8 +90,15 @@ def test_the_face_synthesiser_does_not_share_the_companions_code() -> None:
     assert offending([ROOT / "sim" / "faces.py"], ("companion",)) == []
 
 
-#: What `ground` may import from `companion`: these modules and what is inside them.
-GROUND_SHARES = ("companion.telemetry.schema", "companion.security")
+#: What `ground` may import from `companion`: these modules and what is inside them. The
+#: enrolment of a recipient's photos is the dispatcher's half of the face check (what
+#: `skycourier order create --photo` runs too), not the daemon's.
+GROUND_SHARES = (
+    "companion.telemetry.schema",
+    "companion.security",
+    "companion.identity.enrol",
+    "companion.identity.photos",
+)
 
 
 def qualified_imports_of(path: Path) -> set[str]:

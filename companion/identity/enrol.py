@@ -9,14 +9,15 @@ against the closest row.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from companion.identity.errors import FaceRejected
 from companion.identity.faces import FaceAnalyzer, FaceSample
-from companion.identity.photos import PhotoError, read_photo
+from companion.identity.photos import PhotoError, decode_photo, read_photo
 
 #: A template holds at most this many photos (each row is checked at every frame).
 MAX_PHOTOS = 16
@@ -61,18 +62,33 @@ def enrol_image(image: np.ndarray, analyzer: FaceAnalyzer, where: str | Path) ->
 def enrol_template(paths: Sequence[str | Path], analyzer: FaceAnalyzer | None = None) -> np.ndarray:
     """The template of the photos at `paths`: shape (n, 128) float32, one row per photo, in
     order; EnrolmentError for the first photo that cannot enrol."""
-    if not paths:
+    return _enrol([(path, partial(read_photo, path)) for path in paths], analyzer)
+
+
+def enrol_photos(
+    photos: Sequence[tuple[str, bytes]], analyzer: FaceAnalyzer | None = None
+) -> np.ndarray:
+    """`enrol_template` for photos that arrive as bytes, named for the errors (a file a
+    dispatcher uploads to the ground service): the same checks, never a file on disk."""
+    return _enrol([(name, partial(decode_photo, data, name)) for name, data in photos], analyzer)
+
+
+def _enrol(
+    photos: Sequence[tuple[str | Path, Callable[[], np.ndarray]]], analyzer: FaceAnalyzer | None
+) -> np.ndarray:
+    """The template of `photos`, each a name and how to read it (PhotoError if it cannot)."""
+    if not photos:
         raise EnrolmentError("<no photos>", "no-photos", "enrolment needs at least one photo")
-    if len(paths) > MAX_PHOTOS:
+    if len(photos) > MAX_PHOTOS:
         raise EnrolmentError(
-            "<photos>", "too-many-photos", f"{len(paths)} photos, at most {MAX_PHOTOS}"
+            "<photos>", "too-many-photos", f"{len(photos)} photos, at most {MAX_PHOTOS}"
         )
     analyzer = analyzer or FaceAnalyzer()
     rows = []
-    for path in paths:
+    for where, read in photos:
         try:
-            image = read_photo(path)
+            image = read()
         except PhotoError as exc:
-            raise EnrolmentError(path, "unreadable", exc.cause) from exc
-        rows.append(enrol_image(image, analyzer, path).embedding)
+            raise EnrolmentError(where, "unreadable", exc.cause) from exc
+        rows.append(enrol_image(image, analyzer, where).embedding)
     return np.stack(rows).astype(np.float32)

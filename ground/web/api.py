@@ -6,14 +6,25 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from companion.identity.enrol import MAX_PHOTOS
+from companion.identity.photos import MAX_PHOTO_BYTES
+from companion.security.orders import MAX_LIFETIME_S
+from companion.security.signed_commands import COMMANDS
 from companion.telemetry import schema
+from ground.dispatch import (
+    DEFAULT_ORDER_VALID_S,
+    MIN_ORDER_VALID_S,
+    Dispatcher,
+    DispatchError,
+    OrderRequest,
+)
 from ground.models import ORDER_ID_CHARS
 from ground.store import MAX_ROWS, StoreError
 from ground.web import views
@@ -85,6 +96,145 @@ async def orders(
     drone = None if drone_id is None else _drone_id(drone_id)
     found = await run_in_threadpool(lambda: store.orders(drone_id=drone, state=state, limit=limit))
     return [views.order(o) for o in found]
+
+
+@router.get("/handovers", response_model=list[views.HandoverOut])
+async def handovers(
+    request: Request,
+    _: Operator,
+    order_id: Annotated[str | None, Query(min_length=1, max_length=ORDER_ID_CHARS)] = None,
+    drone_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_ROWS)] = 500,
+) -> list[views.HandoverOut]:
+    """The newest `limit` hand-over steps (of an order and/or a drone), oldest first: how
+    each delivery's recipient was judged and when the parcel was released."""
+    store = ground(request).store
+    drone = None if drone_id is None else _drone_id(drone_id)
+    found = await run_in_threadpool(
+        lambda: store.handovers(order_id=order_id, drone_id=drone, limit=limit)
+    )
+    return [views.handover(h) for h in found]
+
+
+def _dispatcher(request: Request) -> Dispatcher:
+    dispatcher = ground(request).dispatcher
+    if dispatcher is None:
+        raise HTTPException(
+            status_code=503,
+            detail="dispatch is off: start skycourier ground with --broker and --dispatcher-keys",
+        )
+    return dispatcher
+
+
+#: The HTTP status of each refusal of the dispatcher.
+_DISPATCH_STATUS = {"unknown-drone": 404, "invalid": 422, "photo": 422, "exists": 409,
+                    "not-connected": 503}  # fmt: skip
+
+
+def _refused(exc: DispatchError) -> HTTPException:
+    return HTTPException(status_code=_DISPATCH_STATUS.get(exc.reason, 422), detail=exc.message)
+
+
+@router.get("/dispatch", response_model=views.DispatchOut)
+async def dispatch_info(request: Request, _: Operator) -> views.DispatchOut:
+    """Whether orders and commands can be sent from here, and the drones registered."""
+    service = ground(request)
+    drones = await run_in_threadpool(service.store.registered_drones)
+    dispatcher = service.dispatcher
+    return views.DispatchOut(
+        enabled=dispatcher is not None,
+        connected=bool(dispatcher and getattr(dispatcher.publisher, "connected", True)),
+        drones=drones,
+        commands=list(COMMANDS),
+    )
+
+
+@router.post("/orders", response_model=views.OrderOut, status_code=201)
+async def create_order(
+    request: Request,
+    session: Annotated[Session, Depends(csrf_session)],
+    drone_id: Annotated[str, Form(max_length=64)],
+    lat: Annotated[float, Form(ge=-90, le=90)],
+    lon: Annotated[float, Form(ge=-180, le=180)],
+    photo: Annotated[list[UploadFile], File(description="the recipient's photos, one face each")],
+    alt_m: Annotated[float, Form(ge=-500, le=500)] = 0.0,
+    valid_s: Annotated[int, Form(ge=MIN_ORDER_VALID_S, le=MAX_LIFETIME_S)] = (
+        DEFAULT_ORDER_VALID_S
+    ),
+    pin: Annotated[str | None, Form(pattern=r"^[0-9]{4,12}$")] = None,
+    order_id: Annotated[str | None, Form(min_length=1, max_length=ORDER_ID_CHARS)] = None,
+) -> views.OrderOut:
+    """Create an order for a registered drone and send it (`ground.dispatch`): the
+    recipient's template from the photos, sealed to the drone; signed with the
+    dispatcher's key; audited. 201 with the order as recorded (``sent``, or ``unconfirmed``
+    if the broker did not acknowledge it); the drone's answer moves it on."""
+    dispatcher = _dispatcher(request)
+    if not 1 <= len(photo) <= MAX_PHOTOS:
+        raise HTTPException(status_code=422, detail=f"photo: give 1-{MAX_PHOTOS} photos")
+    photos = []
+    for upload in photo:
+        data = await upload.read(MAX_PHOTO_BYTES + 1)
+        if len(data) > MAX_PHOTO_BYTES:
+            raise HTTPException(
+                status_code=413, detail=f"photo: over the {MAX_PHOTO_BYTES} byte limit"
+            )
+        photos.append((upload.filename or "photo", data))
+    wanted = OrderRequest(
+        drone_id=drone_id,
+        lat=lat,
+        lon=lon,
+        photos=photos,
+        alt_m=alt_m,
+        valid_s=valid_s,
+        pin=pin or None,
+        order_id=order_id or None,
+    )
+    try:
+        made = await run_in_threadpool(dispatcher.create_order, wanted, session.username)
+    except DispatchError as exc:
+        raise _refused(exc) from None
+    return views.order(made)
+
+
+class CommandIn(BaseModel):
+    command: Literal["hold", "resume", "abort", "return", "land"]
+    #: The order the command is about: the drone refuses it for any other.
+    order_id: str | None = Field(default=None, min_length=1, max_length=ORDER_ID_CHARS)
+
+
+@router.post("/drones/{drone_id}/commands", response_model=views.CommandOut, status_code=201)
+async def send_command(
+    request: Request,
+    drone_id: str,
+    body: CommandIn,
+    session: Annotated[Session, Depends(csrf_session)],
+) -> views.CommandOut:
+    """Sign and send an operator command (audited). 201 with the command as recorded; its
+    state becomes ``accepted`` or ``refused`` when the drone answers."""
+    dispatcher = _dispatcher(request)
+    try:
+        sent = await run_in_threadpool(
+            dispatcher.send_command, _drone_id(drone_id), body.command, session.username,
+            body.order_id,
+        )  # fmt: skip
+    except DispatchError as exc:
+        raise _refused(exc) from None
+    return views.command(sent)
+
+
+@router.get("/drones/{drone_id}/commands", response_model=list[views.CommandOut])
+async def commands(
+    request: Request,
+    drone_id: str,
+    _: Operator,
+    limit: Annotated[int, Query(ge=1, le=MAX_ROWS)] = 50,
+) -> list[views.CommandOut]:
+    """The commands sent to the drone, newest first, with its answers."""
+    store = ground(request).store
+    found = await run_in_threadpool(
+        lambda: store.commands(drone_id=_drone_id(drone_id), limit=limit)
+    )
+    return [views.command(c) for c in found]
 
 
 class TrackingLinkIn(BaseModel):

@@ -2,9 +2,12 @@
 
 `create_app(config)` opens the store (migrating it to the newest schema), loads or creates the
 secret key and, when `WebConfig.broker` names a broker, runs the telemetry ingest
-(`ground.ingest.Ingestor`) in this process for the app's lifetime, writing through a
-`LiveStore` so that what it stores is pushed to the page's live feed. `serve(config)` runs it
-on uvicorn at `WebConfig.bind`:`WebConfig.port` (127.0.0.1 unless told otherwise).
+(`ground.ingest.Ingestor`) in this process for the app's lifetime, and feeds the page's live
+feed from a subscription of its own that sees the whole fleet (`ground.web.live_fleet`;
+without a broker, what the store takes in is pushed instead). `serve(config)` runs it
+on uvicorn at `WebConfig.bind`:`WebConfig.port` (127.0.0.1 unless told otherwise). With
+`WebConfig.dispatcher_keys` too, the page and the API send signed orders and operator
+commands (`ground.dispatch`) through an MQTT client of their own.
 
 Every response carries a Content-Security-Policy that allows only this origin's scripts,
 styles and connections (and images from the configured tile server), no framing, and no
@@ -20,9 +23,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI, Request, Response
 from fastapi.staticfiles import StaticFiles
 
+from ground.dispatch import Dispatcher
 from ground.store import Store
 from ground.web import api, pages
 from ground.web.backend import LiveStore
@@ -48,34 +53,65 @@ def _broker(text: str) -> tuple[str, int]:
     return parse_broker(text)
 
 
+def _dispatcher_key(keys: Path) -> Ed25519PrivateKey:
+    from companion.security.keys import KeyStore
+
+    return KeyStore(keys.expanduser()).dispatcher_signing_key()
+
+
+def _start_dispatch(
+    config: WebConfig, host_port: tuple[str, int], store: Store, key: Ed25519PrivateKey
+) -> Dispatcher:
+    """The dispatcher, sending through its own MQTT client (its session name is the ingest's
+    with ``-dispatch``)."""
+    from ground.publisher import MqttPublisher
+
+    publisher = MqttPublisher(*host_port, client_id=f"{config.ingest_client_id}-dispatch")
+    publisher.start()
+    return Dispatcher(store, key, publisher, store.clock)
+
+
 def create_app(
     config: WebConfig,
     store: Store | None = None,
     clock: Callable[[], float] = time.time,
 ) -> FastAPI:
     """The service on `store` (default: `LiveStore.open(config.db_url)`, closed with the
-    app). Errors in the configuration (database URL, broker, key file) raise here, before
+    app). Errors in the configuration (database URL, broker, key files) raise here, before
     anything is served."""
     host_port = _broker(config.broker) if config.broker else None
     secret = load_secret(config.secret_file)
     owned = store is None
+    signing_key = _dispatcher_key(config.dispatcher_keys) if config.dispatcher_keys else None
     the_store = LiveStore.open(config.db_url, clock) if store is None else store
     service = Ground(config, the_store, secret, clock)
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.live = None
         if host_port is not None:
             from ground.ingest import IngestConfig, Ingestor
+            from ground.web.live_fleet import feed_hub_from_broker
 
             ingest = IngestConfig(
                 client_id=config.ingest_client_id, host=host_port[0], port=host_port[1]
             )
+            # The page sees the whole fleet, not this instance's share (`live_fleet`).
+            app.state.live = feed_hub_from_broker(service.hub, the_store, ingest, clock)
             service.ingestor = Ingestor(the_store, ingest, clock)
             service.ingestor.start()
             log.info("ingest from %s:%d started", *host_port)
+            if signing_key is not None:
+                service.dispatcher = _start_dispatch(config, host_port, the_store, signing_key)
         try:
             yield
         finally:
+            if service.dispatcher is not None:
+                service.dispatcher.publisher.stop()
+                service.dispatcher = None
+            if app.state.live is not None:
+                app.state.live.stop()
+                app.state.live = None
             if service.ingestor is not None:
                 service.ingestor.stop()
                 service.ingestor = None

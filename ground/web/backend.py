@@ -3,7 +3,8 @@ everything it needs from the database goes through here, so that a change in the
 API is met in one place.
 
 - `LiveStore`: the `Store` the in-process ingest writes through; after each committed batch
-  that stored something new, it hands the batch's records to its listeners (the live feed).
+  that stored something new, it hands the batch's records to its listeners (the live feed,
+  unless the service feeds it from the broker: `ground.web.live_fleet`).
 - `Accounts`: operator accounts on the store's ``operator_accounts`` table (the store keeps
   the table; hashing and checking passwords are the web service's, `ground.web.security`).
 """
@@ -20,7 +21,14 @@ from sqlalchemy import Engine, insert, select, update
 
 from ground.models import OperatorAccount
 from ground.store import IngestResult, Received, Store
-from ground.web.security import check_username, hash_password, verify_password
+from ground.web.security import (
+    TOKEN_PREFIX,
+    check_username,
+    hash_password,
+    new_api_token,
+    token_digest,
+    verify_password,
+)
 
 log = logging.getLogger(__name__)
 
@@ -115,3 +123,30 @@ class Accounts:
             ).first()
         stored = None if row is None or row.disabled_at is not None else row.password_hash
         return verify_password(password, stored)
+
+    def issue_token(self, username: str) -> str:
+        """A new API token for `username`, replacing any it had; shown once, kept hashed."""
+        token = new_api_token()
+        c = self._table.c
+        with self.store.engine.begin() as conn:
+            done = conn.execute(
+                update(self._table)
+                .where(c.username == username)
+                .values(token_hash=token_digest(token))
+            )
+        if done.rowcount != 1:
+            raise AccountError(f"no operator {username!r}")
+        return token
+
+    def token_user(self, token: str) -> str | None:
+        """The enabled account whose API token `token` is; None otherwise."""
+        if not token.startswith(TOKEN_PREFIX) or len(token) > 128:
+            return None
+        c = self._table.c
+        with self.store.engine.connect() as conn:
+            row = conn.execute(
+                select(c.username).where(
+                    c.token_hash == token_digest(token), c.disabled_at.is_(None)
+                )
+            ).first()
+        return None if row is None else str(row.username)

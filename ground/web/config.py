@@ -46,6 +46,9 @@ class WebConfig:
     tile_url: str | None = None
     #: The MQTT session name of this instance's ingest (keep it across restarts).
     ingest_client_id: str = "skycourier-ground"
+    #: The dispatcher's key store (`skycourier keys init --dispatcher`): with a broker, the
+    #: page and the API send signed orders and commands; None: tracking only.
+    dispatcher_keys: Path | None = None
     session_ttl_s: float = 8 * 3600.0
     tracking_ttl_s: float = 48 * 3600.0
     #: Failed logins allowed per account and per address within `login_window_s`.
@@ -68,6 +71,8 @@ class WebConfig:
         for name in ("session_ttl_s", "tracking_ttl_s", "login_window_s"):
             if not getattr(self, name) > 0:
                 raise WebConfigError(f"{name} must be above 0")
+        if self.dispatcher_keys is not None and self.broker is None:
+            raise WebConfigError("dispatcher keys without a broker: give the broker too")
         if self.login_max_failures < 1 or self.live_queue_batches < 1:
             raise WebConfigError("login_max_failures and live_queue_batches must be at least 1")
 

@@ -1,7 +1,10 @@
-"""Live updates for the page: what the ingest stores, pushed to every open ``/api/live``.
+"""Live updates for the page: the fleet's records, pushed to every open ``/api/live``.
 
-The ingest's writer thread calls `LiveHub.publish` after each committed batch; the batch is
-encoded once (JSON) and handed to each subscriber's queue on the web server's event loop.
+One source calls `LiveHub.publish` with each batch of records: with a broker, the instance's
+own non-shared subscription to the whole fleet (`ground.web.live_fleet`, so that every
+instance of a fleet deployment shows every drone); without one, the `LiveStore` after each
+batch it commits. The batch is encoded once (JSON) and handed to each subscriber's queue on
+the web server's event loop.
 Each queue holds at most `max_batches`: a browser that does not read (a slow link, a laptop
 asleep) loses the oldest batches rather than growing this process's memory, and is sent a
 ``resync`` event telling it to fetch the current state again. Drops are counted.
@@ -82,7 +85,7 @@ class LiveHub:
             return len(self._subs)
 
     def publish(self, batch: Sequence[Received]) -> None:
-        """Send a stored batch to every subscriber (from any thread)."""
+        """Send a batch of records to every subscriber (from any thread)."""
         with self._lock:
             subs = list(self._subs)
             self.published += 1

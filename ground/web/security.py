@@ -13,6 +13,10 @@ and rate limits are tested by moving time, not by waiting.
   every POST carries it (a form field, or the ``X-CSRF-Token`` header from the page's script).
   The login form, which has no session yet, uses a double-submit token: a random cookie and
   the same value in the form.
+- **API tokens** (for scripts and other services: ``Authorization: Bearer <token>``): 32
+  random bytes per account, shown once when issued; the store keeps only their SHA-256 (a
+  random 256-bit secret needs no slow hash), so a copy of the database holds no token. A
+  request with a token needs no CSRF token: no browser sends it by itself.
 - **Login rate limit**: at most `max_failures` failed logins per account and per address in a
   sliding `window_s`; beyond that, logins are refused without checking the password.
 """
@@ -110,6 +114,21 @@ class Session:
     issued_at: float
     expires_at: float
     nonce: str
+    #: Authenticated by an API token rather than a cookie (no CSRF token to check).
+    by_token: bool = False
+
+
+#: The prefix of an API token, so that one found in a log or a file says what it is.
+TOKEN_PREFIX = "sct_"
+
+
+def new_api_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def token_digest(token: str) -> str:
+    """What the store keeps of a token: its SHA-256, hex."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class SessionRefused(Exception):

@@ -1,6 +1,7 @@
 """The running service's state (`Ground`) and the request checks every route shares: who is
 signed in, and whether a POST carries its CSRF token. Refusals are counted by reason in
-`Ground.refused` (``session-<reason>``, ``csrf``, ``login``, ``login-limited``, ``tracking-*``).
+`Ground.refused` (``session-<reason>``, ``token``, ``csrf``, ``login``, ``login-limited``,
+``tracking-*``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from fastapi import HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
+from ground.dispatch import Dispatcher
 from ground.store import Store, StoreError
 from ground.web.backend import Accounts, LiveStore
 from ground.web.config import WebConfig, subkey
@@ -53,6 +55,7 @@ class Ground:
             store.listeners.append(self.hub.publish)
         self.refused: Counter[str] = Counter()
         self.ingestor: Any = None  # ground.ingest.Ingestor when a broker is configured
+        self.dispatcher: Dispatcher | None = None  # with a broker and the dispatcher's keys
 
     def session(self, request: Request) -> Session | None:
         """The request's valid session, or None (refusals counted)."""
@@ -87,8 +90,25 @@ def ground(request: Request) -> Ground:
 
 
 def api_session(request: Request) -> Session:
-    """The signed-in operator of an API request; 401 otherwise."""
-    session = ground(request).session(request)
+    """The operator of an API request, by its ``Authorization: Bearer`` API token or its
+    session cookie; 401 otherwise (a wrong token is counted as ``token``)."""
+    service = ground(request)
+    header = request.headers.get("authorization")
+    if header is not None:
+        scheme, _, token = header.partition(" ")
+        username = (
+            service.accounts.token_user(token.strip()) if scheme.lower() == "bearer" else None
+        )
+        if username is None:
+            service.refused["token"] += 1
+            raise HTTPException(
+                status_code=401,
+                detail="unknown or revoked API token",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        now = service.clock()
+        return Session(username, now, float("inf"), "token", by_token=True)
+    session = service.session(request)
     if session is None:
         raise HTTPException(status_code=401, detail="sign in first (POST /login)")
     return session
@@ -98,6 +118,8 @@ async def csrf_session(request: Request) -> Session:
     """The signed-in operator of a POST that carries its CSRF token (header or form field);
     401 without a session, 403 without the token."""
     session = api_session(request)
+    if session.by_token:
+        return session
     token = request.headers.get(CSRF_HEADER)
     if token is None and request.headers.get("content-type", "").startswith(
         ("application/x-www-form-urlencoded", "multipart/form-data")

@@ -12,7 +12,15 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from companion.telemetry import schema
-from ground.store import DroneView, EventView, OrderView, Received, TrackPoint
+from ground.store import (
+    CommandView,
+    DroneView,
+    EventView,
+    HandoverView,
+    OrderView,
+    Received,
+    TrackPoint,
+)
 
 
 class TrackPointOut(BaseModel):
@@ -67,6 +75,48 @@ class OrderOut(BaseModel):
     created_at: datetime
     created_by: str | None
     updated_at: datetime
+    #: The drone's last word on it (an ``order-refused`` answer's reason and message, an
+    #: ``order-done``'s outcome) or why the broker did not confirm it.
+    detail: dict[str, Any] | None
+
+
+class HandoverOut(BaseModel):
+    """One hand-over step as the drone reported it: a recipient verdict or fallback PIN
+    judged (`outcome` cleared / refused / ignored, and `why`), or the parcel released."""
+
+    drone_id: str
+    mission_id: str | None
+    drop_id: str | None
+    step: str
+    outcome: str
+    why: str | None
+    t: datetime
+
+
+class CommandOut(BaseModel):
+    """An operator command and how far it got: ``sending``, ``sent`` / ``unconfirmed`` (the
+    broker), ``accepted`` / ``refused`` (the drone, with its `reason` and `message`)."""
+
+    command_id: str
+    drone_id: str
+    order_id: str | None
+    command: str
+    issued_by: str
+    issued_at: datetime
+    expires_at: datetime
+    state: str
+    reason: str | None
+    message: str | None
+    answered_at: datetime | None
+
+
+class DispatchOut(BaseModel):
+    """Whether this instance can send orders and commands, and to which drones."""
+
+    enabled: bool
+    connected: bool
+    drones: list[str]
+    commands: list[str]
 
 
 class StatusOut(BaseModel):
@@ -144,7 +194,16 @@ def order(o: OrderView) -> OrderOut:
         created_at=o.created_at,
         created_by=o.created_by,
         updated_at=o.updated_at,
+        detail=o.detail,
     )
+
+
+def handover(h: HandoverView) -> HandoverOut:
+    return HandoverOut(**{name: getattr(h, name) for name in HandoverOut.model_fields})
+
+
+def command(c: CommandView) -> CommandOut:
+    return CommandOut(**{name: getattr(c, name) for name in CommandOut.model_fields})
 
 
 def _when(text: str) -> datetime:
@@ -155,7 +214,8 @@ def _when(text: str) -> datetime:
 
 
 def live_batch(batch: list[Received]) -> LiveBatch:
-    """A stored ingest batch as the live feed sends it."""
+    """Received records (from the fleet's live subscription, or a stored ingest batch) as the
+    live feed sends them."""
     telemetry, events, statuses = [], [], []
     for item in batch:
         r = item.record

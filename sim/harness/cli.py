@@ -13,20 +13,26 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from companion.config import Config, load_config
 from companion.mission.journal import JournalError
 from firmware_bridge.errors import BridgeError
 
+if TYPE_CHECKING:
+    from sim.harness.sim_ground import SimGround
+    from sim.harness.simulate import Order
+
 
 def _sim(args: argparse.Namespace) -> int:
-    from companion.security.audit import AuditError
-    from companion.security.keys import KeyFileError
-    from companion.security.orders import OrderError as SignedOrderError
-    from sim.harness.simulate import OrderError, load_order, order_from_config, run_simulation
-    from sim.sitl import SitlError
+    from sim.harness.simulate import OrderError, load_order, order_from_config
 
+    refused = _ground_options_refused(args)
+    if refused:
+        print(f"skycourier sim: {refused}", file=sys.stderr)
+        return 2
     config = load_config(args.config)
     if args.speedup is not None:
         config = config.updated("command line", sim={"speedup": args.speedup})
@@ -62,6 +68,68 @@ def _sim(args: argparse.Namespace) -> int:
     if args.orders is not None:
         return _sim_orders(args, config, broker, announce)
     _ensure_sim_model(args.quiet)
+    with ExitStack() as stack:
+        ground = None
+        if args.ground:
+            from sim.harness.sim_ground import SimGroundError, ground_broker, start_ground
+            from sim.mqtt_broker import BrokerError
+
+            try:
+                broker = broker or ground_broker(stack)
+                ground = start_ground(stack, args.out, broker, drone, args.ground_port, _say)
+            except (SimGroundError, BrokerError) as exc:
+                print(f"skycourier sim: {exc}", file=sys.stderr)
+                return 2
+            _say(
+                f"ground: watch the flight live at {ground.dispatch_url} "
+                f"(operator {ground.operator}, password {ground.password})"
+            )
+        code = _fly(args, config, order, broker, announce, ground)
+        if ground is not None and code is not None:
+            _after_flight(args, ground)
+    return 1 if code is None else code
+
+
+def _ground_options_refused(args: argparse.Namespace) -> str | None:
+    """Why the `--ground` options cannot be used as given (None when they can): it watches
+    one delivery, and needs the `ground` extra."""
+    if not args.ground:
+        if args.ground_port is not None or args.ground_exit:
+            return "--ground-port and --ground-exit go with --ground"
+        return None
+    if args.orders is not None:
+        return "--ground watches one delivery; it cannot be used with --orders"
+    if args.ground_port is not None and not 0 < args.ground_port < 65536:
+        return f"--ground-port {args.ground_port}: expected 1-65535"
+    from sim.harness.sim_ground import SimGroundError, require_ground
+
+    try:
+        require_ground()
+    except SimGroundError as exc:
+        return str(exc)
+    return None
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _fly(
+    args: argparse.Namespace,
+    config: Config,
+    order: Order,
+    broker: tuple[str, int] | None,
+    announce: Callable[[str, int], None],
+    ground: SimGround | None,
+) -> int | None:
+    """Fly the delivery and print its summary; its exit status, None when it failed to run
+    (the error printed)."""
+    from companion.security.audit import AuditError
+    from companion.security.keys import KeyFileError
+    from companion.security.orders import OrderError as SignedOrderError
+    from sim.harness.simulate import run_simulation
+    from sim.sitl import SitlError
+
     try:
         report = run_simulation(
             config,
@@ -78,11 +146,12 @@ def _sim(args: argparse.Namespace) -> int:
             lte_outage_s=args.lte_outage,
             on_broker=announce,
             recipient=args.recipient,
+            order_watch=ground,
         )
     except (BridgeError, SitlError, JournalError, KeyFileError, AuditError,
             SignedOrderError) as exc:  # fmt: skip
         print(f"skycourier sim: {exc}", file=sys.stderr)
-        return 1
+        return None
     print(_summary(report))
     print(_gps_summary(report["companion_gps"]))
     print(_telemetry_summary(report["telemetry"]))
@@ -90,6 +159,23 @@ def _sim(args: argparse.Namespace) -> int:
     print(_handover_summary(report["handover"]))
     print(f"report: {args.out / 'report.json'}  plot: {args.out / 'flight.png'}")
     return 0 if report["outcome"] == "delivered" else 1
+
+
+def _after_flight(args: argparse.Namespace, ground: SimGround) -> None:
+    """Wait until the ground store holds the flight's end, say how to look at it (now and
+    later), and keep serving until Ctrl-C unless `--ground-exit`."""
+    missing = ground.settle()
+    if missing is not None:
+        print(f"skycourier sim: ground: {missing}", file=sys.stderr)
+    if ground.tracking_url is not None:
+        _say(f"ground: the flight's tracking page: {ground.tracking_url}")
+    _say(f"ground: look again later with `{ground.later_command()}`")
+    if ground.tracking_path is not None:
+        _say(f"ground: the tracking link stays valid there as {ground.tracking_path}")
+    if args.ground_exit:
+        return
+    _say(f"ground: the ground service is still running at {ground.dispatch_url}; Ctrl-C to stop")
+    ground.serve_until_interrupted()
 
 
 def _sim_orders(
@@ -338,6 +424,25 @@ def register_sim(sub: argparse._SubParsersAction) -> None:
         help="who waits at the drop: the right recipient, who follows the liveness challenge "
         "(default); an impostor, who follows it too; a photo of the recipient held to the "
         "camera; none: no recipient check (a plain delivery)",
+    )
+    sim.add_argument(
+        "--ground",
+        action="store_true",
+        help="also run the ground service (the `ground` extra) on the sim's broker: prints "
+        "the dispatch page to watch the flight on the map, an operator's password and the "
+        "recipient's tracking link; keeps serving after the flight until Ctrl-C",
+    )
+    sim.add_argument(
+        "--ground-port",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the ground service's port on 127.0.0.1 (default: 8080 if free, else any)",
+    )
+    sim.add_argument(
+        "--ground-exit",
+        action="store_true",
+        help="with --ground: stop the ground service when the flight is over",
     )
     sim.add_argument("--quiet", action="store_true", help="no progress display")
     sim.set_defaults(func=_sim)

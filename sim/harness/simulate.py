@@ -17,6 +17,9 @@ waits while the mission has not taken in what the vehicle sent, and at every fra
 simulated cameras, so a run gives the same outcome, holds and phases on a loaded machine as
 on an idle one. SITL cannot be paused from outside; with the camera it runs at speed-up 2 at
 most, so that the mission's camera freshness check holds.
+
+With `skycourier sim --ground` an `OrderWatch` (`sim.harness.sim_ground`) is told when the
+order takes off and how it ended, and its links go into the report.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from companion.autopilot import connect_autopilot
 from companion.bus import Bus
@@ -48,6 +52,7 @@ from companion.mission.runner import MissionRunner
 from companion.progress import DeliveryProgress
 from companion.readiness import GroundWatch
 from companion.report import FlightRecorder, build_report, write_report
+from companion.security.orders import Order as SignedOrder
 from companion.telemetry.uplink import TelemetryUplink
 from firmware_bridge.errors import BridgeError
 from firmware_bridge.payload import Gripper
@@ -126,6 +131,19 @@ def load_order(path: Path, config: Config) -> Order:
     return Order(str(data.get("mission_id") or f"order-{uuid.uuid4().hex[:8]}"), lat, lon)
 
 
+class OrderWatch(Protocol):
+    """Follows the order a run flies (`sim.harness.sim_ground.SimGround`, for `--ground`)."""
+
+    def flying(self, bus: Bus, order: Order, signed: SignedOrder | None) -> None:
+        """The order is about to fly; `signed` is the verified signed order, if any."""
+
+    def done(self, bus: Bus, order: Order, outcome: str) -> None:
+        """The mission flying the order has ended with `outcome`."""
+
+    def links(self) -> dict[str, Any]:
+        """Where the flight is seen: the report's `ground` section."""
+
+
 #: The fastest SITL runs with the simulated camera: SITL cannot wait for a frame, so a frame's
 #: ~0.1 s of wall time must stay well inside the mission's camera age (1 s) in SITL's clock.
 SITL_CAMERA_SPEEDUP = 2.0
@@ -154,6 +172,7 @@ def run_simulation(
     recipient: str = "right",
     mission: MissionPlan | None = None,
     observe: Callable[[Bus], None] | None = None,
+    order_watch: OrderWatch | None = None,
 ) -> dict:
     """Fly `order` in simulation, write report.json and flight.png to `out_dir`, return the
     report.
@@ -172,7 +191,9 @@ def run_simulation(
     order's single drop, with its own legs, airspace limits and energy price; the order then
     only names the run and the drop the camera looks at. The report lists every release
     (`drops`) and the charge the autopilot counted (`battery_used_mah`); `observe` is handed
-    the run's bus before anything flies, to follow it (e.g. a map of several sorties)."""
+    the run's bus before anything flies, to follow it (e.g. a map of several sorties);
+    `order_watch` is told when the order takes off and how it ended (its calls publish on the
+    bus before the telemetry is drained), and its `links` go into the report."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in RUN_OUTPUTS:
         (out_dir / name).unlink(missing_ok=True)
@@ -286,8 +307,12 @@ def run_simulation(
             vision.start_free(clock)
             if door is not None:
                 door.start_free()
+        if order_watch is not None:
+            order_watch.flying(bus, order, handover.order)
         with progress:
             outcome = runner.run(plan)
+        if order_watch is not None:
+            order_watch.done(bus, order, outcome)
         if outcome != "delivered":
             _wait_until_landed(vehicle, sim.speedup)
         gripper = _gripper(server, handover)
@@ -313,6 +338,7 @@ def run_simulation(
         drop=drop,
         wall_duration_s=time.monotonic() - wall_start,
         autopilot="ArduCopter SITL" if sitl_binary else "built-in vehicle",
+        ground=None if order_watch is None else order_watch.links(),
     )
     report["drops"] = releases.drops()
     report["battery_used_mah"] = releases.consumed_mah

@@ -1,4 +1,6 @@
-// The dispatch page: drone list, map and events, kept current by the live feed (/api/live).
+// The dispatch page: drone list, map and events, kept current by the live feed (/api/live);
+// order creation (drop point from the map, the recipient's photos) and operator commands,
+// each sent with the page's CSRF token and shown as the drone answers it.
 // Everything from outside (ids, phases, event kinds and details) is put in the page as text
 // (textContent), never as markup.
 "use strict";
@@ -11,7 +13,17 @@ const state = {
   extras: [],            // home / drop markers of the selected drone
   seen: new Set(),       // record ids already drawn (the live feed may repeat some)
   seenOrder: [],
+  orders: [],            // OrderOut, newest first
+  handovers: new Map(),  // order id -> its latest HandoverOut
+  drop: null,            // L.circleMarker of the order being made
+  commandTimer: null,    // the next look at the selected drone's unanswered commands
 };
+// Command states before the drone's answer.
+const WAITING = ["sending", "sent", "unconfirmed"];
+// Events that are steps of a hand-over (the orders table shows the latest).
+const HANDOVER_STEPS = ["recipient-verdict", "recipient-pin", "released"];
+// Order states in which a command is about that order (the drone refuses it for another).
+const ACTIVE_ORDER = ["sent", "accepted", "flying"];
 const SEEN_MAX = 20000;
 let map;
 let fitted = false;
@@ -83,12 +95,191 @@ function placeMarker(d) {
   if (!fitted) { map.setView([p.lat, p.lon], 16); fitted = true; }
 }
 
+function csrf() { return document.body.dataset.csrf; }
+
+async function post(path, body) {
+  const json = !(body instanceof FormData);
+  const headers = { Accept: "application/json", "X-CSRF-Token": csrf() };
+  if (json) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, {
+    method: "POST", credentials: "same-origin", headers, body: json ? JSON.stringify(body) : body,
+  });
+  if (response.status === 401) { window.location.assign("/login"); throw new Error("signed out"); }
+  const answer = await response.json().catch(() => ({}));
+  return { ok: response.ok, status: response.status, body: answer };
+}
+
+function reasonText(detail) {
+  // FastAPI's 422 is a list of {loc, msg}; our own refusals are a sentence.
+  if (Array.isArray(detail)) return detail.map((d) => `${(d.loc || []).slice(1).join(".")}: ${d.msg}`).join("; ");
+  return String(detail === undefined ? "no answer" : detail);
+}
+
+function orderNote(o) {
+  if (o.outcome) return o.outcome;
+  const d = o.detail || {};
+  return d.message || d.error || "–";
+}
+
+function handoverText(step) {
+  if (!step) return "–";
+  if (step.step === "released") return "parcel released";
+  const what = step.step === "recipient-pin" ? "PIN" : "face";
+  return `${what} ${step.outcome}${step.why ? ` (${step.why})` : ""}`;
+}
+
 function renderOrders(orders) {
+  state.orders = orders;
   const body = document.querySelector("#orders tbody");
   body.replaceChildren(...orders.map((o) => {
     const row = el("tr");
-    row.append(el("td", o.order_id), el("td", o.drone_id), el("td", o.state), el("td", fmt(o.outcome)));
+    row.dataset.order = o.order_id;
+    const link = el("button", "Link");
+    link.type = "button";
+    link.title = "the recipient's tracking link";
+    link.addEventListener("click", (event) => { event.stopPropagation(); trackingLink(o.order_id); });
+    const action = el("td");
+    action.append(link);
+    const step = state.handovers.get(o.order_id);
+    const handover = handoverText(step);
+    row.append(el("td", o.order_id), el("td", o.drone_id), el("td", o.state, `state ${o.state}`),
+      el("td", orderNote(o), "outcome"), el("td", handover, "handover"), action);
+    row.addEventListener("click", () => select(o.drone_id));
     return row;
+  }));
+}
+
+async function trackingLink(orderId) {
+  const out = document.getElementById("tracking-link");
+  const answer = await post("/api/tracking-links", { order_id: orderId });
+  out.replaceChildren();
+  if (!answer.ok) { out.textContent = `no link: ${reasonText(answer.body.detail)}`; return; }
+  const a = el("a", `${window.location.origin}${answer.body.path}`);
+  a.href = answer.body.path;
+  a.target = "_blank";
+  a.rel = "noopener noreferrer";
+  out.append(`Tracking link for ${orderId}: `, a);
+}
+
+// -- making an order ------------------------------------------------------------------------
+
+function setDrop(lat, lon, fill) {
+  if (!Number.isFinite(lat) || !Number.isFinite(lon)) return;
+  const form = document.getElementById("order-form");
+  if (fill) {
+    form.elements.lat.value = lat.toFixed(7);
+    form.elements.lon.value = lon.toFixed(7);
+  }
+  if (!state.drop) {
+    state.drop = L.circleMarker([lat, lon], { radius: 7, className: "new-drop-marker", color: "#d2691e" })
+      .bindTooltip(el("span", "new drop")).addTo(map);
+  }
+  state.drop.setLatLng([lat, lon]);
+}
+
+async function submitOrder(event) {
+  event.preventDefault();
+  const form = event.target;
+  const result = document.getElementById("order-result");
+  const button = document.getElementById("dispatch-order");
+  const data = new FormData();
+  data.append("csrf", csrf());
+  data.append("drone_id", form.elements.drone_id.value);
+  data.append("lat", form.elements.lat.value);
+  data.append("lon", form.elements.lon.value);
+  for (const file of form.elements.photo.files) data.append("photo", file, file.name);
+  if (form.elements.pin.value) data.append("pin", form.elements.pin.value);
+  data.append("valid_s", String(Math.round(Number(form.elements.valid_h.value) * 3600)));
+  result.className = "";
+  result.textContent = "signing and sending…";
+  button.disabled = true;
+  try {
+    const answer = await post("/api/orders", data);
+    if (answer.ok) {
+      result.textContent = `order ${answer.body.order_id}: ${answer.body.state}`;
+      result.className = answer.body.state;
+      form.elements.photo.value = "";
+    } else {
+      result.textContent = `refused: ${reasonText(answer.body.detail)}`;
+      result.className = "error";
+    }
+  } finally {
+    button.disabled = false;
+  }
+  refresh();
+}
+
+async function setupDispatch() {
+  const info = await getJSON("/api/dispatch");
+  const form = document.getElementById("order-form");
+  document.getElementById("dispatch-off").hidden = info.enabled;
+  form.hidden = !info.enabled;
+  if (!info.enabled) return;
+  form.elements.drone_id.replaceChildren(...info.drones.map((id) => {
+    const option = el("option", id);
+    option.value = id;
+    return option;
+  }));
+  form.addEventListener("submit", submitOrder);
+  map.on("click", (e) => setDrop(e.latlng.lat, e.latlng.lng, true));
+  for (const name of ["lat", "lon"]) {
+    form.elements[name].addEventListener("change", () =>
+      setDrop(Number(form.elements.lat.value), Number(form.elements.lon.value), false));
+  }
+  for (const button of document.querySelectorAll("#commands button[data-command]")) {
+    button.addEventListener("click", () => sendCommand(button.dataset.command));
+  }
+}
+
+// -- operator commands ----------------------------------------------------------------------
+
+function activeOrder(droneId) {
+  const found = state.orders.find((o) => o.drone_id === droneId && ACTIVE_ORDER.includes(o.state));
+  return found ? found.order_id : null;
+}
+
+async function sendCommand(command) {
+  const id = state.selected;
+  if (!id) return;
+  if (command === "abort" && !window.confirm(`Abort ${id}'s delivery and fly it home?`)) return;
+  const result = document.getElementById("command-result");
+  result.className = "";
+  result.textContent = `sending ${command}…`;
+  const answer = await post(`/api/drones/${encodeURIComponent(id)}/commands`,
+    { command, order_id: activeOrder(id) });
+  if (answer.ok) {
+    result.textContent = `${command}: ${answer.body.state}, waiting for the drone`;
+  } else {
+    result.textContent = `${command} refused: ${reasonText(answer.body.detail)}`;
+    result.className = "error";
+  }
+  loadCommands(id);
+}
+
+async function loadCommands(id) {
+  const commands = await getJSON(`/api/drones/${encodeURIComponent(id)}/commands`);
+  if (id !== state.selected) return;
+  // The live feed may bring the drone's answer before this instance's store holds it: ask
+  // again while a command still waits for its answer and may still be acted on.
+  clearTimeout(state.commandTimer);
+  const now = Date.now();
+  if (commands.some((c) => WAITING.includes(c.state) && new Date(c.expires_at) > now)) {
+    state.commandTimer = setTimeout(() => loadCommands(id), 2000);
+  }
+  const newest = commands[0];
+  if (newest && (newest.state === "accepted" || newest.state === "refused")) {
+    const result = document.getElementById("command-result");
+    result.className = newest.state;
+    result.textContent = `${newest.command}: ${newest.state} by the drone`;
+  }
+  document.getElementById("command-log").replaceChildren(...commands.map((c) => {
+    const item = el("li");
+    item.dataset.commandId = c.command_id;
+    item.dataset.command = c.command;
+    const why = c.message ? ` (${c.message})` : "";
+    item.append(el("time", new Date(c.issued_at).toLocaleTimeString()), " ", el("strong", c.command),
+      ` by ${c.issued_by}: `, el("span", c.state, `state ${c.state}`), why);
+    return item;
   }));
 }
 
@@ -121,15 +312,20 @@ async function select(id) {
   if (line.length) {
     const home = L.circleMarker(line[0], { radius: 5, className: "home-marker", color: "#333" }).bindTooltip(el("span", "start"));
     state.extras.push(home.addTo(map));
-    map.fitBounds(state.track.getBounds(), { maxZoom: 17, padding: [30, 30] });
+    map.fitBounds(state.track.getBounds(), { maxZoom: 18, padding: [30, 30] });
   }
   document.getElementById("events").replaceChildren();
   events.forEach(addEvent);
+  const commands = document.getElementById("commands");
+  commands.hidden = document.getElementById("order-form").hidden;
+  if (!commands.hidden) loadCommands(id);
 }
 
 async function refresh() {
-  const [drones, orders] = await Promise.all([getJSON("/api/drones"), getJSON("/api/orders")]);
+  const [drones, orders, handovers] = await Promise.all(
+    [getJSON("/api/drones"), getJSON("/api/orders"), getJSON("/api/handovers")]);
   state.drones = new Map(drones.map((d) => [d.drone_id, d]));
+  state.handovers = new Map(handovers.filter((h) => h.mission_id).map((h) => [h.mission_id, h]));
   renderDrones();
   renderOrders(orders);
 }
@@ -149,8 +345,12 @@ function onRecords(batch) {
   for (const e of batch.events) {
     if (firstSeen(e.record_id) && e.drone_id === state.selected) addEvent(e);
   }
+  if (batch.events.some((e) => e.drone_id === state.selected && e.kind.startsWith("command-"))) {
+    loadCommands(state.selected);
+  }
   renderDrones();
-  if (batch.events.some((e) => e.kind.startsWith("order-")) || batch.statuses.length) refresh();
+  const changes = (e) => e.kind.startsWith("order-") || HANDOVER_STEPS.includes(e.kind);
+  if (batch.events.some(changes) || batch.statuses.length) refresh();
 }
 
 function connect() {
@@ -167,7 +367,8 @@ function start() {
   map = L.map("map", { zoomControl: true }).setView([0, 0], 2);
   const tiles = document.body.dataset.tiles;
   if (tiles) L.tileLayer(tiles, { maxZoom: 19 }).addTo(map);
-  refresh().then(connect);
+  // The live feed starts whatever the first reads gave: a failed one is tried again below.
+  setupDispatch().catch(console.error).finally(() => refresh().catch(console.error).finally(connect));
   // Liveness runs out by time (the status's time-to-live): ask the server again now and then.
   setInterval(refresh, 10000);
 }
