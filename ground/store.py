@@ -45,6 +45,7 @@ from typing import Any, Literal
 
 from sqlalchemy import (
     Engine,
+    Select,
     Table,
     bindparam,
     case,
@@ -645,14 +646,8 @@ class Store:
         self, drone_id: str | None = None, state: str | None = None, limit: int = 500
     ) -> list[OrderView]:
         """Orders, newest first, of a drone and/or in a state if given."""
-        if not 1 <= limit <= MAX_ROWS:
-            raise StoreError(f"limit must be 1-{MAX_ROWS}, got {limit}")
         o = Order.__table__
-        query = select(o).order_by(o.c.created_at.desc(), o.c.order_id).limit(limit)
-        if drone_id is not None:
-            query = query.where(o.c.drone_id == drone_id)
-        if state is not None:
-            query = query.where(o.c.state == state)
+        query = _newest(o, (o.c.created_at, o.c.order_id), limit, drone_id=drone_id, state=state)
         with self.engine.connect() as conn:
             rows = conn.execute(query).mappings().all()
         return [_order_view(row) for row in rows]
@@ -802,14 +797,10 @@ class Store:
         self, drone_id: str | None = None, command_id: str | None = None, limit: int = 100
     ) -> list[CommandView]:
         """Commands, newest first, of a drone if given."""
-        if not 1 <= limit <= MAX_ROWS:
-            raise StoreError(f"limit must be 1-{MAX_ROWS}, got {limit}")
         t = OperatorCommand.__table__
-        query = select(t).order_by(t.c.issued_at.desc(), t.c.command_id).limit(limit)
-        if drone_id is not None:
-            query = query.where(t.c.drone_id == drone_id)
-        if command_id is not None:
-            query = query.where(t.c.command_id == command_id)
+        query = _newest(
+            t, (t.c.issued_at, t.c.command_id), limit, drone_id=drone_id, command_id=command_id
+        )
         with self.engine.connect() as conn:
             rows = conn.execute(query).mappings().all()
         fields = CommandView.__dataclass_fields__
@@ -909,6 +900,21 @@ def _time_range(
     if until is not None:
         where.append(column <= until)
     return where
+
+
+def _newest(
+    table: Table, order: tuple[ColumnElement[Any], ColumnElement[Any]], limit: int, **equal: Any
+) -> Select[Any]:
+    """At most `limit` rows of `table`, newest first by `order` (a time, then a key for
+    ties), whose columns equal the values in `equal` that are not None."""
+    if not 1 <= limit <= MAX_ROWS:
+        raise StoreError(f"limit must be 1-{MAX_ROWS}, got {limit}")
+    when, key = order
+    query = select(table).order_by(when.desc(), key).limit(limit)
+    for name, value in equal.items():
+        if value is not None:
+            query = query.where(table.c[name] == value)
+    return query
 
 
 def _check_text(value: object, name: str, limit: int) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 import time
 import uuid
 from pathlib import Path
@@ -32,17 +31,15 @@ from playwright import sync_api
 from companion.security.keys import KeyStore, raw_public
 from sim.harness.hil import HilRig
 from sim.mqtt_broker import find_mosquitto
+from tests.browser_fixtures import ARGS, CHROMIUM, require_chromium, sign_in_after_a_refusal
 from tests.face_images import analyzer, ancelotti, zidane  # noqa: F401
-from tests.ground_web_fixtures import PASSWORD, make_web, served
+from tests.ground_web_fixtures import make_web, served
 from tests.hil_checks import ANSWER_S, FLIGHT_S, PIN, assert_nothing_lost, deliver, phase_entered
 from tests.mqtt_fixtures import MOSQUITTO_SKIP
 from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.hil, pytest.mark.timeout(600)]
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 #: Playwright's waits for what the drone does (it flies in real time on a loaded machine).
 DRONE_MS = int(ANSWER_S * 1000)
 
@@ -63,8 +60,7 @@ def test_an_operator_dispatches_holds_resumes_and_sees_the_delivery(
     zidane,  # noqa: F811
     analyzer,  # noqa: F811
 ) -> None:
-    if not Path(CHROMIUM).exists():
-        pytest.skip("no system chromium (apt install chromium; pip install playwright)")
+    require_chromium()
     if find_mosquitto() is None:
         pytest.skip(MOSQUITTO_SKIP)
     work = tmp_path_factory.mktemp("hil-ground")
@@ -94,18 +90,7 @@ def test_an_operator_dispatches_holds_resumes_and_sees_the_delivery(
                 try:
                     operator = browser.new_context(viewport={"width": 1400, "height": 900})
                     page = operator.new_page()
-                    page.goto(f"{base}/login")
-                    page.fill("input[name=username]", "alice")
-                    page.fill("input[name=password]", "not the password")
-                    page.click("button[type=submit]")
-                    sync_api.expect(page.locator(".error")).to_contain_text("Wrong name")
-                    page.fill("input[name=username]", "alice")
-                    page.fill("input[name=password]", PASSWORD)
-                    page.click("button[type=submit]")
-                    page.wait_for_url(f"{base}/dispatch")
-                    sync_api.expect(page.locator("#live-state")).to_have_text(
-                        "live", timeout=20_000
-                    )
+                    sign_in_after_a_refusal(page, base)
                     row = page.locator(f'#drones tr[data-drone="{rig.drone_id}"]')
                     sync_api.expect(row).to_contain_text("online", timeout=DRONE_MS)
 

@@ -6,7 +6,6 @@ is saved in the test's tmp dir (its path printed: the artifact)."""
 
 from __future__ import annotations
 
-import shutil
 import time
 import uuid
 from pathlib import Path
@@ -22,19 +21,10 @@ from playwright import sync_api
 
 from companion.telemetry import schema
 from sim.mqtt_broker import find_mosquitto, start_broker
-from tests.ground_web_fixtures import PASSWORD, make_web, served, status, telemetry
+from tests.browser_fixtures import ARGS, CHROMIUM, require_chromium, sign_in_after_a_refusal
+from tests.ground_web_fixtures import make_web, served, status, telemetry
 from tests.mqtt_fixtures import MOSQUITTO_SKIP
 
-SKIP = "apt install chromium; pip install playwright"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 DRONE = "sim-1"
 
 
@@ -51,8 +41,7 @@ def publish(client: mqtt.Client, items: list) -> None:  # type: ignore[type-arg]
 
 
 def test_operator_signs_in_and_sees_a_drone_appear_on_the_map(tmp_path: Path) -> None:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no system chromium ({SKIP})")
+    require_chromium()
     if find_mosquitto() is None:
         pytest.skip(MOSQUITTO_SKIP)
     with start_broker("mosquitto") as broker:
@@ -78,18 +67,7 @@ def test_operator_signs_in_and_sees_a_drone_appear_on_the_map(tmp_path: Path) ->
                 )
                 try:
                     page = browser.new_page()
-                    page.goto(f"{base}/login")
-                    page.fill("input[name=username]", "alice")
-                    page.fill("input[name=password]", "not the password")
-                    page.click("button[type=submit]")
-                    sync_api.expect(page.locator(".error")).to_contain_text("Wrong name")
-                    page.fill("input[name=username]", "alice")
-                    page.fill("input[name=password]", PASSWORD)
-                    page.click("button[type=submit]")
-                    page.wait_for_url(f"{base}/dispatch")
-                    sync_api.expect(page.locator("#live-state")).to_have_text(
-                        "live", timeout=20_000
-                    )
+                    sign_in_after_a_refusal(page, base)
                     now = time.time()
                     publish(
                         fleet,

@@ -37,11 +37,13 @@ log = logging.getLogger(__name__)
 class Follower:
     """A part of the companion that takes in what the vehicle does: `seen()` is the newest
     simulated time it has taken in (None while it is not following yet), which may trail the
-    vehicle by at most `max_lead_s`."""
+    vehicle by at most `max_lead_s`. `patience_s` is how long (wall seconds) the vehicle
+    waits for it before going on without it; None: the lockstep's `patience_s`."""
 
     name: str
     seen: Callable[[], float | None]
     max_lead_s: float
+    patience_s: float | None = None
 
 
 class FrameGate(Protocol):
@@ -83,18 +85,20 @@ class Lockstep:
             return False
         return all(camera.allow(t_next, self._pose) for camera in self.cameras)
 
-    def _behind(self, t_next: float) -> list[str]:
-        """The parts of the companion that have not caught up with the vehicle."""
+    def _behind(self, t_next: float) -> list[tuple[str, float]]:
+        """The parts of the companion that have not caught up with the vehicle, each with how
+        long the vehicle waits for it."""
         behind = []
         runner = self.runner
         if runner.running and not self.server.link_blocked:
             seen = runner.seen_time_s
             if seen is None or t_next - seen > self.max_lead_s or not runner.idle:
-                behind.append(f"the mission (seen {_time(seen)})")
+                behind.append((f"the mission (seen {_time(seen)})", self.patience_s))
         for follower in self.followers:
             seen = follower.seen()
             if seen is not None and t_next - seen > follower.max_lead_s:
-                behind.append(f"{follower.name} (seen {_time(seen)})")
+                patience = self.patience_s if follower.patience_s is None else follower.patience_s
+                behind.append((f"{follower.name} (seen {_time(seen)})", patience))
         return behind
 
     def _companion_ready(self, t_next: float) -> bool:
@@ -109,7 +113,8 @@ class Lockstep:
         if self._waiting_since is None:
             self._waiting_since = now
             return False
-        if now - self._waiting_since < self.patience_s:
+        patience = max(wait for _name, wait in behind)
+        if now - self._waiting_since < patience:
             return False
         self.stalls += 1
         self._waiting_since = None
@@ -117,9 +122,9 @@ class Lockstep:
         log.warning(
             "lockstep: %s did not catch up with the vehicle (at %.2f s) in %g s; the vehicle "
             "goes on until it has",
-            " and ".join(behind),
+            " and ".join(name for name, _wait in behind),
             t_next,
-            self.patience_s,
+            patience,
         )
         return True
 

@@ -295,7 +295,7 @@ def run_simulation(
         runner = MissionRunner(vehicle, journal, bus, audit=handover.audit, systems=ground.status)
         lockstep = None
         if server is not None:
-            followers = [gps_follower(bus, server, gps), uplink_follower(uplink)]
+            followers = [gps_follower(bus, server, gps), uplink_follower(uplink, server)]
             cameras = [door] if door is not None else []
             lockstep = Lockstep(server, runner, vision, followers=followers, cameras=cameras)
             server.set_step_gate(lockstep.gate)
@@ -466,23 +466,33 @@ def _gripper(server: VehicleServer | None, handover: Handover) -> dict:
 
 #: Simulated seconds the built-in vehicle may run before telemetry first reaches the broker.
 UPLINK_LEAD_S = 15.0
+#: Wall seconds the vehicle waits for the uplink before take-off: the A7670's boot, attach
+#: and recovery ladder (re-register, radio off and on, AT+CRESET) at their documented
+#: delays, with room; a modem that never comes back is then left to the preflight's timeout.
+UPLINK_PATIENCE_S = 120.0
 
 
-def uplink_follower(uplink: TelemetryUplink) -> Follower:
-    """The uplink as a lockstep follower until telemetry first reaches the broker: the A7670
-    emulator boots and attaches in wall time (the module's documented delays) while the
-    preflight waits for the uplink in simulated time, so without this a slow machine would
-    spend the preflight's timeout waiting for the modem. The clock holds `UPLINK_LEAD_S`
-    after its start until then (what was sampled meanwhile is queued and sent), and never
-    again: an outage in flight is the modem's to ride out, not the simulator's."""
-    flowed: list[bool] = []
+def uplink_follower(uplink: TelemetryUplink, server: VehicleServer) -> Follower:
+    """The uplink as a lockstep follower until the vehicle first arms. The A7670 emulator
+    boots, attaches and recovers in wall time (the module's documented delays) while the
+    preflight waits for a flowing uplink in simulated time, so without this a slow machine
+    (an AT answer late past the driver's timeout, and the recovery that follows) would spend
+    the preflight's timeout waiting for the modem. Before take-off the clock holds
+    `UPLINK_LEAD_S` after its start until telemetry first reaches the broker, and at once
+    whenever the link stops flowing (connected with something acknowledged, as the preflight
+    judges it), for up to `UPLINK_PATIENCE_S` wall seconds; what was sampled meanwhile is
+    queued and sent. From the first arming on, never: an outage in flight is the modem's to
+    ride out, not the simulator's."""
+    airborne: list[bool] = []
 
     def seen() -> float:
-        if not flowed and uplink.publisher.stats().published > 0:
-            flowed.append(True)
-        return math.inf if flowed else 0.0
+        if airborne or server.state.armed:
+            airborne[:] = [True]
+            return math.inf
+        flowing = uplink.transport.connected and uplink.publisher.stats().published > 0
+        return math.inf if flowing else 0.0
 
-    return Follower("the telemetry uplink", seen, UPLINK_LEAD_S)
+    return Follower("the telemetry uplink", seen, UPLINK_LEAD_S, UPLINK_PATIENCE_S)
 
 
 def gps_follower(bus: Bus, server: VehicleServer, driver: GpsDriver) -> Follower:
