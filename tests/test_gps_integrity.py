@@ -104,3 +104,50 @@ def test_invalid_and_stale_fixes_are_not_compared() -> None:
     monitor.on_companion_fix(_fix(0.0, *far), 0.0)
     # The autopilot's reading is now 5 s old: a gap would be latency, not error.
     assert monitor.on_companion_fix(_fix(5.0, *offset(*far, 10.0, 0.0)), 5.0) == []
+
+
+def _fly_timed(
+    seconds: float,
+    companion_skew: Callable[[float], float],
+    autopilot_delay: Callable[[float], float],
+    window_s: float = 5.0,
+) -> list[object]:
+    """Both receivers agreeing on position; the companion's UTC off by `companion_skew(t)`
+    and the autopilot's time reading taken in `autopilot_delay(t)` late (held up on its way)."""
+    monitor = IntegrityMonitor(offset_window_s=window_s)
+    events: list[object] = []
+    for step in range(int(seconds * 10)):
+        t = step / 10
+        lat, lon = _true_position(t)
+        late = autopilot_delay(t)
+        state = _state(t, lat, lon)
+        state = VehicleState(
+            wall_time=t + late, position=state.position, gps=state.gps,
+            utc_time_s=EPOCH + t, utc_received_at=t + late,
+        )  # fmt: skip
+        events += monitor.on_autopilot(state, t + late)
+        if step % 2 == 0:
+            events += monitor.on_companion_fix(_fix(t, lat, lon, companion_skew(t)), t)
+    return events
+
+
+def test_a_reading_held_up_on_its_way_is_latency_not_a_wrong_clock() -> None:
+    # Every 3 s the autopilot's time arrives 3 s late (a stalled reader on a busy machine):
+    # its offset looks 3 s behind for that reading, but not the clocks.
+    def stalled(t: float) -> float:
+        return 3.0 if t > 1.0 and round(t * 10) % 30 == 0 else 0.0
+
+    stalls = _fly_timed(30.0, lambda t: 0.0, stalled)
+    assert [e for e in stalls if isinstance(e, IntegrityAlarm)] == []
+    # Judged on each reading alone, the same flight would raise it.
+    alone = _fly_timed(30.0, lambda t: 0.0, stalled, window_s=0.0)
+    assert {e.kind for e in alone if isinstance(e, IntegrityAlarm)} == {"time"}
+
+
+def test_a_clock_that_falls_behind_or_runs_ahead_is_raised() -> None:
+    behind = _fly_timed(40.0, lambda t: -5.0 if t >= 20.0 else 0.0, lambda t: 0.0)
+    [alarm] = [e for e in behind if isinstance(e, IntegrityAlarm)]
+    assert alarm.kind == "time" and 20.0 < alarm.at <= 25.5  # within the offset window
+    ahead = _fly_timed(40.0, lambda t: 5.0 if t >= 20.0 else 0.0, lambda t: 0.0)
+    [alarm] = [e for e in ahead if isinstance(e, IntegrityAlarm)]
+    assert alarm.kind == "time" and 20.0 <= alarm.at < 20.3  # at once

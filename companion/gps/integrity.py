@@ -11,7 +11,12 @@ monitor raises an `IntegrityAlarm` on the bus when
 - **jump**: the companion's consecutive fixes imply a speed the vehicle cannot fly
   (`max_speed_mps` plus both fixes' accuracy), the signature of a spoofer taking over;
 - **time**: the two receivers' UTC clocks disagree by more than `time_tolerance_s` once the
-  latency of each reading is taken out (a spoofer replaying or delaying signals).
+  latency of each reading is taken out (a spoofer replaying or delaying signals). A reading
+  held up on its way (a busy CPU, a full serial buffer) looks behind by its delay, never
+  ahead, so each side's offset is the largest of its last `offset_window_s` seconds: the
+  least-delayed reading's. A moment of latency is then not taken for a clock that is wrong;
+  a clock that is wrong is wrong in every reading, and is seen at once if it runs ahead and
+  within `offset_window_s` if it falls behind.
 
 It is sans-I/O: feed it fixes and autopilot states with a monotonic clock reading; it returns
 the alarms to publish. Each alarm kind is raised once per episode and re-armed when the
@@ -21,6 +26,7 @@ condition clears, so a persistent fault is one alarm, not one per epoch.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -62,6 +68,22 @@ class _Reading:
     utc_offset_s: float | None
 
 
+class _Offsets:
+    """One side's recent UTC offsets (UTC minus the local clock at receipt)."""
+
+    def __init__(self) -> None:
+        self._recent: deque[tuple[float, float]] = deque()
+
+    def add(self, at: float, offset: float | None, window_s: float) -> float | None:
+        """Take in a reading's offset (None: it had no time); the largest of the last
+        `window_s` seconds, or None when there is none."""
+        if offset is not None:
+            self._recent.append((at, offset))
+        while self._recent and self._recent[0][0] < at - window_s:
+            self._recent.popleft()
+        return max((o for _at, o in self._recent), default=None)
+
+
 class IntegrityMonitor:
     """Compares the companion's GPS fixes with the autopilot's position and time."""
 
@@ -73,6 +95,7 @@ class IntegrityMonitor:
         max_speed_mps: float = 25.0,
         max_pair_age_s: float = 1.0,
         time_tolerance_s: float = 1.0,
+        offset_window_s: float = 5.0,
         persist: int = 3,
         clear_fraction: float = 0.5,
     ) -> None:
@@ -81,6 +104,8 @@ class IntegrityMonitor:
         self.max_speed_mps = max_speed_mps
         self.max_pair_age_s = max_pair_age_s
         self.time_tolerance_s = time_tolerance_s
+        self.offset_window_s = offset_window_s
+        self._offsets = {"companion": _Offsets(), "autopilot": _Offsets()}
         self.persist = persist
         self.clear_fraction = clear_fraction
         self._companion: _Reading | None = None
@@ -95,6 +120,7 @@ class IntegrityMonitor:
             return []
         sigma = (fix.hdop or 2.0) * UERE_M
         offset = None if fix.time is None else fix.time.timestamp() - fix.received_at
+        offset = self._offsets["companion"].add(fix.received_at, offset, self.offset_window_s)
         reading = _Reading(fix.lat, fix.lon, sigma, fix.received_at, offset)
         events: list[object] = []
         previous = self._companion
@@ -113,6 +139,7 @@ class IntegrityMonitor:
         offset = None
         if state.utc_time_s is not None and state.utc_received_at is not None:
             offset = state.utc_time_s - state.utc_received_at
+        offset = self._offsets["autopilot"].add(now, offset, self.offset_window_s)
         self._autopilot = _Reading(pos.lat, pos.lon, sigma, now, offset)
         return self._compare(now)
 
