@@ -1,7 +1,9 @@
 """`skycourier ground`: run the ground web service, and manage its operators.
 
-    skycourier ground [--db URL] [--broker HOST:PORT] [--dispatcher-keys DIR] [--bind ADDR]
-                      [--port N] [--tiles URL]
+    skycourier ground [--db URL] [--broker HOST:PORT] [--broker-user NAME
+                      --broker-password-file FILE] [--broker-tls [--broker-ca FILE]]
+                      [--group NAME] [--dispatcher-keys DIR] [--bind ADDR] [--port N]
+                      [--tiles URL]
     skycourier ground user add NAME        # asks for the password (or --password-stdin)
     skycourier ground user passwd NAME
     skycourier ground user token NAME      # a new API token (printed once)
@@ -47,6 +49,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the dispatcher's key store (skycourier keys init --dispatcher): send signed "
         "orders and commands (needs --broker)",
     )
+    parser.add_argument("--broker-user", default=None, help="this service's broker account")
+    parser.add_argument(
+        "--broker-password-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the broker account's password, in a file only its owner may read",
+    )
+    parser.add_argument("--broker-tls", action="store_true", help="connect to the broker over TLS")
+    parser.add_argument(
+        "--broker-ca", type=Path, default=None, metavar="FILE", help="CA file for --broker-tls"
+    )
+    parser.add_argument(
+        "--group",
+        default="skycourier-ground",
+        help="the shared-subscription group of this fleet's ground instances",
+    )
     parser.add_argument("--bind", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8080, help="port to listen on")
     parser.add_argument("--tiles", default=None, help="map tile URL template ({z}/{x}/{y})")
@@ -85,6 +104,11 @@ def _config(args: argparse.Namespace) -> WebConfig:
         tile_url=args.tiles,
         ingest_client_id=args.client_id,
         dispatcher_keys=args.dispatcher_keys,
+        ingest_group=args.group,
+        broker_username=args.broker_user,
+        broker_password_file=args.broker_password_file,
+        broker_tls=args.broker_tls or args.broker_ca is not None,
+        broker_ca_file=args.broker_ca,
     )
 
 

@@ -16,6 +16,7 @@ still deliver it after a reconnect, and the drone's answer then settles it.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from typing import Any, Protocol
 
@@ -39,11 +40,20 @@ class Publisher(Protocol):
 
 
 class MqttPublisher:
-    """A publishing-only MQTT 5 client for `client_id` on `host`:`port`, reconnecting by
-    itself; `start()` connects in the background, `stop()` disconnects."""
+    """A publishing-only MQTT 5 client for `client_id` on `host`:`port` (signed in as
+    `username`, over `tls` when given), reconnecting by itself; `start()` connects in the
+    background, `stop()` disconnects."""
 
     def __init__(
-        self, host: str, port: int, client_id: str, timeout_s: float = PUBLISH_TIMEOUT_S
+        self,
+        host: str,
+        port: int,
+        client_id: str,
+        timeout_s: float = PUBLISH_TIMEOUT_S,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.host, self.port = host, port
         self.timeout_s = timeout_s
@@ -51,6 +61,10 @@ class MqttPublisher:
         self._client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
         )
+        if tls is not None:
+            self._client.tls_set_context(tls)
+        if username is not None:
+            self._client.username_pw_set(username, password)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.reconnect_delay_set(min_delay=1, max_delay=10)

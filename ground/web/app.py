@@ -31,7 +31,7 @@ from ground.dispatch import Dispatcher
 from ground.store import Store
 from ground.web import api, pages
 from ground.web.backend import LiveStore
-from ground.web.config import WebConfig, load_secret
+from ground.web.config import BrokerLogin, WebConfig, broker_login, load_secret
 from ground.web.service import Ground
 
 log = logging.getLogger(__name__)
@@ -60,13 +60,23 @@ def _dispatcher_key(keys: Path) -> Ed25519PrivateKey:
 
 
 def _start_dispatch(
-    config: WebConfig, host_port: tuple[str, int], store: Store, key: Ed25519PrivateKey
+    config: WebConfig,
+    host_port: tuple[str, int],
+    login: BrokerLogin,
+    store: Store,
+    key: Ed25519PrivateKey,
 ) -> Dispatcher:
     """The dispatcher, sending through its own MQTT client (its session name is the ingest's
     with ``-dispatch``)."""
     from ground.publisher import MqttPublisher
 
-    publisher = MqttPublisher(*host_port, client_id=f"{config.ingest_client_id}-dispatch")
+    publisher = MqttPublisher(
+        *host_port,
+        client_id=f"{config.ingest_client_id}-dispatch",
+        username=login.username,
+        password=login.password,
+        tls=login.tls,
+    )
     publisher.start()
     return Dispatcher(store, key, publisher, store.clock)
 
@@ -83,6 +93,7 @@ def create_app(
     secret = load_secret(config.secret_file)
     owned = store is None
     signing_key = _dispatcher_key(config.dispatcher_keys) if config.dispatcher_keys else None
+    login = broker_login(config)
     the_store = LiveStore.open(config.db_url, clock) if store is None else store
     service = Ground(config, the_store, secret, clock)
 
@@ -94,7 +105,13 @@ def create_app(
             from ground.web.live_fleet import feed_hub_from_broker
 
             ingest = IngestConfig(
-                client_id=config.ingest_client_id, host=host_port[0], port=host_port[1]
+                client_id=config.ingest_client_id,
+                host=host_port[0],
+                port=host_port[1],
+                group=config.ingest_group,
+                username=login.username,
+                password=login.password,
+                tls=login.tls,
             )
             # The page sees the whole fleet, not this instance's share (`live_fleet`).
             app.state.live = feed_hub_from_broker(service.hub, the_store, ingest, clock)
@@ -102,7 +119,9 @@ def create_app(
             service.ingestor.start()
             log.info("ingest from %s:%d started", *host_port)
             if signing_key is not None:
-                service.dispatcher = _start_dispatch(config, host_port, the_store, signing_key)
+                service.dispatcher = _start_dispatch(
+                    config, host_port, login, the_store, signing_key
+                )
         try:
             yield
         finally:

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import ssl
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,14 @@ class WebConfig:
     #: The dispatcher's key store (`skycourier keys init --dispatcher`): with a broker, the
     #: page and the API send signed orders and commands; None: tracking only.
     dispatcher_keys: Path | None = None
+    #: The shared-subscription group the instances of one fleet share (`ground.ingest`).
+    ingest_group: str = "skycourier-ground"
+    #: The broker account of this service, its password in a file only its owner may read
+    #: (never on a command line); TLS with the system's CAs, or `broker_ca_file`'s.
+    broker_username: str | None = None
+    broker_password_file: Path | None = None
+    broker_tls: bool = False
+    broker_ca_file: Path | None = None
     session_ttl_s: float = 8 * 3600.0
     tracking_ttl_s: float = 48 * 3600.0
     #: Failed logins allowed per account and per address within `login_window_s`.
@@ -71,6 +80,10 @@ class WebConfig:
         for name in ("session_ttl_s", "tracking_ttl_s", "login_window_s"):
             if not getattr(self, name) > 0:
                 raise WebConfigError(f"{name} must be above 0")
+        if self.broker_password_file is not None and self.broker_username is None:
+            raise WebConfigError("a broker password file without a broker user name")
+        if self.broker_ca_file is not None and not self.broker_tls:
+            raise WebConfigError("a broker CA file without TLS: turn TLS on too")
         if self.dispatcher_keys is not None and self.broker is None:
             raise WebConfigError("dispatcher keys without a broker: give the broker too")
         if self.login_max_failures < 1 or self.live_queue_batches < 1:
@@ -111,6 +124,44 @@ def load_secret(path: Path) -> bytes:
     if len(key) < SECRET_BYTES:
         raise WebConfigError(f"secret key file {path}: under {SECRET_BYTES} bytes")
     return key
+
+
+@dataclass(frozen=True)
+class BrokerLogin:
+    """How this service's MQTT clients (ingest, live feed, dispatch) sign in to the broker."""
+
+    username: str | None
+    password: str | None
+    tls: ssl.SSLContext | None
+
+
+def broker_login(config: WebConfig) -> BrokerLogin:
+    """The broker account and TLS context of `config`; WebConfigError naming the file if the
+    password file is missing, open to others or empty, or the CA file unusable."""
+    password = None
+    if config.broker_password_file is not None:
+        path = config.broker_password_file.expanduser()
+        try:
+            mode = path.stat().st_mode
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise WebConfigError(
+                    f"broker password file {path} is open to other users "
+                    f"(mode {stat.filemode(mode)}): chmod 600 {path}"
+                )
+            password = path.read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise WebConfigError(f"broker password file {path}: {exc.strerror or exc}") from None
+        if not password:
+            raise WebConfigError(f"broker password file {path} is empty")
+    tls = None
+    if config.broker_tls:
+        try:
+            tls = ssl.create_default_context(
+                cafile=None if config.broker_ca_file is None else str(config.broker_ca_file)
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise WebConfigError(f"broker CA file {config.broker_ca_file}: {exc}") from None
+    return BrokerLogin(config.broker_username, password, tls)
 
 
 def subkey(secret: bytes, purpose: str) -> bytes:

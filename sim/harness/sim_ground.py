@@ -280,12 +280,15 @@ def start_ground(
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in GROUND_DB_FILES:
         (out_dir / name).unlink(missing_ok=True)
+    run = uuid.uuid4().hex[:8]
     config = WebConfig(
         db_url=f"sqlite:///{(out_dir / GROUND_DB).resolve()}",
         broker=f"{broker[0]}:{broker[1]}",
         secret_file=(out_dir / SECRET_FILE).resolve(),
-        # Its own MQTT session, so a run never takes over another instance's.
-        ingest_client_id=f"skycourier-sim-ground-{uuid.uuid4().hex[:8]}",
+        # Its own MQTT session and shared-subscription group, so a run never takes over
+        # another instance's session, nor a share of a fleet's telemetry on the same broker.
+        ingest_client_id=f"skycourier-sim-ground-{run}",
+        ingest_group=f"skycourier-sim-{run}",
     )
     try:
         app = create_app(config)
