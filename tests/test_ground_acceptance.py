@@ -28,7 +28,6 @@ pytest.importorskip("playwright.sync_api", reason="apt install chromium; pip ins
 
 from playwright import sync_api
 
-from companion.security.keys import KeyStore, raw_public
 from sim.harness.hil import HilRig
 from sim.mqtt_broker import find_mosquitto
 from tests.browser_fixtures import ARGS, CHROMIUM, require_chromium, sign_in_after_a_refusal
@@ -77,10 +76,6 @@ def test_an_operator_dispatches_holds_resumes_and_sees_the_delivery(
             dispatcher_keys=work / "keys" / "dispatcher",
             ingest_client_id=f"ground-accept-{uuid.uuid4().hex[:8]}",
         )
-        public = KeyStore(work / "keys" / "drone").drone_public()
-        web.store.register_drone(
-            public.drone_id, raw_public(public.identity), raw_public(public.seal)
-        )
         web.store.create_order("someone-else", rig.drone_id, "cd" * 32, created_by="bob")
         drop = rig.drop()
         try:
@@ -93,6 +88,16 @@ def test_an_operator_dispatches_holds_resumes_and_sees_the_delivery(
                     sign_in_after_a_refusal(page, base)
                     row = page.locator(f'#drones tr[data-drone="{rig.drone_id}"]')
                     sync_api.expect(row).to_contain_text("online", timeout=DRONE_MS)
+
+                    # The drone is registered from its public-key file, as the rig wrote it.
+                    register = page.locator("#register-form")
+                    register.locator("input[name=public]").set_input_files(
+                        str(work / "keys" / "drone.pub.json")
+                    )
+                    page.click("#register-drone")
+                    sync_api.expect(page.locator("#register-result")).to_contain_text(
+                        f"{rig.drone_id} registered"
+                    )
 
                     # The order: the drop is chosen on the map, then set exactly.
                     form = page.locator("#order-form")
@@ -159,7 +164,8 @@ def test_an_operator_dispatches_holds_resumes_and_sees_the_delivery(
                 finally:
                     browser.close()
             audit = [(a.actor, a.action) for a in web.store.audit(limit=50)]
-            for action in ("order-create", "order-sent", "command-hold", "command-resume"):
+            for action in ("drone-register", "order-create", "order-sent", "command-hold",
+                           "command-resume"):  # fmt: skip
                 assert ("alice", action) in audit, (action, audit)
             commands = {c.command: c.state for c in web.store.commands(rig.drone_id)}
             assert commands == {"hold": "accepted", "resume": "accepted"}

@@ -390,3 +390,46 @@ def test_api_tokens_act_without_a_session_and_wrong_ones_are_refused(tmp_path: P
             assert dispatch["enabled"] is False  # no broker, no keys: tracking only
     finally:
         web.store.close()
+
+
+def test_a_drone_is_registered_from_its_public_key_file_and_bad_files_are_refused(
+    tmp_path: Path, keys
+) -> None:
+    drone, dispatcher = keys
+    web = make_web(tmp_path)
+    try:
+        with TestClient(web.app) as client:
+            assert login(client).status_code == 303
+            csrf = form_csrf(client.get("/dispatch").text)
+            pub = drone.drone_public().to_json()
+
+            def upload(data: bytes, name: str = "drone.pub.json") -> Any:
+                files = [("public", (name, data, "application/json"))]
+                return client.post("/api/drones", data={"csrf": csrf}, files=files)
+
+            assert client.post(
+                "/api/drones", files=[("public", ("d.json", pub, "application/json"))]
+            ).status_code == 403  # fmt: skip
+            done = upload(pub)
+            assert done.status_code == 201, done.text
+            assert done.json()["drone_id"] == DRONE
+            assert web.store.drone_keys(DRONE).seal_public == raw_public(  # type: ignore[union-attr]
+                drone.drone_seal_key().public_key()
+            )
+            entry = web.store.audit(limit=1)[0]
+            assert (entry.actor, entry.action, entry.target_id) == (
+                "alice",
+                "drone-register",
+                DRONE,
+            )
+            for bad, why in (
+                (b"{not json", "corrupt"),
+                (dispatcher.file("dispatcher.pub.json").read_bytes(), "wrong key type"),
+                (pub.replace(DRONE.encode(), b"<script>"), "corrupt"),
+                (b" " * 5000, "bytes"),
+            ):
+                refused = upload(bad, "<b>evil</b>.json")
+                assert refused.status_code == 422 and why in refused.json()["detail"], bad[:40]
+            assert web.store.registered_drones() == [DRONE]
+    finally:
+        web.store.close()

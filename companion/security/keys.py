@@ -71,7 +71,7 @@ PrivateKey = Ed25519PrivateKey | X25519PrivateKey
 class KeyFileError(Exception):
     """A key file that cannot be used: the message names the file and why."""
 
-    def __init__(self, path: Path, reason: str) -> None:
+    def __init__(self, path: Path | str, reason: str) -> None:
         self.path = path
         self.reason = reason
         super().__init__(f"{path}: {reason}")
@@ -188,8 +188,15 @@ def _pem(key: PrivateKey) -> bytes:
     )
 
 
-def _public_fields(path: Path, expected_type: str, fields: tuple[str, ...]) -> dict[str, object]:
-    data = read_key_file(path, private=False)
+def _public_fields(
+    path: Path | str, expected_type: str, fields: tuple[str, ...], data: bytes | None = None
+) -> dict[str, object]:
+    """The fields of a public-key file: read from `path`, or given as `data` (an upload;
+    `path` then only names it in errors)."""
+    if data is None:
+        data = read_key_file(Path(path), private=False)
+    elif len(data) > MAX_KEY_FILE_BYTES:
+        raise KeyFileError(path, f"{len(data)} bytes; no key file is over {MAX_KEY_FILE_BYTES}")
     try:
         doc = loads_strict(data.strip(), allow_floats=False)
     except EncodingError as exc:
@@ -208,16 +215,18 @@ def _public_fields(path: Path, expected_type: str, fields: tuple[str, ...]) -> d
     return doc
 
 
-def _public_key(path: Path, doc: dict[str, object], field: str, cls: type) -> PublicKey:
+def _public_key(path: Path | str, doc: dict[str, object], field: str, cls: type) -> PublicKey:
     try:
         return cls.from_public_bytes(from_b64url(doc[field], size=32))
     except (EncodingError, ValueError) as exc:
         raise KeyFileError(path, f"corrupt: {field}: {exc}") from None
 
 
-def load_drone_public(path: Path) -> DronePublic:
-    """A drone's `drone.pub.json`."""
-    doc = _public_fields(path, _DRONE_PUB_TYPE, ("drone_id", "identity_ed25519", "seal_x25519"))
+def load_drone_public(path: Path | str, data: bytes | None = None) -> DronePublic:
+    """A drone's `drone.pub.json`, from `path` or, when given, from its bytes `data` (an
+    upload, named `path` in errors)."""
+    fields = ("drone_id", "identity_ed25519", "seal_x25519")
+    doc = _public_fields(path, _DRONE_PUB_TYPE, fields, data)
     try:
         drone_id = check_drone_id(doc["drone_id"])  # type: ignore[arg-type]
     except ValueError as exc:

@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from companion.identity.enrol import MAX_PHOTOS
 from companion.identity.photos import MAX_PHOTO_BYTES
+from companion.security.keys import KeyFileError, fingerprint, load_drone_public, raw_public
 from companion.security.orders import MAX_LIFETIME_S
 from companion.security.signed_commands import COMMANDS
 from companion.telemetry import schema
@@ -126,6 +127,8 @@ def _dispatcher(request: Request) -> Dispatcher:
     return dispatcher
 
 
+#: A drone.pub.json is about 200 bytes.
+MAX_PUBLIC_FILE_BYTES = 4096
 #: The HTTP status of each refusal of the dispatcher.
 _DISPATCH_STATUS = {"unknown-drone": 404, "invalid": 422, "photo": 422, "exists": 409,
                     "not-connected": 503}  # fmt: skip
@@ -133,6 +136,34 @@ _DISPATCH_STATUS = {"unknown-drone": 404, "invalid": 422, "photo": 422, "exists"
 
 def _refused(exc: DispatchError) -> HTTPException:
     return HTTPException(status_code=_DISPATCH_STATUS.get(exc.reason, 422), detail=exc.message)
+
+
+@router.post("/drones", response_model=views.RegisteredOut, status_code=201)
+async def register_drone(
+    request: Request,
+    session: Annotated[Session, Depends(csrf_session)],
+    public: Annotated[UploadFile, File(description="the drone's drone.pub.json")],
+) -> views.RegisteredOut:
+    """Register a drone (or re-key it) from its ``drone.pub.json`` (`skycourier keys export
+    --drone`), so that orders can be sealed to it and commands sent; audited."""
+    name = public.filename or "drone.pub.json"
+    data = await public.read(MAX_PUBLIC_FILE_BYTES + 1)
+    try:
+        drone = load_drone_public(name, data)
+    except KeyFileError as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from None
+    service = ground(request)
+    keys = await run_in_threadpool(
+        service.store.register_drone,
+        drone.drone_id,
+        raw_public(drone.identity),
+        raw_public(drone.seal),
+    )
+    prints = {"identity": fingerprint(drone.identity), "seal": fingerprint(drone.seal)}
+    await service.audit(session.username, "drone-register", "drone", drone.drone_id, prints)
+    return views.RegisteredOut(
+        drone_id=keys.drone_id, registered_at=keys.registered_at, fingerprints=prints
+    )
 
 
 @router.get("/dispatch", response_model=views.DispatchOut)

@@ -110,6 +110,15 @@ class CommandOut(BaseModel):
     answered_at: datetime | None
 
 
+class RegisteredOut(BaseModel):
+    """A drone registered for dispatch, with its keys' fingerprints (to compare with
+    `skycourier keys show` on the drone)."""
+
+    drone_id: str
+    registered_at: datetime
+    fingerprints: dict[str, str]
+
+
 class DispatchOut(BaseModel):
     """Whether this instance can send orders and commands, and to which drones."""
 

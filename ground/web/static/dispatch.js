@@ -209,17 +209,48 @@ async function submitOrder(event) {
   refresh();
 }
 
-async function setupDispatch() {
-  const info = await getJSON("/api/dispatch");
-  const form = document.getElementById("order-form");
-  document.getElementById("dispatch-off").hidden = info.enabled;
-  form.hidden = !info.enabled;
-  if (!info.enabled) return;
-  form.elements.drone_id.replaceChildren(...info.drones.map((id) => {
+function listDrones(ids) {
+  const select = document.getElementById("order-form").elements.drone_id;
+  const chosen = select.value;
+  select.replaceChildren(...ids.map((id) => {
     const option = el("option", id);
     option.value = id;
     return option;
   }));
+  if (ids.includes(chosen)) select.value = chosen;
+}
+
+async function registerDrone(event) {
+  event.preventDefault();
+  const form = event.target;
+  const result = document.getElementById("register-result");
+  const data = new FormData();
+  data.append("csrf", csrf());
+  const [file] = form.elements.public.files;
+  if (!file) return;
+  data.append("public", file, file.name);
+  const answer = await post("/api/drones", data);
+  if (answer.ok) {
+    result.className = "accepted";
+    result.textContent = `${answer.body.drone_id} registered (identity ${answer.body.fingerprints.identity})`;
+    form.elements.public.value = "";
+    listDrones((await getJSON("/api/dispatch")).drones);
+  } else {
+    result.className = "error";
+    result.textContent = `refused: ${reasonText(answer.body.detail)}`;
+  }
+}
+
+async function setupDispatch() {
+  const info = await getJSON("/api/dispatch");
+  const form = document.getElementById("order-form");
+  const register = document.getElementById("register-form");
+  document.getElementById("dispatch-off").hidden = info.enabled;
+  form.hidden = !info.enabled;
+  register.hidden = !info.enabled;
+  if (!info.enabled) return;
+  listDrones(info.drones);
+  register.addEventListener("submit", registerDrone);
   form.addEventListener("submit", submitOrder);
   map.on("click", (e) => setDrop(e.latlng.lat, e.latlng.lng, true));
   for (const name of ["lat", "lon"]) {
