@@ -5,9 +5,6 @@ and the app served by a real uvicorn on a free port (for the live feed and the b
 from __future__ import annotations
 
 import re
-import socket
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,7 +16,6 @@ import pytest
 
 pytest.importorskip("fastapi", reason="install the ground extra: pip install -e '.[ground]'")
 
-import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -27,6 +23,7 @@ from companion.telemetry import schema
 from ground.store import Received
 from ground.web.app import create_app
 from ground.web.backend import Accounts, LiveStore
+from ground.web.background import BackgroundServer, local_socket
 from ground.web.config import WebConfig
 from ground.web.service import Ground
 
@@ -115,35 +112,16 @@ def event(
     return Received(record, at)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def served(app: FastAPI) -> Iterator[str]:
     """`app` on a real uvicorn (its lifespan run) at 127.0.0.1:<free port>; the base URL."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            lifespan="on",
-            timeout_graceful_shutdown=2,
-        )
+    server = BackgroundServer(
+        app, local_socket(), f"uvicorn-{uuid.uuid4().hex[:6]}", graceful_shutdown_s=2
     )
-    thread = threading.Thread(target=server.run, name=f"uvicorn-{uuid.uuid4().hex[:6]}")
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise AssertionError("uvicorn did not start within 20 s")
-        time.sleep(0.02)
+    if not server.start(20):
+        server.stop(20)
+        raise AssertionError("uvicorn did not start within 20 s")
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield server.url
     finally:
-        server.should_exit = True
-        thread.join(20)
+        server.stop(20)

@@ -27,11 +27,10 @@ import logging
 import secrets
 import shlex
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,8 +41,7 @@ from sim.harness.devices import own_broker
 from sim.mqtt_broker import find_mosquitto
 
 if TYPE_CHECKING:
-    import uvicorn
-
+    from ground.web.background import BackgroundServer
     from ground.web.service import Ground
     from sim.harness.simulate import Order
 
@@ -97,17 +95,14 @@ def listening_socket(port: int | None) -> socket.socket:
     """A socket bound on 127.0.0.1: `port`, or `DEFAULT_PORT` when free, else any free port
     (bound here and handed to uvicorn, so no other process takes it in between);
     SimGroundError when a port asked for is taken."""
-    wanted = DEFAULT_PORT if port is None else port
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    from ground.web.background import local_socket
+
     try:
-        sock.bind(("127.0.0.1", wanted))
+        return local_socket(DEFAULT_PORT if port is None else port)
     except OSError as exc:
         if port is not None:
-            sock.close()
             raise SimGroundError(f"--ground-port {port}: cannot listen: {exc.strerror}") from None
-        sock.bind(("127.0.0.1", 0))
-    return sock
+    return local_socket(0)
 
 
 def plain_order_digest(order: Order) -> str:
@@ -125,26 +120,23 @@ class SimGround:
         self,
         out_dir: Path,
         drone_id: str,
-        server: uvicorn.Server,
-        thread: threading.Thread,
-        base_url: str,
+        server: BackgroundServer,
         password: str,
         say: Callable[[str], None],
     ) -> None:
         self.out_dir = out_dir
         self.drone_id = drone_id
-        self.base_url = base_url
+        self.base_url = server.url
         self.operator = OPERATOR
         self.password = password
         self.order_id: str | None = None
         self.tracking_path: str | None = None
         self._server = server
-        self._thread = thread
         self._say = say
 
     @property
     def service(self) -> Ground:
-        return self._server.config.app.state.ground  # type: ignore[no-any-return]
+        return self._server.app.state.ground  # type: ignore[no-any-return]
 
     @property
     def db_path(self) -> Path:
@@ -247,17 +239,12 @@ class SimGround:
 
     def serve_until_interrupted(self) -> None:
         """Keep serving until Ctrl-C (or the server ends by itself)."""
-        try:
-            while self._thread.is_alive():
-                self._thread.join(0.5)
-        except KeyboardInterrupt:
-            pass
+        with suppress(KeyboardInterrupt):
+            self._server.wait()
 
     def stop(self) -> None:
         """Stop uvicorn (the app's lifespan stops the ingest and closes the store)."""
-        self._server.should_exit = True
-        self._thread.join(START_TIMEOUT_S)
-        if self._thread.is_alive():
+        if not self._server.stop(START_TIMEOUT_S):
             log.warning("ground service: uvicorn did not stop within %g s", START_TIMEOUT_S)
 
 
@@ -272,9 +259,8 @@ def start_ground(
     """Start the ground service for a run into `out_dir` on `broker` (its store afresh, its
     secret key kept), with a new operator account; stopped with `stack`. Waits until it
     serves and its ingest is subscribed; SimGroundError when it cannot."""
-    import uvicorn
-
     from ground.web.app import create_app
+    from ground.web.background import BackgroundServer
     from ground.web.config import WebConfig
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -294,35 +280,13 @@ def start_ground(
         app = create_app(config)
     except ValueError as exc:  # the key file refused (open to others, not a key)
         raise SimGroundError(str(exc)) from None
-    sock = listening_socket(port)
-    stack.callback(sock.close)
-    bound = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=bound,
-            log_level="warning",
-            access_log=False,
-            lifespan="on",
-            # Open live streams never end by themselves: give them a few seconds at shutdown.
-            timeout_graceful_shutdown=5,
-        )
-    )
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name="sim-ground-uvicorn"
-    )
-    thread.start()
+    server = BackgroundServer(app, listening_socket(port), "sim-ground-uvicorn")
     password = secrets.token_urlsafe(12)
-    ground = SimGround(
-        out_dir, drone_id, server, thread, f"http://127.0.0.1:{bound}", password, say
-    )
+    ground = SimGround(out_dir, drone_id, server, password, say)
     stack.callback(ground.stop)
     deadline = time.monotonic() + START_TIMEOUT_S
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise SimGroundError("the ground service did not start (see the log above)")
-        time.sleep(0.02)
+    if not server.start(START_TIMEOUT_S):
+        raise SimGroundError("the ground service did not start (see the log above)")
     service = ground.service
     ingestor = service.ingestor
     if ingestor is None or not ingestor.wait_connected(max(0.0, deadline - time.monotonic())):
