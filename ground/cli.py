@@ -62,6 +62,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--broker-ca", type=Path, default=None, metavar="FILE", help="CA file for --broker-tls"
     )
     parser.add_argument(
+        "--registered-only",
+        action="store_true",
+        help="store records only from drones registered with `drone add` (others refused)",
+    )
+    parser.add_argument(
         "--group",
         default="skycourier-ground",
         help="the shared-subscription group of this fleet's ground instances",
@@ -105,6 +110,7 @@ def _config(args: argparse.Namespace) -> WebConfig:
         ingest_client_id=args.client_id,
         dispatcher_keys=args.dispatcher_keys,
         ingest_group=args.group,
+        registered_only=args.registered_only,
         broker_username=args.broker_user,
         broker_password_file=args.broker_password_file,
         broker_tls=args.broker_tls or args.broker_ca is not None,

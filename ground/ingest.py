@@ -161,6 +161,11 @@ class Decoder:
     def __init__(self, allowed_drones: Collection[str] | None = None) -> None:
         self.allowed = None if allowed_drones is None else frozenset(allowed_drones)
 
+    def allow(self, drones: Collection[str] | None) -> None:
+        """Replace the allow-list (None: every drone), e.g. as drones are registered; safe
+        while another thread decodes (one reference is swapped)."""
+        self.allowed = None if drones is None else frozenset(drones)
+
     def decode(self, topic: str, payload: bytes) -> list[schema.Record] | Refusal:
         if len(payload) > schema.MAX_PAYLOAD_BYTES:
             return Refusal(

@@ -10,6 +10,7 @@ them (events on its topic, through the ingest)."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from ground.web.backend import Accounts
 from sim.mqtt_broker import Broker, find_mosquitto, start_broker
 from tests.face_images import analyzer, ancelotti, zidane  # noqa: F401
 from tests.ground_fixtures import db_url, pg_url  # noqa: F401
-from tests.ground_web_fixtures import Clock, event, form_csrf, login, make_web
+from tests.ground_web_fixtures import Clock, event, form_csrf, login, make_web, telemetry
 from tests.waiting import wait_until
 
 DRONE = "skycourier-7"
@@ -432,4 +433,43 @@ def test_a_drone_is_registered_from_its_public_key_file_and_bad_files_are_refuse
                 assert refused.status_code == 422 and why in refused.json()["detail"], bad[:40]
             assert web.store.registered_drones() == [DRONE]
     finally:
+        web.store.close()
+
+
+def test_registered_only_stores_the_registered_drones_and_refuses_the_others(
+    tmp_path: Path, broker: Broker, keys
+) -> None:
+    drone, _ = keys
+    web = make_web(
+        tmp_path,
+        clock=time.time,
+        broker=f"{broker.host}:{broker.port}",
+        registered_only=True,
+    )
+    fleet = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    fleet.connect(broker.host, broker.port)
+    fleet.loop_start()
+
+    def send(seq: int) -> None:
+        record = telemetry(DRONE, seq, time.time(), 48.1, 11.5).record
+        info = fleet.publish(schema.topic(DRONE, "telemetry"), schema.encode(record), qos=1)
+        info.wait_for_publish(10)
+
+    try:
+        with TestClient(web.app) as client:
+            ingestor = web.ground.ingestor
+            assert ingestor.wait_connected(20)
+            send(1)  # not registered: refused, counted, not stored
+            wait_until(lambda: ingestor.stats().refused.get("unknown-drone") == 1, "refused")
+            assert web.store.drone(DRONE) is None
+            assert login(client).status_code == 303
+            csrf = form_csrf(client.get("/dispatch").text)
+            files = [("public", ("d.json", drone.drone_public().to_json(), "application/json"))]
+            assert client.post("/api/drones", data={"csrf": csrf}, files=files).status_code == 201
+            send(2)  # registered here: taken at once
+            wait_until(lambda: len(web.store.track(DRONE)) == 1, "the registered drone stored")
+            assert [p.seq for p in web.store.track(DRONE)] == [2]
+    finally:
+        fleet.loop_stop()
+        fleet.disconnect()
         web.store.close()

@@ -159,6 +159,7 @@ async def register_drone(
         raw_public(drone.identity),
         raw_public(drone.seal),
     )
+    await run_in_threadpool(service.refresh_allowed)
     prints = {"identity": fingerprint(drone.identity), "seal": fingerprint(drone.seal)}
     await service.audit(session.username, "drone-register", "drone", drone.drone_id, prints)
     return views.RegisteredOut(

@@ -17,6 +17,7 @@ load scripts from a CDN); the API is described at ``/openapi.json``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,6 +27,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI, Request, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 
 from ground.dispatch import Dispatcher
 from ground.store import Store
@@ -51,6 +53,20 @@ def _broker(text: str) -> tuple[str, int]:
     from ground.ingest import parse_broker
 
     return parse_broker(text)
+
+
+#: How often an instance takes in drones registered elsewhere (the CLI, another instance).
+REGISTRY_REFRESH_S = 10.0
+
+
+async def _follow_registrations(service: Ground) -> None:
+    """With `registered_only`, keep the ingest's allow-list the registered drones."""
+    while True:
+        await asyncio.sleep(REGISTRY_REFRESH_S)
+        try:
+            await run_in_threadpool(service.refresh_allowed)
+        except Exception:  # the database away for a moment: the old list stands
+            log.exception("could not read the registered drones")
 
 
 def _dispatcher_key(keys: Path) -> Ed25519PrivateKey:
@@ -112,19 +128,28 @@ def create_app(
                 username=login.username,
                 password=login.password,
                 tls=login.tls,
+                allowed_drones=(
+                    frozenset(the_store.registered_drones()) if config.registered_only else None
+                ),
             )
             # The page sees the whole fleet, not this instance's share (`live_fleet`).
             app.state.live = feed_hub_from_broker(service.hub, the_store, ingest, clock)
             service.ingestor = Ingestor(the_store, ingest, clock)
+            service.decoders = [service.ingestor.decoder, app.state.live.feed.decoder]
             service.ingestor.start()
             log.info("ingest from %s:%d started", *host_port)
             if signing_key is not None:
                 service.dispatcher = _start_dispatch(
                     config, host_port, login, the_store, signing_key
                 )
+        refresh = (
+            asyncio.create_task(_follow_registrations(service)) if config.registered_only else None
+        )
         try:
             yield
         finally:
+            if refresh is not None:
+                refresh.cancel()
             if service.dispatcher is not None:
                 service.dispatcher.publisher.stop()
                 service.dispatcher = None

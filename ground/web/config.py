@@ -50,6 +50,9 @@ class WebConfig:
     #: The dispatcher's key store (`skycourier keys init --dispatcher`): with a broker, the
     #: page and the API send signed orders and commands; None: tracking only.
     dispatcher_keys: Path | None = None
+    #: Store records only from drones registered for dispatch (`Store.register_drone`);
+    #: others are refused as ``unknown-drone``. False: any drone on the fleet's topics.
+    registered_only: bool = False
     #: The shared-subscription group the instances of one fleet share (`ground.ingest`).
     ingest_group: str = "skycourier-ground"
     #: The broker account of this service, its password in a file only its owner may read
@@ -80,6 +83,8 @@ class WebConfig:
         for name in ("session_ttl_s", "tracking_ttl_s", "login_window_s"):
             if not getattr(self, name) > 0:
                 raise WebConfigError(f"{name} must be above 0")
+        if self.registered_only and self.broker is None:
+            raise WebConfigError("--registered-only filters the ingest: give the broker too")
         if self.broker_password_file is not None and self.broker_username is None:
             raise WebConfigError("a broker password file without a broker user name")
         if self.broker_ca_file is not None and not self.broker_tls:

@@ -56,6 +56,17 @@ class Ground:
         self.refused: Counter[str] = Counter()
         self.ingestor: Any = None  # ground.ingest.Ingestor when a broker is configured
         self.dispatcher: Dispatcher | None = None  # with a broker and the dispatcher's keys
+        #: The decoders of this process's ingest and live feed (their allow-lists).
+        self.decoders: list[Any] = []
+
+    def refresh_allowed(self) -> None:
+        """With `WebConfig.registered_only`, make the registered drones the ingest's and the
+        live feed's allow-list (after a registration here, and now and then for those made
+        elsewhere)."""
+        if self.config.registered_only:
+            allowed = self.store.registered_drones()
+            for decoder in self.decoders:
+                decoder.allow(allowed)
 
     def session(self, request: Request) -> Session | None:
         """The request's valid session, or None (refusals counted)."""
