@@ -220,7 +220,7 @@ class Dispatcher:
         return found
 
     def _require_connection(self) -> None:
-        if not getattr(self.publisher, "connected", True):
+        if not self.publisher.connected:
             raise DispatchError("not-connected", "the broker is not connected: nothing was sent")
 
     def _send(self, topic: str, blob: bytes) -> str | None:

@@ -33,6 +33,11 @@ class NotConnected(RuntimeError):
 
 
 class Publisher(Protocol):
+    @property
+    def connected(self) -> bool:
+        """Whether a message handed over now would go out (the broker is connected)."""
+        ...
+
     def publish(self, topic: str, payload: bytes) -> str | None:
         """Send `payload` at QoS 1: None once the broker acknowledged it, else why not
         (unconfirmed). NotConnected if it could not even be handed over."""

@@ -175,7 +175,7 @@ async def dispatch_info(request: Request, _: Operator) -> views.DispatchOut:
     dispatcher = service.dispatcher
     return views.DispatchOut(
         enabled=dispatcher is not None,
-        connected=bool(dispatcher and getattr(dispatcher.publisher, "connected", True)),
+        connected=dispatcher is not None and dispatcher.publisher.connected,
         drones=drones,
         commands=list(COMMANDS),
     )

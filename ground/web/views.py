@@ -7,7 +7,7 @@ received wire records into them. A track point has the same shape whether it com
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
 
@@ -21,6 +21,8 @@ from ground.store import (
     Received,
     TrackPoint,
 )
+
+Out = TypeVar("Out", bound=BaseModel)
 
 
 class TrackPointOut(BaseModel):
@@ -145,29 +147,14 @@ class LiveBatch(BaseModel):
     statuses: list[StatusOut]
 
 
+def _copy(model: type[Out], view: object) -> Out:
+    """`model` filled from the same-named attributes of a store view (pydantic converts and
+    checks each, e.g. a tuple of alarms to a list)."""
+    return model(**{name: getattr(view, name) for name in model.model_fields})
+
+
 def track_point(p: TrackPoint) -> TrackPointOut:
-    return TrackPointOut(
-        drone_id=p.drone_id,
-        seq=p.seq,
-        record_id=p.record_id,
-        t=p.t,
-        phase=p.phase,
-        armed=p.armed,
-        mode=p.mode,
-        lat=p.lat,
-        lon=p.lon,
-        alt_rel_m=p.alt_rel_m,
-        heading_deg=p.heading_deg,
-        ground_speed_mps=p.ground_speed_mps,
-        battery_pct=p.battery_pct,
-        battery_v=p.battery_v,
-        gps_fix=p.gps_fix,
-        gps_sats=p.gps_sats,
-        gps_alarms=list(p.gps_alarms),
-        link_rssi_dbm=p.link_rssi_dbm,
-        link_rsrp_dbm=p.link_rsrp_dbm,
-        link_sinr_db=p.link_sinr_db,
-    )
+    return _copy(TrackPointOut, p)
 
 
 def drone(d: DroneView) -> DroneOut:
@@ -182,37 +169,19 @@ def drone(d: DroneView) -> DroneOut:
 
 
 def event(e: EventView) -> EventOut:
-    return EventOut(
-        drone_id=e.drone_id,
-        seq=e.seq,
-        record_id=e.record_id,
-        t=e.t,
-        kind=e.kind,
-        mission_id=e.mission_id,
-        phase=e.phase,
-        detail=e.detail,
-    )
+    return _copy(EventOut, e)
 
 
 def order(o: OrderView) -> OrderOut:
-    return OrderOut(
-        order_id=o.order_id,
-        drone_id=o.drone_id,
-        state=o.state,
-        outcome=o.outcome,
-        created_at=o.created_at,
-        created_by=o.created_by,
-        updated_at=o.updated_at,
-        detail=o.detail,
-    )
+    return _copy(OrderOut, o)
 
 
 def handover(h: HandoverView) -> HandoverOut:
-    return HandoverOut(**{name: getattr(h, name) for name in HandoverOut.model_fields})
+    return _copy(HandoverOut, h)
 
 
 def command(c: CommandView) -> CommandOut:
-    return CommandOut(**{name: getattr(c, name) for name in CommandOut.model_fields})
+    return _copy(CommandOut, c)
 
 
 def _when(text: str) -> datetime:

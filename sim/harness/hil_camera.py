@@ -16,8 +16,10 @@ import logging
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
 
 import cv2
+import numpy as np
 
 from sim.camera import SimCamera, SimScene
 from sim.vehicle import VehicleServer
@@ -29,30 +31,43 @@ BOUNDARY = "skycourierframe"
 JPEG_QUALITY = 80
 
 
-class MjpegCamera:
-    """The feed of the camera under `server`'s vehicle on 127.0.0.1 (a free port): `url`."""
+class MjpegFeed:
+    """An MJPEG feed on 127.0.0.1 (a free port; `url`) of the frames a subclass renders in
+    the threads its `_workers` name (each hands images to `_encode_and_publish`, JPEG at
+    `quality`); `what` names it in thread names, errors and logs."""
 
-    def __init__(self, server: VehicleServer, *, fps: float = 5.0) -> None:
-        self._vehicle = server
-        self.period_s = 1.0 / fps
-        self._camera = SimCamera(SimScene(people=()))
+    def __init__(
+        self, what: str, path: str = PATH, boundary: str = BOUNDARY, quality: int = JPEG_QUALITY
+    ) -> None:
+        self.what, self.path, self.quality = what, path, quality
         self._cond = threading.Condition()
         self._jpeg: bytes | None = None
         self._count = 0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        handler = mjpeg_handler(self._next, what, path, boundary)
+        self._http = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._http.daemon_threads = True
-        self.frames = 0
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._http.server_address[1]}{PATH}"
+        return f"http://127.0.0.1:{self._http.server_address[1]}{self.path}"
 
-    def start(self) -> MjpegCamera:
+    @property
+    def frames(self) -> int:
+        """Frames rendered so far."""
+        return self._count
+
+    def _workers(self) -> dict[str, Callable[[], None]]:
+        """The threads that render (name: target)."""
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        targets = {**self._workers(), "http": self._http.serve_forever}
+        tag = self.what.replace(" ", "-")
         self._threads = [
-            threading.Thread(target=self._render, name="hil-camera", daemon=True),
-            threading.Thread(target=self._http.serve_forever, name="hil-camera-http", daemon=True),
+            threading.Thread(target=target, name=f"hil-{tag}-{name}", daemon=True)
+            for name, target in targets.items()
         ]
         for thread in self._threads:
             thread.start()
@@ -67,20 +82,15 @@ class MjpegCamera:
         for thread in self._threads:
             thread.join(5.0)
 
-    def _render(self) -> None:
-        while not self._stop.wait(self.period_s):
-            snap = self._vehicle.state
-            image = self._camera.frame(
-                snap.alt_rel_m, self._vehicle.sim_time, (snap.north_m, snap.east_m)
-            )
-            ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-            if not ok:
-                log.error("camera feed: a frame could not be encoded")
-                continue
-            with self._cond:
-                self._jpeg, self._count = encoded.tobytes(), self._count + 1
-                self.frames = self._count
-                self._cond.notify_all()
+    def _encode_and_publish(self, image: np.ndarray) -> None:
+        """Send `image` to every viewer as the newest frame."""
+        ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+        if not ok:
+            log.error("%s feed: a frame could not be encoded", self.what)
+            return
+        with self._cond:
+            self._jpeg, self._count = encoded.tobytes(), self._count + 1
+            self._cond.notify_all()
 
     def _next(self, after: int) -> tuple[int, bytes] | None:
         """The first frame newer than number `after` (waiting for it); None once stopped."""
@@ -91,8 +101,27 @@ class MjpegCamera:
                 return None
             return self._count, self._jpeg
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        return mjpeg_handler(self._next, "camera")
+
+class MjpegCamera(MjpegFeed):
+    """The feed of the camera under `server`'s vehicle on 127.0.0.1 (a free port): `url`."""
+
+    def __init__(self, server: VehicleServer, *, fps: float = 5.0) -> None:
+        super().__init__("camera")
+        self._vehicle = server
+        self.period_s = 1.0 / fps
+        self._camera = SimCamera(SimScene(people=()))
+
+    def _workers(self) -> dict[str, Callable[[], None]]:
+        return {"render": self._render}
+
+    def _render(self) -> None:
+        while not self._stop.wait(self.period_s):
+            snap = self._vehicle.state
+            self._encode_and_publish(
+                self._camera.frame(
+                    snap.alt_rel_m, self._vehicle.sim_time, (snap.north_m, snap.east_m)
+                )
+            )
 
 
 def mjpeg_handler(

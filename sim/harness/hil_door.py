@@ -21,11 +21,9 @@ again once the drone's verdict (or the mission's end) reaches the ground.
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 
-import cv2
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
@@ -42,7 +40,7 @@ from sim.harness.handover import (
     HandoverUnavailable,
     fetch_photo,
 )
-from sim.harness.hil_camera import mjpeg_handler
+from sim.harness.hil_camera import MjpegFeed
 from sim.harness.hil_ground import GroundStation
 
 log = logging.getLogger(__name__)
@@ -123,7 +121,7 @@ def doorstep(size: tuple[int, int]) -> np.ndarray:
     return np.broadcast_to(ramp * tint, (height, width, 3)).astype(np.uint8)
 
 
-class DoorFeed:
+class DoorFeed(MjpegFeed):
     """The door camera's feed on 127.0.0.1 (a free port, `url`): the doorstep, and `faces`
     in a loop from when `ground` sees a "verify-recipient" event until the verdict.
     `walk_ups` holds, per check, the order and the monotonic time the person walked up."""
@@ -131,42 +129,16 @@ class DoorFeed:
     def __init__(self, ground: GroundStation, faces: list[np.ndarray]) -> None:
         if not faces:
             raise ValueError("the door camera needs a face to show")
+        super().__init__("door camera", PATH, BOUNDARY, JPEG_QUALITY)
         self._ground = ground
         self._faces = faces
         self._empty = doorstep(faces[0].shape[:2])
-        self._cond = threading.Condition()
-        self._jpeg: bytes | None = None
-        self._count = 0
         self._present: tuple[str, float] | None = None  # (order id, walked up at)
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._http.daemon_threads = True
         self.walk_ups: list[tuple[str, float]] = []
         self.face_frames = 0
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._http.server_address[1]}{PATH}"
-
-    def start(self) -> DoorFeed:
-        self._threads = [
-            threading.Thread(target=self._render, name="hil-door", daemon=True),
-            threading.Thread(target=self._follow, name="hil-door-ground", daemon=True),
-            threading.Thread(target=self._http.serve_forever, name="hil-door-http", daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        with self._cond:
-            self._cond.notify_all()
-        self._http.shutdown()
-        self._http.server_close()
-        for thread in self._threads:
-            thread.join(5.0)
+    def _workers(self) -> dict[str, Callable[[], None]]:
+        return {"render": self._render, "ground": self._follow}
 
     # -- the person at the door --------------------------------------------------------------
 
@@ -217,26 +189,6 @@ class DoorFeed:
         due = time.monotonic()
         while not self._stop.is_set():
             due += period
-            ok, encoded = cv2.imencode(
-                ".jpg", self._image(time.monotonic()), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
-            )
-            if ok:
-                with self._cond:
-                    self._jpeg, self._count = encoded.tobytes(), self._count + 1
-                    self._cond.notify_all()
-            else:
-                log.error("door camera: a frame could not be encoded")
+            self._encode_and_publish(self._image(time.monotonic()))
             self._stop.wait(max(0.0, due - time.monotonic()))
             due = max(due, time.monotonic() - period)  # behind: skip frames, no burst
-
-    def _next(self, after: int) -> tuple[int, bytes] | None:
-        """The first frame newer than number `after` (waiting for it); None once stopped."""
-        with self._cond:
-            while self._count <= after and not self._stop.is_set():
-                self._cond.wait(1.0)
-            if self._stop.is_set() or self._jpeg is None:
-                return None
-            return self._count, self._jpeg
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        return mjpeg_handler(self._next, "door camera", PATH, BOUNDARY)
